@@ -1,0 +1,44 @@
+"""The ``nnunet-suprem`` command: one subcommand per job, each defined beside its implementation."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nnunet_suprem import __version__, doctor, synth
+from nnunet_suprem.nnunet_env import ConfigurationError, trainers_dir
+
+
+def _add_trainers_dir(subparsers) -> None:
+    p = subparsers.add_parser(
+        "trainers-dir", help="print the directory to export as nnUNet_extTrainer",
+        description="Print the directory holding the nnunet-suprem trainer modules. Use it as\n"
+                    "  export nnUNet_extTrainer=$(nnunet-suprem trainers-dir)\n"
+                    "so that nnUNetv2_train/nnUNetv2_predict -tr SuPreMTrainer find our trainers.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=lambda args: print(trainers_dir()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnunet-suprem",
+        description="SuPreM-style partial-label pre-training and transfer learning for nnU-Net v2.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_trainers_dir(subparsers)
+    doctor.add_subparser(subparsers)
+    synth.add_subparser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ValueError, OSError, ConfigurationError) as e:
+        print(f"nnunet-suprem {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""nnU-Net trainer classes and their building blocks (losses, schedules)."""

@@ -1,0 +1,146 @@
+"""
+Marginal Dice + cross-entropy loss for partially labelled cases (nnU-Net v2 label setting).
+
+Each case of a merged dataset annotates only some classes. Following Fang & Yan (2020, "multi-organ segmentation
+over partially labeled datasets") and Shi et al. (2021, "Marginal loss and exclusion loss for partially supervised
+multi-organ segmentation"), the probabilities of background and of every class that is not annotated in a case are
+summed into one "background or unannotated" channel before Dice and CE are computed. With every class annotated
+the loss is nnU-Net's DC_and_CE_loss with MemoryEfficientSoftDiceLoss.
+
+Deep supervision: nnU-Net's DeepSupervisionWrapper zips its arguments, so pass the (same) mask once per output:
+    loss(outputs, targets, [annotated] * len(outputs))
+"""
+from typing import Optional
+
+import torch
+from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+from torch import Tensor, nn
+
+
+def _per_voxel(mask: Tensor, ndim: int) -> Tensor:
+    """[B, C] -> [B, C, 1, ..., 1] with ndim dimensions in total."""
+    return mask.view(*mask.shape, *([1] * (ndim - mask.ndim)))
+
+
+def _dice_options(batch_dice: bool = False, do_bg: bool = True, smooth: float = 1., ddp: bool = True):
+    """Keyword arguments (and defaults) of nnU-Net's MemoryEfficientSoftDiceLoss."""
+    return batch_dice, do_bg, smooth, ddp
+
+
+def merge_unannotated(logits: Tensor, annotated: Tensor) -> Tensor:
+    """
+    Marginal log-probabilities in the fixed C-channel layout.
+
+    :param logits: [B, C, ...]
+    :param annotated: bool [B, C]; annotated[b, c] is True if class c is annotated in case b (column 0 is ignored,
+        background always belongs to the merged channel)
+    :return: [B, C, ...] log-probabilities. Channel 0 is log(p_0 + sum of p_u over the classes u not annotated in
+        the case), annotated classes keep their log-softmax, unannotated classes are -inf (probability 0).
+    """
+    group = ~annotated
+    group[:, 0] = True
+    group = _per_voxel(group, logits.ndim)
+    logp = torch.log_softmax(logits, 1)
+    merged_bg = torch.logsumexp(logp.masked_fill(~group, float('-inf')), 1, keepdim=True)
+    return torch.cat((merged_bg, logp[:, 1:].masked_fill(group[:, 1:], float('-inf'))), 1)
+
+
+class MarginalDCandCELoss(nn.Module):
+    def __init__(self, soft_dice_kwargs: dict, ce_kwargs: dict, weight_ce: float = 1, weight_dice: float = 1,
+                 ignore_label: Optional[int] = None, exclusion_weight: float = 0.0):
+        """
+        Drop-in counterpart of nnU-Net's DC_and_CE_loss(..., dice_class=MemoryEfficientSoftDiceLoss) taking a
+        per-case mask of annotated classes.
+
+        :param soft_dice_kwargs: MemoryEfficientSoftDiceLoss kwargs (batch_dice, do_bg, smooth, ddp)
+        :param ce_kwargs: nn.CrossEntropyLoss kwargs that also exist for nn.NLLLoss (weight, reduction); the CE is
+            computed as NLL on the marginal log-probabilities. ignore_index is set from ignore_label.
+        :param ignore_label: voxels with this label are excluded from CE and Dice (as in nnU-Net)
+        :param exclusion_weight: weight of the exclusion term (see _exclusion); 0 disables it
+        """
+        super().__init__()
+        if ignore_label is not None:
+            ce_kwargs = {**ce_kwargs, 'ignore_index': ignore_label}
+        self.batch_dice, self.do_bg, self.smooth, self.ddp = _dice_options(**soft_dice_kwargs)
+        self.nll = nn.NLLLoss(**ce_kwargs)
+        self.weight_ce = weight_ce
+        self.weight_dice = weight_dice
+        self.ignore_label = ignore_label
+        self.exclusion_weight = exclusion_weight
+
+    def forward(self, net_output: Tensor, target: Tensor, annotated: Tensor) -> Tensor:
+        """
+        :param net_output: logits [B, C, ...] (float16 is computed in float32)
+        :param target: label map [B, 1, ...]. Labels of classes not annotated in a case count as merged background.
+        :param annotated: bool [B, C], annotated[b, c] = class c is annotated in case b (column 0 is treated as True)
+        """
+        x = net_output.to(torch.promote_types(net_output.dtype, torch.float32))
+        ann = annotated.to(device=x.device, dtype=torch.bool, copy=True)
+        ann[:, 0] = True
+
+        labels = target[:, 0].long()
+        valid = None if self.ignore_label is None else labels != self.ignore_label
+        if valid is not None:
+            labels = torch.where(valid, labels, 0)
+        labels = torch.where(ann.gather(1, labels.flatten(1)).view_as(labels), labels, 0)
+
+        merged = merge_unannotated(x, ann)
+        dc_loss = self._dice(merged, labels, ann, valid) if self.weight_dice != 0 else 0
+        if self.weight_ce != 0 and (valid is None or valid.any()):
+            ce_loss = self.nll(merged, labels if valid is None else torch.where(valid, labels, self.ignore_label))
+        else:
+            ce_loss = 0
+        result = self.weight_ce * ce_loss + self.weight_dice * dc_loss
+        if self.exclusion_weight > 0:
+            result = result + self.exclusion_weight * self._exclusion(x, labels, ann)
+        return result
+
+    def _dice(self, merged: Tensor, labels: Tensor, ann: Tensor, valid: Optional[Tensor]) -> Tensor:
+        """
+        nnU-Net's MemoryEfficientSoftDiceLoss on the marginal probabilities. Unannotated (case, class) pairs have
+        zero prediction and reference, so they add nothing to the batch sums; they are left out of the mean: per
+        case (mean over annotated pairs) or, with batch_dice, a class counts if any case of the (gathered) batch
+        annotates it.
+        """
+        first = 0 if self.do_bg else 1
+        axes = tuple(range(2, merged.ndim))
+        x = merged[:, first:].exp()
+        with torch.no_grad():
+            y_onehot = torch.zeros_like(merged, dtype=torch.float32).scatter_(1, labels[:, None], 1)[:, first:]
+            if valid is not None:
+                y_onehot *= valid[:, None]
+            sum_gt = y_onehot.sum(axes, dtype=torch.float32)
+            counted = ann[:, first:].float()
+        if valid is not None:
+            x = x * valid[:, None]
+        intersect = (x * y_onehot).sum(axes, dtype=torch.float32)
+        sum_pred = x.sum(axes, dtype=torch.float32)
+
+        if self.batch_dice:
+            if self.ddp:
+                intersect = AllGatherGrad.apply(intersect).sum(0, dtype=torch.float32)
+                sum_pred = AllGatherGrad.apply(sum_pred).sum(0, dtype=torch.float32)
+                sum_gt = AllGatherGrad.apply(sum_gt).sum(0, dtype=torch.float32)
+                counted = AllGatherGrad.apply(counted).sum(0)
+            intersect = intersect.sum(0, dtype=torch.float32)
+            sum_pred = sum_pred.sum(0, dtype=torch.float32)
+            sum_gt = sum_gt.sum(0, dtype=torch.float32)
+            counted = counted.sum(0).clamp_max(1)
+
+        dc = (2 * intersect + self.smooth) / (sum_gt + sum_pred + float(self.smooth)).clamp_min(1e-8)
+        return -(dc * counted).sum() / counted.sum().clamp_min(1)
+
+    @staticmethod
+    def _exclusion(x: Tensor, labels: Tensor, ann: Tensor) -> Tensor:
+        """
+        Exclusion term: classes annotated in another case of the (local) batch but not in case b are excluded in b;
+        where b's target is an annotated foreground class k, they are known to be absent (mutually exclusive with
+        k). Mean, over such voxels (ignored ones excluded) of cases with at least one excluded class, of
+        -log(1 - sum of p_excluded). It is computed exactly as logsumexp(all logits) - logsumexp(non-excluded
+        logits), so no clamping is needed; the gradient w.r.t. an excluded logit is its probability (> 0).
+        """
+        excluded = ann.any(0, keepdim=True) & ~ann
+        voxels = (labels > 0) & _per_voxel(excluded.any(1), labels.ndim)
+        kept = x.masked_fill(_per_voxel(excluded, x.ndim), float('-inf'))
+        penalty = torch.logsumexp(x, 1) - torch.logsumexp(kept, 1)
+        return (penalty * voxels).sum() / voxels.sum().clamp_min(1)

@@ -1,0 +1,69 @@
+"""Shared fixtures: temporary nnU-Net folders and a planned phantom dataset for end-to-end tests."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NNUNET_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+def nnunet_folders(root: Path) -> dict[str, str]:
+    """Create raw/preprocessed/results folders under ``root``; return them as environment variables."""
+    env = {}
+    for name in NNUNET_VARIABLES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        env[name] = str(root / name)
+    return env
+
+
+def subprocess_env(folders: dict[str, str], **extra: str) -> dict[str, str]:
+    """Environment for nnU-Net child processes: our folders, 2 export workers, no inherited extTrainer."""
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    env.update(folders, nnUNet_def_n_proc="2", **extra)
+    return env
+
+
+def run(command: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a command, failing the test with its output when it fails."""
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
+                    f"\n--- stderr\n{result.stderr[-4000:]}")
+    return result
+
+
+def command(name: str, *args: str) -> list[str]:
+    """A console script (nnUNetv2_train, nnunet-suprem, ...) installed next to this interpreter."""
+    return [str(Path(sys.executable).parent / name), *args]
+
+
+def cli(*args: str) -> list[str]:
+    """The nnunet-suprem command."""
+    return command("nnunet-suprem", *args)
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """Fresh nnU-Net folders, set in this process (nnunetv2 reads them lazily) and returned for children."""
+    folders = nnunet_folders(tmp_path / "nnunet")
+    for name, value in folders.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("nnUNet_def_n_proc", "2")
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    return folders
+
+
+@pytest.fixture(scope="session")
+def planned_phantom_dataset(tmp_path_factory) -> dict:
+    """A 3-hospital phantom dataset (hospB annotates 4 classes only), planned and preprocessed for 3d_fullres."""
+    folders = nnunet_folders(tmp_path_factory.mktemp("planned"))
+    env = subprocess_env(folders)
+    run(cli("synth", "-d", "1", "--cases", "3", "--test-cases", "1", "-np", "2",
+            "--annotate", "hospB=liver,spleen,kidney_left,kidney_right"), env)
+    run(command("nnUNetv2_plan_and_preprocess", "-d", "1", "-c", "3d_fullres", "-np", "2",
+                "--verify_dataset_integrity"), env)
+    return {"env": env, "dataset_id": 1, "raw": Path(folders["nnUNet_raw"]) / "Dataset001_SynthCT"}

@@ -1,0 +1,85 @@
+"""The console command, trainer discovery through nnU-Net's own lookup, and the installed layout."""
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, subprocess_env
+from nnunet_suprem.cli import build_parser
+from nnunet_suprem.nnunet_env import trainers_dir, with_ext_trainers
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _subcommands() -> list[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return sorted(action.choices)
+
+
+@pytest.mark.parametrize("subcommand", _subcommands())
+def test_every_subcommand_has_help(subcommand):
+    result = subprocess.run(cli(subcommand, "--help"), capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: nnunet-suprem" in result.stdout
+
+
+def test_trainers_dir_holds_the_trainer_modules():
+    printed = subprocess.run(cli("trainers-dir"), capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(printed) == trainers_dir()
+    assert (trainers_dir() / "suprem_trainers.py").is_file()
+
+
+def test_nnunet_lookup_finds_our_trainers(monkeypatch):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunet_suprem.training.suprem_trainer import SuPreMTrainer
+
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer"):
+        recursive_find_trainer_class_by_name("SuPreMTrainer")
+    monkeypatch.setenv("nnUNet_extTrainer", str(trainers_dir()))
+    for name in ("SuPreMTrainer", "SuPreMTrainer_smoke", "SuPreMTrainer_1000epochs"):
+        found = recursive_find_trainer_class_by_name(name)
+        assert found.__name__ == name and issubclass(found, SuPreMTrainer)
+    assert recursive_find_trainer_class_by_name("SuPreMTrainer") is SuPreMTrainer  # one class, not a copy
+
+
+def test_with_ext_trainers_appends_once():
+    env = with_ext_trainers({"nnUNet_extTrainer": "/somewhere/else"})
+    assert env["nnUNet_extTrainer"].split(os.pathsep) == ["/somewhere/else", str(trainers_dir())]
+    assert with_ext_trainers(env)["nnUNet_extTrainer"] == env["nnUNet_extTrainer"]
+    assert with_ext_trainers({})["nnUNet_extTrainer"] == str(trainers_dir())
+
+
+def test_doctor_names_what_is_missing():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    result = subprocess.run(cli("doctor"), env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        assert f"[FIX] {variable}: not set" in result.stdout
+        assert f"export {variable}=" in result.stdout
+    assert f"export nnUNet_extTrainer={trainers_dir()}" in result.stdout
+
+
+def test_doctor_is_happy_when_set_up(nnunet_env):
+    env = subprocess_env(nnunet_env, nnUNet_extTrainer=str(trainers_dir()))
+    result = subprocess.run(cli("doctor"), env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    assert "[ok] nnUNet_extTrainer" in result.stdout and "SuPreMTrainer" in result.stdout
+    env["nnUNet_extTrainer"] = str(REPO / "tests")  # a directory without our trainers
+    result = subprocess.run(cli("doctor"), env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "does not contain the nnunet-suprem trainers" in result.stdout
+
+
+def test_wheel_ships_the_trainer_modules(tmp_path):
+    """A non-editable install carries trainers/ as nnunet_suprem/ext_trainers (one source, no copies)."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("nnunet_suprem-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in (p.name for p in (REPO / "trainers").glob("*.py")):
+        assert f"nnunet_suprem/ext_trainers/{module}" in names
+    assert not any(n.startswith("trainers/") for n in names)

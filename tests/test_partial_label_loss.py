@@ -1,0 +1,305 @@
+"""Tests of the marginal (partial-label) loss against nnU-Net v2's own losses. CPU only, small tensors."""
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss, merge_unannotated
+
+C = 5
+IGNORE = C  # nnU-Net's convention: ignore label = highest label + 1
+# class 3 is annotated only in case 1, every case misses at least one class
+PARTIAL = torch.tensor([[1, 1, 1, 0, 1],
+                        [1, 0, 1, 1, 0],
+                        [1, 1, 0, 0, 1]], dtype=torch.bool)
+
+
+def dice_kwargs(batch_dice: bool, ddp: bool = False) -> dict:
+    return {'batch_dice': batch_dice, 'smooth': 1e-5, 'do_bg': False, 'ddp': ddp}
+
+
+def nnunet_loss(batch_dice: bool, ignore_label=None, ddp: bool = False) -> DC_and_CE_loss:
+    """Exactly what nnUNetTrainer._build_loss builds for label (non-region) datasets."""
+    return DC_and_CE_loss(dice_kwargs(batch_dice, ddp), {}, weight_ce=1, weight_dice=1, ignore_label=ignore_label,
+                          dice_class=MemoryEfficientSoftDiceLoss)
+
+
+def marginal_loss(batch_dice: bool, ignore_label=None, ddp: bool = False, **kwargs) -> MarginalDCandCELoss:
+    return MarginalDCandCELoss(dice_kwargs(batch_dice, ddp), {}, weight_ce=1, weight_dice=1,
+                               ignore_label=ignore_label, **kwargs)
+
+
+def make_batch(b, spatial, dtype=torch.float64, ignore_label=None, seed=0, c=C):
+    g = torch.Generator().manual_seed(seed)
+    logits = (2 * torch.randn(b, c, *spatial, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+    target = torch.randint(0, c, (b, 1, *spatial), generator=g)
+    target[0][target[0] == c - 1] = 0  # class c-1 is absent from case 0: a true negative for the Dice
+    if ignore_label is not None:
+        target[torch.rand(target.shape, generator=g) < 0.2] = ignore_label
+    return logits, target.float()  # nnU-Net's targets are float label maps
+
+
+def value_and_grad(loss_fn, logits, *args):
+    value = loss_fn(logits, *args)
+    grad, = torch.autograd.grad(value, logits)
+    return value, grad
+
+
+def reference_marginal_loss(logits, target, annotated, batch_dice, ignore_label=None, smooth=1e-5):
+    """Plain probability-space implementation with loops (float64), independent of the module's log-space code."""
+    p = torch.softmax(logits.double(), 1)
+    labels = target[:, 0].long()
+    valid = torch.ones_like(labels, dtype=torch.bool) if ignore_label is None else labels != ignore_label
+    nll, stats = [], []
+    for b in range(p.shape[0]):
+        group = [0] + [c for c in range(1, p.shape[1]) if not annotated[b, c]]
+        lab = torch.where(valid[b], labels[b], 0)
+        for c in group:
+            lab = torch.where(lab == c, 0, lab)
+        p_label = torch.where(lab == 0, p[b, group].sum(0), p[b].gather(0, lab[None])[0])
+        nll.append(-torch.log(p_label)[valid[b]])
+        for c in range(1, p.shape[1]):
+            if annotated[b, c]:
+                pc, yc = p[b, c] * valid[b], ((lab == c) & valid[b]).double()
+                stats.append((c, (pc * yc).sum(), pc.sum(), yc.sum()))
+    if batch_dice:
+        per_class = {}
+        for c, *s in stats:
+            per_class[c] = [a + b for a, b in zip(per_class.get(c, [0, 0, 0]), s)]
+        stats = [(c, *s) for c, s in per_class.items()]
+    dice = torch.stack([(2 * tp + smooth) / (gt + pred + smooth) for _, tp, pred, gt in stats]).mean()
+    return torch.cat(nll).mean() - dice
+
+
+@pytest.mark.parametrize('spatial', [(12, 12), (8, 8, 8)], ids=['2d', '3d'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=['f32', 'f64'])
+@pytest.mark.parametrize('ignore_label', [None, IGNORE], ids=['no_ignore', 'ignore'])
+@pytest.mark.parametrize('batch_dice', [True, False], ids=['batch_dice', 'case_dice'])
+def test_full_annotation_equals_nnunet(batch_dice, ignore_label, dtype, spatial):
+    logits, target = make_batch(2, spatial, dtype, ignore_label)
+    annotated = torch.ones(2, C, dtype=torch.bool)
+    ref, ref_grad = value_and_grad(nnunet_loss(batch_dice, ignore_label), logits, target)
+    ours, grad = value_and_grad(marginal_loss(batch_dice, ignore_label), logits, target, annotated)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+    assert torch.allclose(grad, ref_grad, atol=1e-6, rtol=0)
+    assert grad.dtype == dtype
+
+
+@pytest.mark.parametrize('batch_dice', [True, False], ids=['batch_dice', 'case_dice'])
+def test_full_annotation_equals_nnunet_with_background_dice(batch_dice):
+    """do_bg=True (not used by nnU-Net for labels) also matches, the ignore mask included."""
+    logits, target = make_batch(2, (8, 8, 8), ignore_label=IGNORE)
+    kwargs = {**dice_kwargs(batch_dice), 'do_bg': True}
+    ref, ref_grad = value_and_grad(DC_and_CE_loss(kwargs, {}, ignore_label=IGNORE,
+                                                  dice_class=MemoryEfficientSoftDiceLoss), logits, target)
+    ours, grad = value_and_grad(MarginalDCandCELoss(kwargs, {}, ignore_label=IGNORE), logits, target,
+                                torch.ones(2, C, dtype=torch.bool))
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+    assert torch.allclose(grad, ref_grad, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize('ignore_label', [None, IGNORE], ids=['no_ignore', 'ignore'])
+@pytest.mark.parametrize('batch_dice', [True, False], ids=['batch_dice', 'case_dice'])
+def test_single_case_equals_nnunet_on_merged_classes(batch_dice, ignore_label):
+    """One case = nnU-Net's loss on the reduced problem [logsumexp(background, unannotated), annotated classes]."""
+    logits, target = make_batch(1, (8, 8, 8), ignore_label=ignore_label)
+    annotated = torch.tensor([[1, 0, 1, 0, 1]], dtype=torch.bool)
+    kept, group = [2, 4], [0, 1, 3]
+    reduced = torch.cat((torch.logsumexp(logits[:, group], 1, keepdim=True), logits[:, kept]), 1)
+    lut = torch.zeros(C + 1, dtype=torch.long)
+    lut[kept] = torch.arange(1, len(kept) + 1)
+    lut[IGNORE] = len(kept) + 1
+    reduced_target = lut[target.long()].float()
+    reduced_ignore = None if ignore_label is None else len(kept) + 1
+
+    ref = nnunet_loss(batch_dice, reduced_ignore)(reduced, reduced_target)
+    ref_grad, = torch.autograd.grad(ref, logits)
+    ours, grad = value_and_grad(marginal_loss(batch_dice, ignore_label), logits, target, annotated)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+    assert torch.allclose(grad, ref_grad, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize('ignore_label', [None, IGNORE], ids=['no_ignore', 'ignore'])
+@pytest.mark.parametrize('batch_dice', [True, False], ids=['batch_dice', 'case_dice'])
+def test_partial_annotation_matches_probability_space_reference(batch_dice, ignore_label):
+    logits, target = make_batch(3, (8, 8, 8), ignore_label=ignore_label, seed=1)
+    ours = marginal_loss(batch_dice, ignore_label)(logits, target, PARTIAL)
+    ref = reference_marginal_loss(logits, target, PARTIAL, batch_dice, ignore_label)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+
+
+def test_merge_unannotated_layout():
+    logits, _ = make_batch(3, (4, 4))
+    merged = merge_unannotated(logits, PARTIAL)
+    p = torch.softmax(logits, 1)
+    assert torch.allclose(merged.exp().sum(1), torch.ones(()).double())
+    assert torch.allclose(merged[1, 0].exp(), p[1, [0, 1, 4]].sum(0))
+    assert torch.isneginf(merged[1, [1, 4]]).all() and torch.allclose(merged[1, [2, 3]], p[1, [2, 3]].log())
+
+
+@pytest.mark.parametrize('batch_dice', [True, False], ids=['batch_dice', 'case_dice'])
+def test_invariant_to_split_of_merged_mass(batch_dice):
+    logits, target = make_batch(2, (8, 8, 8))
+    annotated = torch.tensor([[1, 0, 1, 0, 1], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    groups = {0: [0, 1, 3], 1: [0, 4]}
+    loss = marginal_loss(batch_dice, exclusion_weight=0.)
+    base, grad = value_and_grad(loss, logits, target, annotated)
+
+    g = torch.Generator().manual_seed(5)
+    resplit = logits.detach().clone()
+    for b, group in groups.items():
+        # the gradient w.r.t. the merged logits is the gradient of their logsumexp: proportional to their softmax
+        within = torch.softmax(logits[b, group].detach(), 0)
+        assert torch.allclose(grad[b, group], within * grad[b, group].sum(0, keepdim=True), atol=1e-12)
+        # redistribute the merged mass arbitrarily, keeping its logsumexp
+        r = 3 * torch.randn(len(group), 8, 8, 8, generator=g, dtype=torch.float64)
+        resplit[b, group] = r - torch.logsumexp(r, 0) + torch.logsumexp(logits[b, group].detach(), 0)
+    assert not torch.allclose(resplit, logits)
+    assert torch.allclose(loss(resplit, target, annotated), base, atol=1e-10, rtol=0)
+
+
+def test_unannotated_class_predicted_in_background_is_not_penalised():
+    """Class 3 is present but unannotated (labelled 0); predicting 3 there costs the same as predicting 0."""
+    target = torch.zeros(1, 1, 8, 8, 8)
+    target[..., 4:6, :] = 1
+    target[..., 6:, :] = 2
+    truth = target.clone()
+    truth[..., :4, :] = 3  # what the image really shows
+    predict_truth = (10 * torch.nn.functional.one_hot(truth[:, 0].long(), 4).movedim(-1, 1)).double()
+    predict_truth.requires_grad_()
+    predict_target = (10 * torch.nn.functional.one_hot(target[:, 0].long(), 4).movedim(-1, 1)).double()
+    annotated = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    for batch_dice in (True, False):
+        ours = marginal_loss(batch_dice)(predict_truth, target, annotated)
+        naive = nnunet_loss(batch_dice)(predict_truth, target)
+        assert ours < naive - 1
+        assert torch.allclose(ours, marginal_loss(batch_dice)(predict_target, target, annotated))
+
+
+def test_deep_supervision_with_nnunet_wrapper():
+    g = torch.Generator().manual_seed(2)
+    target = torch.randint(0, C, (3, 1, 16, 16, 16), generator=g).float()
+    targets = [target, target[..., ::2, ::2, ::2], target[..., ::4, ::4, ::4]]
+    outputs = [torch.randn(3, C, *t.shape[2:], generator=g, dtype=torch.float64).requires_grad_() for t in targets]
+    weights = np.array([1 / 2 ** i for i in range(len(outputs))])
+    weights[-1] = 0  # as in nnUNetTrainer._build_loss
+    weights = weights / weights.sum()
+
+    loss = marginal_loss(True, exclusion_weight=0.5)
+    wrapped = DeepSupervisionWrapper(loss, weights)
+    # the wrapper zips its arguments: pass the annotated mask once per output
+    value = wrapped(outputs, targets, [PARTIAL] * len(outputs))
+    expected = sum(w * loss(o, t, PARTIAL) for w, o, t in zip(weights, outputs, targets))
+    assert torch.allclose(value, expected, atol=1e-12, rtol=0)
+    value.backward()
+    assert outputs[0].grad.abs().sum() > 0 and outputs[-1].grad is None
+
+    full = torch.ones(3, C, dtype=torch.bool)
+    reference = DeepSupervisionWrapper(nnunet_loss(True), weights)(outputs, targets)
+    ours = DeepSupervisionWrapper(marginal_loss(True), weights)(outputs, targets, [full] * len(outputs))
+    assert torch.allclose(ours, reference, atol=1e-6, rtol=0)
+
+
+def test_exclusion_term_off():
+    logits, target = make_batch(3, (8, 8, 8), seed=4)
+    base = marginal_loss(True)(logits, target, PARTIAL)
+    assert torch.equal(marginal_loss(True, exclusion_weight=0.)(logits, target, PARTIAL), base)
+    # identical annotations in every case: no class is known to be excluded, the term vanishes
+    same = PARTIAL[[0, 0, 0]]
+    assert torch.equal(marginal_loss(True, exclusion_weight=1.)(logits, target, same),
+                       marginal_loss(True)(logits, target, same))
+
+
+@pytest.mark.parametrize('ignore_label', [None, IGNORE], ids=['no_ignore', 'ignore'])
+def test_exclusion_term_value_and_direction(ignore_label):
+    logits, target = make_batch(3, (8, 8, 8), ignore_label=ignore_label, seed=4)
+    w = 0.5
+    term = (marginal_loss(False, ignore_label, exclusion_weight=w)(logits, target, PARTIAL)
+            - marginal_loss(False, ignore_label)(logits, target, PARTIAL)) / w
+
+    excluded = PARTIAL.any(0, keepdim=True) & ~PARTIAL  # {3}, {1, 4}, {2, 3}
+    labels = target[:, 0].long()
+    p = torch.softmax(logits.detach(), 1)
+    selected, values = [], []
+    for b in range(3):
+        lab = torch.where(labels[b] == IGNORE, 0, labels[b])
+        sel = (lab > 0) & PARTIAL[b][lab]  # voxels labelled with a class annotated in case b
+        selected.append(sel)
+        values.append(-torch.log(1 - p[b, excluded[b]].sum(0))[sel])
+    expected = torch.cat(values).mean()
+    assert expected > 0
+    assert torch.allclose(term, expected, atol=1e-10, rtol=0)
+
+    grad, = torch.autograd.grad(term, logits)
+    for b in range(3):
+        g_ex = grad[b, excluded[b]]
+        assert (g_ex[:, selected[b]] > 0).all()  # gradient descent lowers the excluded logits ...
+        assert (g_ex[:, ~selected[b]] == 0).all()  # ... only where a mutually exclusive class is annotated
+    stepped = torch.softmax(logits.detach() - 50 * grad, 1)
+    for b in range(3):
+        assert (stepped[b, excluded[b]].sum(0)[selected[b]] < p[b, excluded[b]].sum(0)[selected[b]]).all()
+
+
+def test_float16_logits_and_annotated_mask_conversion():
+    logits, target = make_batch(3, (8, 8, 8), ignore_label=IGNORE, seed=6)
+    half = (100 * logits.detach()).half().requires_grad_()  # exp() of these overflows in float16
+    loss = marginal_loss(True, IGNORE, exclusion_weight=0.1)
+    value = loss(half, target, PARTIAL.int())
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    assert torch.allclose(value, loss(half.detach().float(), target, PARTIAL), atol=1e-5)
+    value.backward()
+    assert half.grad.dtype == torch.float16 and torch.isfinite(half.grad).all()
+    # column 0 (background) is always treated as annotated
+    no_bg = PARTIAL.clone()
+    no_bg[:, 0] = False
+    assert torch.equal(loss(half, target, no_bg), value)
+
+
+# ---------------------------------------------------------------- DDP (2 CPU processes, gloo)
+# class 1 is annotated only on rank 0's cases, class 3 only on rank 1's
+DDP_ANNOTATED = torch.tensor([[1, 1, 1, 0, 1],
+                              [1, 1, 0, 0, 1],
+                              [1, 0, 1, 1, 0],
+                              [1, 0, 0, 1, 1]], dtype=torch.bool)
+
+
+def _ddp_worker(rank: int, world: int, init_file: str):
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
+    try:
+        logits, target = make_batch(4, (8, 8, 8), seed=3)
+        part = slice(2 * rank, 2 * rank + 2)
+        local = logits.detach()[part].clone().requires_grad_()
+        for weight_ce in (0, 1):
+            kwargs = dict(weight_ce=weight_ce, weight_dice=1)
+            full, full_grad = value_and_grad(MarginalDCandCELoss(dice_kwargs(True, ddp=False), {}, **kwargs),
+                                             logits, target, DDP_ANNOTATED)
+            mine, grad = value_and_grad(MarginalDCandCELoss(dice_kwargs(True, ddp=True), {}, **kwargs),
+                                        local, target[part], DDP_ANNOTATED[part])
+            # Dice: tp/fp/fn and the annotated mask are gathered, so every rank computes the full-batch Dice
+            # (including class 3 on rank 0 and class 1 on rank 1, which they do not annotate locally).
+            # CE: a per-rank mean; with equal voxel counts per rank its mean over ranks is the full-batch CE.
+            mean = mine.detach().clone()
+            dist.all_reduce(mean)
+            assert torch.allclose(mean / world, full, atol=1e-6, rtol=0)
+            if weight_ce == 0:
+                assert torch.allclose(mine, full, atol=1e-6, rtol=0)
+            # AllGatherGrad's backward sums the identical Dice gradient of all ranks and dCE_full/dx = dCE_rank/dx /
+            # world, so each rank's gradient is world * the full-batch gradient (DDP then averages over ranks).
+            assert torch.allclose(grad, world * full_grad[part], atol=1e-6, rtol=0)
+
+        # full annotation under DDP: identical to nnU-Net's DDP loss, value and gradient
+        full_ann = torch.ones(2, C, dtype=torch.bool)
+        ref, ref_grad = value_and_grad(nnunet_loss(True, ddp=True), local, target[part])
+        mine, grad = value_and_grad(marginal_loss(True, ddp=True), local, target[part], full_ann)
+        assert torch.allclose(mine, ref, atol=1e-6, rtol=0) and torch.allclose(grad, ref_grad, atol=1e-6, rtol=0)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_batch_dice_gathers_across_ranks(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'dist_init')), nprocs=2, join=True)

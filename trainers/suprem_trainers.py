@@ -1,0 +1,9 @@
+"""SuPreM pre-training trainers: ``nnUNetv2_train D 3d_fullres F -tr SuPreMTrainer``."""
+from nnunet_suprem.training.suprem_trainer import (  # noqa: F401  (exposed to nnU-Net's trainer lookup)
+    SuPreMTrainer,
+    SuPreMTrainer_5epochs,
+    SuPreMTrainer_50epochs,
+    SuPreMTrainer_250epochs,
+    SuPreMTrainer_1000epochs,
+    SuPreMTrainer_smoke,
+)
