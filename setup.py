@@ -1,5 +1,5 @@
 """nnunet-suprem: SuPreM-style supervised pre-training and transfer for nnU-Net v2."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="nnunet-suprem",
@@ -11,7 +11,7 @@ setup(
     # `trainers/` is the directory users put on nnUNet_extTrainer. It is installed as the
     # package `nnunet_suprem.ext_trainers` so that a non-editable install ships it too
     # (one source; `nnunet-suprem trainers-dir` prints where it is).
-    packages=["nnunet_suprem", "nnunet_suprem.training", "nnunet_suprem.ext_trainers"],
+    packages=[*find_packages(include=["nnunet_suprem", "nnunet_suprem.*"]), "nnunet_suprem.ext_trainers"],
     package_dir={"nnunet_suprem.ext_trainers": "trainers"},
     install_requires=[
         "nnunetv2>=2.8",

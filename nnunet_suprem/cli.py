@@ -5,6 +5,8 @@ import argparse
 import sys
 
 from nnunet_suprem import __version__, doctor, synth
+from nnunet_suprem.convert import abdomenatlas, merge, totalsegmentator
+from nnunet_suprem.convert.driver import ConversionError
 from nnunet_suprem.nnunet_env import ConfigurationError, trainers_dir
 
 
@@ -27,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trainers_dir(subparsers)
     doctor.add_subparser(subparsers)
     synth.add_subparser(subparsers)
+    abdomenatlas.add_subparser(subparsers)
+    totalsegmentator.add_subparser(subparsers)
+    merge.add_subparser(subparsers)
     return parser
 
 

@@ -65,6 +65,19 @@ def dataset_name(dataset_id: int, name: str) -> str:
     return f"Dataset{dataset_id:03d}_{name}"
 
 
+def new_dataset_folder(dataset_id: int, name: str, overwrite: bool, raw_folder: str | Path | None = None) -> Path:
+    """Where ``DatasetXXX_name`` goes; refuses an ID another dataset uses, and an existing one without overwrite."""
+    folder_name = dataset_name(dataset_id, name)
+    clashes = [d for d in datasets_with_id(dataset_id) if d != folder_name]
+    if clashes:
+        raise FileExistsError(f"dataset ID {dataset_id} is already used by {clashes}; choose another ID "
+                              f"(nnU-Net needs IDs to be unique)")
+    final = (Path(raw_folder) if raw_folder is not None else raw_root()) / folder_name
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists; pass --overwrite to replace it")
+    return final
+
+
 def _same_path(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)

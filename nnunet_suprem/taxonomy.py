@@ -1,9 +1,23 @@
-"""Class taxonomies: the one place that knows class names, their order and their laterality.
+"""Class taxonomies: the one place that knows class names, their order, laterality and synonyms.
 
-Class names are canonical snake_case, as in the AbdomenAtlas mask file names
-(``segmentations/<class>.nii.gz``). Label value = position in the list + 1 (0 is background).
+Class names are snake_case mask file names (``segmentations/<class>.nii.gz``). Label value =
+position in the list + 1 (0 is background). The canonical name of a structure is its
+AbdomenAtlas 1.1 name where AbdomenAtlas has the class, otherwise its TotalSegmentator v2
+name, otherwise its v1 or Universal Model name (see :func:`canonical_name`).
 """
 from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+# Sources (checked against the files, not copied):
+# - AbdomenAtlas: MrGiovanni/SuPreM supervised_pretraining/dataset/dataloader_bdmap.py
+#   (class_map_abdomenatlas_1_0 / _1_1).
+# - Universal Model: MrGiovanni/SuPreM direct_inference/utils/utils.py (ORGAN_NAME_LOW).
+# - TotalSegmentator: wasserth/TotalSegmentator totalsegmentator/map_to_binary.py, class_map["total_v1"]
+#   (v1) and class_map["total"] (v2, = the five class_map_5_parts concatenated); the dataset's mask
+#   files are these names (resources/convert_dataset_to_nnunet.py).
+# - SuPreM groups: MrGiovanni/SuPreM target_applications/totalsegmentator/dataset/dataloader.py.
 
 ABDOMENATLAS_1_1: tuple[str, ...] = (
     "aorta", "gall_bladder", "kidney_left", "kidney_right", "liver", "pancreas",
@@ -17,7 +31,130 @@ ABDOMENATLAS_1_1: tuple[str, ...] = (
 ABDOMENATLAS_1_0: tuple[str, ...] = ABDOMENATLAS_1_1[:9]
 """AbdomenAtlas 1.0: the first 9 classes of 1.1 (also the value map of ``combined_labels.nii.gz``)."""
 
+UNIVERSAL_MODEL_32: tuple[str, ...] = (
+    "spleen", "kidney_right", "kidney_left", "gall_bladder", "esophagus", "liver", "stomach",
+    "aorta", "postcava", "portal_vein_and_splenic_vein", "pancreas", "adrenal_gland_right",
+    "adrenal_gland_left", "duodenum", "hepatic_vessel", "lung_right", "lung_left", "colon",
+    "intestine", "rectum", "bladder", "prostate", "femur_left", "femur_right",
+    "celiac_truck",  # [sic]: the Universal Model's own spelling of celiac_trunk
+    "kidney_tumor", "liver_tumor", "pancreas_tumor", "hepatic_vessel_tumor", "lung_tumor",
+    "colon_tumor", "kidney_cyst",
+)
+"""CLIP-Driven Universal Model: 25 organs then 7 tumours, in label-value order."""
+
+_VERTEBRAE_L5_TO_C1: tuple[str, ...] = tuple(
+    f"vertebrae_{region}{i}" for region, count in (("L", 5), ("T", 12), ("C", 7)) for i in range(count, 0, -1))
+_RIBS: tuple[str, ...] = tuple(f"rib_{side}_{i}" for side in ("left", "right") for i in range(1, 13))
+
+TOTALSEGMENTATOR_V1: tuple[str, ...] = (
+    "spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "aorta",
+    "inferior_vena_cava", "portal_vein_and_splenic_vein", "pancreas", "adrenal_gland_right",
+    "adrenal_gland_left", "lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right",
+    "lung_middle_lobe_right", "lung_lower_lobe_right",
+    *_VERTEBRAE_L5_TO_C1,
+    "esophagus", "trachea", "heart_myocardium", "heart_atrium_left", "heart_ventricle_left",
+    "heart_atrium_right", "heart_ventricle_right", "pulmonary_artery", "brain",
+    "iliac_artery_left", "iliac_artery_right", "iliac_vena_left", "iliac_vena_right",
+    "small_bowel", "duodenum", "colon",
+    *_RIBS,
+    "humerus_left", "humerus_right", "scapula_left", "scapula_right", "clavicula_left",
+    "clavicula_right", "femur_left", "femur_right", "hip_left", "hip_right", "sacrum", "face",
+    "gluteus_maximus_left", "gluteus_maximus_right", "gluteus_medius_left", "gluteus_medius_right",
+    "gluteus_minimus_left", "gluteus_minimus_right", "autochthon_left", "autochthon_right",
+    "iliopsoas_left", "iliopsoas_right", "urinary_bladder",
+)
+"""TotalSegmentator v1: 104 classes in label-value order."""
+
+TOTALSEGMENTATOR_V2: tuple[str, ...] = (
+    "spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "pancreas",
+    "adrenal_gland_right", "adrenal_gland_left", "lung_upper_lobe_left", "lung_lower_lobe_left",
+    "lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right", "esophagus",
+    "trachea", "thyroid_gland", "small_bowel", "duodenum", "colon", "urinary_bladder", "prostate",
+    "kidney_cyst_left", "kidney_cyst_right",
+    "sacrum", "vertebrae_S1", *_VERTEBRAE_L5_TO_C1,
+    "heart", "aorta", "pulmonary_vein", "brachiocephalic_trunk", "subclavian_artery_right",
+    "subclavian_artery_left", "common_carotid_artery_right", "common_carotid_artery_left",
+    "brachiocephalic_vein_left", "brachiocephalic_vein_right", "atrial_appendage_left",
+    "superior_vena_cava", "inferior_vena_cava", "portal_vein_and_splenic_vein",
+    "iliac_artery_left", "iliac_artery_right", "iliac_vena_left", "iliac_vena_right",
+    "humerus_left", "humerus_right", "scapula_left", "scapula_right", "clavicula_left",
+    "clavicula_right", "femur_left", "femur_right", "hip_left", "hip_right", "spinal_cord",
+    "gluteus_maximus_left", "gluteus_maximus_right", "gluteus_medius_left", "gluteus_medius_right",
+    "gluteus_minimus_left", "gluteus_minimus_right", "autochthon_left", "autochthon_right",
+    "iliopsoas_left", "iliopsoas_right", "brain", "skull",
+    *_RIBS, "sternum", "costal_cartilages",
+)
+"""TotalSegmentator v2: 117 classes in label-value order (the current map; an early 2.0.x map
+listed ``rib_right_4``, ``rib_right_3`` before ``rib_left_1``: same names, other values)."""
+
+TOTALSEGMENTATOR_V1_TO_V2: dict[str, str] = {}
+"""v1 class names that v2 renamed: none. The 7 v1-only classes (heart chambers,
+``pulmonary_artery``, ``face``) moved to other TotalSegmentator tasks and are not in the v2
+dataset; every other v1 name is unchanged (wasserth/TotalSegmentator resources/improvements_in_v2.md)."""
+
+SUPREM_GROUPS: dict[str, tuple[str, ...]] = {
+    "organs": TOTALSEGMENTATOR_V1[:17],
+    "muscles": (
+        "humerus_left", "humerus_right", "scapula_left", "scapula_right", "clavicula_left",
+        "clavicula_right", "femur_left", "femur_right", "hip_left", "hip_right", "sacrum",
+        "gluteus_maximus_left", "gluteus_maximus_right", "gluteus_medius_left", "gluteus_medius_right",
+        "gluteus_minimus_left", "gluteus_minimus_right", "autochthon_left", "autochthon_right",
+        "iliopsoas_left", "iliopsoas_right",
+    ),
+    "cardiac": (
+        "esophagus", "trachea", "heart_myocardium", "heart_atrium_left", "heart_ventricle_left",
+        "heart_atrium_right", "heart_ventricle_right", "pulmonary_artery", "brain",
+        "iliac_artery_left", "iliac_artery_right", "iliac_vena_left", "iliac_vena_right",
+        "small_bowel", "duodenum", "colon", "urinary_bladder", "face",
+    ),
+    "vertebrae": _VERTEBRAE_L5_TO_C1,
+    "ribs": _RIBS,
+}
+"""SuPreM's five fine-tuning tasks on TotalSegmentator v1 (v1 class names, task label order)."""
+
+TAXONOMIES: dict[str, tuple[str, ...]] = {
+    "abdomenatlas1.0": ABDOMENATLAS_1_0,
+    "abdomenatlas1.1": ABDOMENATLAS_1_1,
+    "universal32": UNIVERSAL_MODEL_32,
+    "totalsegmentator_v1": TOTALSEGMENTATOR_V1,
+    "totalsegmentator_v2": TOTALSEGMENTATOR_V2,
+}
+"""Every class list by name."""
+
+SYNONYMS: dict[str, str] = {
+    # TotalSegmentator / common spellings of AbdomenAtlas classes
+    "inferior_vena_cava": "postcava", "vena_cava_inferior": "postcava", "ivc": "postcava",
+    "gallbladder": "gall_bladder",
+    "urinary_bladder": "bladder",
+    "small_bowel": "intestine", "small_intestine": "intestine",
+    "portal_and_splenic_vein": "portal_vein_and_splenic_vein",
+    "portal_splenic_vein": "portal_vein_and_splenic_vein",  # MONAI MAISI "Portal & splenic vein"
+    "celiac_truck": "celiac_trunk",  # Universal Model
+    "arota": "aorta",  # AMOS22 dataset.json and Universal Model display names
+    "hepatic_vessels": "hepatic_vessel", "liver_vessels": "hepatic_vessel",
+    "head_of_femur_left": "femur_left", "head_of_femur_right": "femur_right",  # WORD, Universal Model
+    "femur_head_left": "femur_left", "femur_head_right": "femur_right",
+    "femoral_head_left": "femur_left", "femoral_head_right": "femur_right",
+    "adrenal_left": "adrenal_gland_left", "adrenal_right": "adrenal_gland_right",
+    # BTCV (MONAI dataset_0.json abbreviations)
+    "rkid": "kidney_right", "lkid": "kidney_left", "gall": "gall_bladder", "eso": "esophagus",
+    "sto": "stomach", "veins": "portal_vein_and_splenic_vein",
+    "rad": "adrenal_gland_right", "lad": "adrenal_gland_left",
+    # FLARE22 abbreviations
+    "rag": "adrenal_gland_right", "lag": "adrenal_gland_left",
+    # Universal Model tumours under other names (MSD Task10, MONAI MAISI)
+    "colon_cancer_primaries": "colon_tumor", "hepatic_tumor": "liver_tumor",
+    "pancreatic_tumor": "pancreas_tumor",
+}
+"""Normalised alias -> canonical name. Side words may stand anywhere in an alias
+(``canonical_name`` moves them last); ``tumour``/``oesophagus``/``coeliac`` are respelled first.
+Deliberately absent: unsided ``kidney``/``adrenal``/``lung``, generic ``tumor``/``cancer``/``cyst``,
+AMOS ``prostate/uterus``: they name no single class here."""
+
 _SIDES = {"left": "right", "right": "left"}
+_SIDE_LETTERS = {"l": "left", "r": "right"}
+_SPELLINGS = {"tumour": "tumor", "tumours": "tumor", "tumors": "tumor",
+              "oesophagus": "esophagus", "coeliac": "celiac"}
 
 
 def laterality_partner(name: str) -> str | None:
@@ -45,3 +182,84 @@ def in_taxonomy_order(classes, taxonomy: tuple[str, ...] = ABDOMENATLAS_1_1) -> 
     """Sort class names by their position in ``taxonomy``; names outside it follow, sorted."""
     position = {name: i for i, name in enumerate(taxonomy)}
     return sorted(set(classes), key=lambda c: (position.get(c, len(taxonomy)), c))
+
+
+def normalise(name: str) -> str:
+    """Lowercase snake_case of a class or file name: ``" Right Kidney.nii.gz"`` -> ``right_kidney``.
+
+    A trailing ``.nii.gz``/``.nii`` is dropped; every run of other characters than ``a-z0-9``
+    (spaces, hyphens, dots, slashes, parentheses, ...) becomes one underscore, none at the ends.
+    """
+    name = re.sub(r"\.nii(\.gz)?$", "", name.strip().lower())
+    return re.sub(r"[^a-z0-9]+", "_", name).strip("_")
+
+
+def _side_last(tokens: list[str]) -> list[str]:
+    """Move the one side token (``left``/``right``, or ``l``/``r`` first or last) to the end, spelled out."""
+    sides = [i for i, t in enumerate(tokens)
+             if t in _SIDES or (t in _SIDE_LETTERS and i in (0, len(tokens) - 1))]
+    if len(sides) != 1 or len(tokens) == 1:
+        return tokens
+    side = tokens[sides[0]]
+    return [t for i, t in enumerate(tokens) if i != sides[0]] + [_SIDE_LETTERS.get(side, side)]
+
+
+def _key(name: str) -> str:
+    """Normalised, respelled, side word last: the form names are compared in."""
+    return "_".join(_side_last([_SPELLINGS.get(t, t) for t in normalise(name).split("_")]))
+
+
+_CANONICAL: dict[str, str] = {
+    **{_key(name): name for classes in TAXONOMIES.values() for name in classes},
+    **{_key(alias): name for alias, name in SYNONYMS.items()},
+}
+
+
+def canonical_name(name: str) -> str:
+    """The canonical class name of ``name`` (``"Right Kidney"``, ``kidney (right)`` -> ``kidney_right``).
+
+    Unknown names come back normalised with their side word last (``left foo`` -> ``foo_left``).
+    """
+    key = _key(name)
+    return _CANONICAL.get(key, key)
+
+
+def match_classes(names: Iterable[str], targets: Sequence[str]) -> dict[str, str | None]:
+    """For each of ``names`` the target with the same canonical name, or None.
+
+    Raises ValueError when two targets share a canonical name or two names match one target.
+    """
+    by_canonical: dict[str, str] = {}
+    for target in targets:
+        other = by_canonical.setdefault(canonical_name(target), target)
+        if other != target:
+            raise ValueError(f"targets {other!r} and {target!r} are the same class {canonical_name(target)!r}")
+    matches: dict[str, str | None] = {}
+    matched_by: dict[str, str] = {}
+    for name in names:
+        target = matches[name] = by_canonical.get(canonical_name(name))
+        if target is not None and matched_by.setdefault(target, name) != name:
+            raise ValueError(f"{matched_by[target]!r} and {name!r} both match target {target!r}")
+    return matches
+
+
+_TS_V1_ONLY = frozenset(normalise(n) for n in set(TOTALSEGMENTATOR_V1) - set(TOTALSEGMENTATOR_V2))
+_TS_V2_ONLY = frozenset(normalise(n) for n in set(TOTALSEGMENTATOR_V2) - set(TOTALSEGMENTATOR_V1))
+
+
+def totalsegmentator_version(class_names: Iterable[str]) -> str:
+    """``"v1"`` or ``"v2"``: the TotalSegmentator release whose mask file names these are.
+
+    Decided by the classes only one release has (v1: heart chambers, ``pulmonary_artery``,
+    ``face``; v2: ``heart``, ``skull``, ``sternum``, ...); ValueError when none or both occur.
+    """
+    present = {normalise(n) for n in class_names}
+    v1, v2 = sorted(present & _TS_V1_ONLY), sorted(present & _TS_V2_ONLY)
+    if v1 and not v2:
+        return "v1"
+    if v2 and not v1:
+        return "v2"
+    if v1:
+        raise ValueError(f"mixed TotalSegmentator releases: v1-only classes {v1} and v2-only classes {v2}")
+    raise ValueError("cannot tell the TotalSegmentator release: none of the classes only v1 "
+                     f"({sorted(_TS_V1_ONLY)}) or only v2 ({sorted(_TS_V2_ONLY)}) has is present")

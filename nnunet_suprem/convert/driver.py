@@ -1,0 +1,134 @@
+"""Run a conversion case by case: resumable, parallel, with a report instead of dying on the first bad case."""
+from __future__ import annotations
+
+import argparse
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from nnunet_suprem.convert.cases import CaseResult, Problem
+from nnunet_suprem.convert.staging import DatasetStaging
+from nnunet_suprem.fileio import write_json
+from nnunet_suprem.jobs import default_num_processes, map_with_progress
+from nnunet_suprem.manifest import MANIFEST_KEY, build_manifest
+
+REPORT_NAME = "conversion_report.json"
+
+
+class ConversionError(ValueError):
+    """The conversion found problems it was told not to tolerate (``--strict``) or converted nothing."""
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """One case to convert: ``convert(image_out, label_out)`` writes it and returns its result."""
+    case: str
+    convert: Callable[[Path, Path], CaseResult]
+    test: bool = False  # goes to imagesTs/labelsTs
+
+
+@dataclass
+class Conversion:
+    """What a converter found before converting: the jobs, and cases it could not even start."""
+    jobs: list[CaseJob]
+    labels: dict[str, int]
+    skipped: list[CaseResult] = field(default_factory=list)  # e.g. no CT: listed in the report
+    notes: list[str] = field(default_factory=list)  # information for the report (unused masks, ...)
+    channel_names: dict[str, str] = field(default_factory=lambda: {"0": "CT"})
+    sources: dict[str, str] = field(default_factory=dict)  # case -> source name, names manifest groups
+
+
+def _run_job(job: CaseJob, staging: DatasetStaging, file_ending: str) -> dict:
+    images, labels = ("imagesTs", "labelsTs") if job.test else ("imagesTr", "labelsTr")
+    result = job.convert(staging.path / images / f"{job.case}_0000{file_ending}",
+                         staging.path / labels / f"{job.case}{file_ending}")
+    info = {**result.to_json(), "test": job.test}
+    if result.converted:
+        staging.record(job.case, info)
+    return info
+
+
+def partial_label_groups(results: list[dict], labels: Mapping[str, int],
+                         sources: Mapping[str, str]) -> dict[str, tuple[list[str], list[str]]]:
+    """Group training cases that annotate fewer than all labels by source and annotated set.
+
+    A group is named after its source (``partial`` without one), with a number when a source
+    has several annotated sets.
+    """
+    everything = [n for n in labels if n not in ("background", "ignore")]
+    by_set: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for r in results:
+        if not r["test"] and set(r["annotated"]) != set(everything):
+            key = (sources.get(r["case"], "partial"), tuple(n for n in everything if n in r["annotated"]))
+            by_set.setdefault(key, []).append(r["case"])
+    groups = {}
+    for source in sorted({s for s, _ in by_set}):
+        sets = sorted((a for s, a in by_set if s == source), key=lambda a: (-len(a), a))
+        for i, annotated in enumerate(sets):
+            name = source if len(sets) == 1 else f"{source}_{i + 1}"
+            groups[name] = (list(annotated), by_set[source, annotated])
+    return groups
+
+
+def run_conversion(conversion: Conversion, staging: DatasetStaging, source: str, num_processes: int,
+                   strict: bool, dataset_json_extra: Mapping | None = None, file_ending: str = ".nii.gz") -> Path:
+    """Convert every job not finished yet, write dataset.json and the report, and move the dataset into place."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    finished = staging.finished_cases()
+    todo = [job for job in conversion.jobs if job.case not in finished]
+    if finished:
+        print(f"resuming: {len(finished)} of {len(conversion.jobs)} cases were converted by an earlier run")
+    new = map_with_progress(functools.partial(_run_job, staging=staging, file_ending=file_ending), todo,
+                            num_processes, desc=f"converting {staging.name}")
+    results = [*finished.values(), *new, *({**s.to_json(), "test": False} for s in conversion.skipped)]
+    converted = [r for r in results if not any(p["fatal"] for p in r["problems"])]
+    skipped = [r["case"] for r in results if r not in converted]
+    problems = [{"case": r["case"], **p} for r in results for p in r["problems"]]
+    training = [r for r in converted if not r["test"]]
+    groups = partial_label_groups(training, conversion.labels, conversion.sources)
+    report = {
+        "source": source,
+        "dataset": staging.name,
+        "converted_cases": len(converted),
+        "skipped_cases": sorted(skipped),
+        "partially_annotated_cases": sum(len(cases) for _, cases in groups.values()),
+        "problems": problems,
+        "notes": conversion.notes,
+    }
+    write_json(report, staging.path / REPORT_NAME)
+    _print_summary(report)
+    if strict and problems:
+        raise ConversionError(f"{len(problems)} problem(s) and --strict: nothing was published; see "
+                              f"{staging.path / REPORT_NAME}. Fix them and rerun the same command to resume.")
+    if not training:
+        raise ConversionError(f"no training case could be converted from {source}; see {staging.path / REPORT_NAME}")
+
+    extra = {**(dataset_json_extra or {}), **({MANIFEST_KEY: build_manifest(groups)} if groups else {})}
+    generate_dataset_json(str(staging.path), channel_names=conversion.channel_names, labels=conversion.labels,
+                          num_training_cases=len(training), file_ending=file_ending, dataset_name=staging.name,
+                          converted_by="nnunet-suprem", **extra)
+    return staging.commit()
+
+
+def _print_summary(report: dict) -> None:
+    print(f"{report['dataset']}: converted {report['converted_cases']} case(s), skipped {len(report['skipped_cases'])}, "
+          f"{report['partially_annotated_cases']} partially annotated, {len(report['problems'])} problem(s)")
+    for p in report["problems"][:20]:
+        print(f"  [{'skipped' if p['fatal'] else 'warning'}] {p['case']}: {p['file']}: {p['problem']}")
+    if len(report["problems"]) > 20:
+        print(f"  ... {len(report['problems']) - 20} more in {REPORT_NAME}")
+
+
+def no_ct_result(case: str, folder: Path) -> CaseResult:
+    """The result of a case folder without a CT (reported and skipped)."""
+    return CaseResult(case, problems=[Problem(str(folder), "no ct.nii.gz in the case folder", True)])
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Options every converter shares."""
+    p.add_argument("-np", dest="num_processes", type=int, default=default_num_processes(),
+                   help="cases converted in parallel (default: nnUNet_def_n_proc or 8)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this ID and name")
+    p.add_argument("--strict", action="store_true", help="any problem in any case is fatal")

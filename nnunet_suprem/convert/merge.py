@@ -1,0 +1,201 @@
+"""``nnunet-suprem merge``: merge nnU-Net raw datasets with different label sets into one partial-label dataset.
+
+Every source label is mapped to a class of the target taxonomy by canonical name and
+synonyms (``taxonomy.canonical_name``), or by a user mapping file::
+
+    {
+      "*":               {"tumor": null},                  # any source: drop (voxels become background)
+      "Dataset011_BTCV": {"rad": "adrenal_gland_right",    # this source only (name or ID)
+                          "unclear": "ignore"}             # voxels become nnU-Net's ignore label
+    }
+
+Images are not copied: the merged dataset.json lists every case under ``dataset`` with a
+relative path to the source image. Only the relabelled label maps are written. Case
+identifiers are prefixed with the source name. The manifest records, per source, the
+classes that source annotates (intersected with the source's own manifest, if any).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from nnunet_suprem.convert.cases import CaseResult, Problem
+from nnunet_suprem.convert.driver import CaseJob, Conversion, add_common_arguments, run_conversion
+from nnunet_suprem.convert.staging import DatasetStaging
+from nnunet_suprem.fileio import atomic_path
+from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels
+from nnunet_suprem.nnunet_env import raw_root
+from nnunet_suprem.taxonomy import TAXONOMIES, canonical_name, in_taxonomy_order, label_dict
+
+TARGETS = ("abdomenatlas1.1", "union")
+DROP, IGNORE = None, "ignore"
+
+
+def load_mapping_file(path: str | Path | None) -> dict[str, dict[str, str | None]]:
+    """The ``--map`` file: ``{source or "*": {source label: target class | null | "ignore"}}``."""
+    if path is None:
+        return {}
+    try:
+        mapping = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--map {path}: {e}") from e
+    if not isinstance(mapping, dict) or not all(isinstance(v, dict) for v in mapping.values()):
+        raise ValueError(f"--map {path}: expected {{\"*\" or source: {{label: class | null | \"ignore\"}}}}")
+    return mapping
+
+
+class Source:
+    """A raw dataset to merge: its folder, dataset.json, files and case prefix."""
+
+    def __init__(self, dataset: str | int, raw_folder: Path):
+        from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+        from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+        name = dataset if str(dataset).startswith("Dataset") else convert_id_to_dataset_name(int(dataset))
+        self.folder = raw_folder / name
+        if not (self.folder / "dataset.json").is_file():
+            raise FileNotFoundError(f"{self.folder / 'dataset.json'} not found (is {name} in $nnUNet_raw?)")
+        self.name = name
+        self.id = name[len("Dataset"):len("Dataset") + 3]
+        self.dataset_json = json.loads((self.folder / "dataset.json").read_text())
+        if any(not isinstance(v, int) for v in self.dataset_json["labels"].values()):
+            raise ValueError(f"{self.folder / 'dataset.json'}: region-based labels cannot be merged")
+        self.files = get_filenames_of_train_images_and_targets(str(self.folder), self.dataset_json)
+        self.prefix = name.split("_", 1)[1]
+
+    def label_targets(self, mapping: Mapping[str, Mapping], targets: Sequence[str] | None) -> dict[str, str | None]:
+        """``{source label: target class | None (drop) | "ignore"}``; raises listing what cannot be mapped."""
+        user = {**mapping.get("*", {}), **mapping.get(self.id.lstrip("0"), {}), **mapping.get(self.id, {}),
+                **mapping.get(self.name, {})}
+        result, unmapped = {}, []
+        for label in foreground_labels(self.dataset_json):
+            if label in user:
+                result[label] = user[label]
+            elif targets is None:
+                result[label] = canonical_name(label)
+            else:
+                matches = [t for t in targets if canonical_name(t) == canonical_name(label)]
+                if matches:
+                    result[label] = matches[0]
+                else:
+                    unmapped.append(label)
+        if unmapped:
+            raise ValueError(f"{self.name}: labels {unmapped} match no class of the target taxonomy; map them "
+                             f"with --map (a class name, null to drop, or \"ignore\")")
+        return result
+
+
+def relabel_case(case: str, source_label: str, dataset_json: dict, lut: np.ndarray, annotated: list[str],
+                 image_out: Path, label_out: Path) -> CaseResult:
+    """Write ``lut[source label map]`` with nnU-Net's reader/writer for the source's file format.
+
+    ``image_out`` is unused: merged datasets reference the source images.
+    """
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    result = CaseResult(case, annotated)
+    rw = determine_reader_writer_from_dataset_json(dataset_json, source_label, verbose=False)()
+    try:
+        seg, properties = rw.read_seg(source_label)
+    except Exception as e:  # nnU-Net's readers raise whatever their library raises
+        result.problems.append(Problem(source_label, f"unreadable: {e}", True))
+        return result
+    known = set(dataset_json["labels"].values())
+    unexpected = [v for v in np.unique(seg).tolist() if v not in known]
+    if unexpected:
+        result.problems.append(Problem(source_label, f"label values {unexpected[:10]} are not in the source "
+                                                     "dataset.json labels", True))
+        return result
+    with atomic_path(label_out) as tmp:
+        rw.write_seg(lut[seg[0].astype(np.int64)], tmp, properties)
+    return result
+
+
+def merge_datasets(sources: Sequence[str | int], dataset_id: int, name: str, taxonomy: str = "abdomenatlas1.1",
+                   mapping_file: str | Path | None = None, num_processes: int = 1, overwrite: bool = False,
+                   strict: bool = False) -> Path:
+    """Merge raw datasets into ``$nnUNet_raw/DatasetXXX_name``; returns its path."""
+    if len(set(map(str, sources))) != len(sources):
+        raise ValueError(f"a source is listed twice: {list(sources)}")
+    root = raw_root()
+    loaded = [Source(s, root) for s in sources]
+    _check_compatible(loaded)
+    mapping = load_mapping_file(mapping_file)
+    targets = None if taxonomy == "union" else TAXONOMIES[taxonomy]
+    label_targets = {s.name: s.label_targets(mapping, targets) for s in loaded}
+    used = {t for m in label_targets.values() for t in m.values() if t not in (DROP, IGNORE)}
+    unknown = sorted(used - set(targets)) if targets is not None else []
+    if unknown:
+        raise ValueError(f"--map names classes outside {taxonomy}: {unknown}")
+    classes = [c for c in targets if c in used] if targets is not None else in_taxonomy_order(used)
+    labels = label_dict(classes)
+    if any(IGNORE in m.values() or "ignore" in s.dataset_json["labels"] for s, m in
+           zip(loaded, label_targets.values())):
+        labels["ignore"] = len(labels)
+
+    prefixes = [s.prefix for s in loaded]
+    conversion = Conversion([], labels, channel_names=loaded[0].dataset_json["channel_names"])
+    dataset_entries = {}
+    staging = DatasetStaging(dataset_id, name, {
+        "converter": "merge", "sources": [str(s.folder) for s in loaded], "taxonomy": taxonomy,
+        "map": mapping}, overwrite)
+    for source in loaded:
+        targets_of = label_targets[source.name]
+        prefix = source.prefix if prefixes.count(source.prefix) == 1 else source.name
+        lut = _lookup_table(source.dataset_json["labels"], targets_of, labels)
+        source_annotated = annotated_classes_by_case(source.dataset_json) or {}
+        for case, files in sorted(source.files.items()):
+            merged_case = f"{prefix}_{case}"
+            own = source_annotated.get(case, foreground_labels(source.dataset_json))
+            annotated = [c for c in classes if c in {targets_of[l] for l in own}]
+            conversion.sources[merged_case] = prefix
+            conversion.jobs.append(CaseJob(merged_case, functools.partial(
+                relabel_case, merged_case, files["label"], source.dataset_json, lut, annotated)))
+            dataset_entries[merged_case] = {
+                "images": [os.path.relpath(i, staging.final) for i in files["images"]],
+                "label": f"labelsTr/{merged_case}{source.dataset_json['file_ending']}"}
+    conversion.notes.append(f"label mapping: {label_targets}")
+    return run_conversion(conversion, staging, ", ".join(s.name for s in loaded), num_processes, strict,
+                          {"dataset": dataset_entries}, loaded[0].dataset_json["file_ending"])
+
+
+def _check_compatible(sources: list[Source]) -> None:
+    for what in ("channel_names", "file_ending"):
+        values = {s.name: s.dataset_json[what] for s in sources}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            raise ValueError(f"the sources differ in {what}: {values}; only datasets with the same {what} can "
+                             "be merged")
+
+
+def _lookup_table(source_labels: Mapping[str, int], targets_of: Mapping[str, str | None],
+                  labels: Mapping[str, int]) -> np.ndarray:
+    lut = np.zeros(max(source_labels.values()) + 1, dtype=np.int64)
+    for label, value in source_labels.items():
+        if label == "ignore":
+            lut[value] = labels["ignore"]
+        elif label != "background":
+            target = targets_of[label]
+            lut[value] = 0 if target is DROP else labels[target]
+    return lut
+
+
+def add_subparser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "merge", help="merge nnU-Net raw datasets with different label sets into one partial-label dataset",
+        description="Relabel every case of the source datasets into one taxonomy (names + synonyms + --map), "
+                    "record per source which classes it annotates (dataset.json manifest) and reference the "
+                    "source images instead of copying them. Only the relabelled label maps are written.")
+    p.add_argument("sources", nargs="+", metavar="SRC_ID", help="source dataset IDs or names in $nnUNet_raw")
+    p.add_argument("-d", dest="dataset_id", type=int, required=True, help="nnU-Net dataset ID of the merged dataset")
+    p.add_argument("--name", required=True, help="name of the merged dataset")
+    p.add_argument("--taxonomy", choices=TARGETS, default="abdomenatlas1.1",
+                   help="target classes: AbdomenAtlas 1.1 (default) or the union of the source classes")
+    p.add_argument("--map", dest="mapping_file", help="JSON mapping file for labels names do not resolve")
+    add_common_arguments(p)
+    p.set_defaults(func=lambda a: print(merge_datasets(a.sources, a.dataset_id, a.name, a.taxonomy, a.mapping_file,
+                                                       a.num_processes, a.overwrite, a.strict)))
