@@ -40,6 +40,12 @@ def foreground_labels(dataset_json: Mapping) -> dict[str, int]:
             if name not in ("background", "ignore")}
 
 
+def group_of_case(dataset_json: Mapping) -> dict[str, str]:
+    """``{case: manifest group}`` for every case a group lists (empty without a manifest)."""
+    groups = dataset_json.get(MANIFEST_KEY, {}).get("groups", {})
+    return {case: group for group, entry in groups.items() for case in entry["cases"]}
+
+
 def annotated_classes_by_case(dataset_json: Mapping) -> dict[str, frozenset[str]] | None:
     """``{case: annotated class names}`` for every case a group lists, or None without a manifest.
 

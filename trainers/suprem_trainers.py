@@ -6,4 +6,6 @@ from nnunet_suprem.training.suprem_trainer import (  # noqa: F401  (exposed to n
     SuPreMTrainer_250epochs,
     SuPreMTrainer_1000epochs,
     SuPreMTrainer_smoke,
+    SuPreMTrainerExclusion,
+    SuPreMTrainerRecipe,
 )

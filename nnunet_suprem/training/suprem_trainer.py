@@ -1,24 +1,67 @@
-"""SuPreMTrainer and its training-length variants.
+"""SuPreMTrainer and its variants.
 
 The classes live here (an importable, installed module); the thin modules in ``trainers/``
 expose them to nnU-Net's ``nnUNet_extTrainer`` lookup.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_pickle
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+from torch import nn
+
+from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels, group_of_case
+from nnunet_suprem.training.laterality import (LateralMirrorTransform, lateral_label_pairs, left_right_axis,
+                                               patch_axis)
+from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
+from nnunet_suprem.training.partial_validation import hard_counts_per_case, restrict_summary_file
+from nnunet_suprem.training.sampling import source_repeats, source_shares
+from nnunet_suprem.training.schedules import WarmupCosineLRScheduler
+
+
+class BatchAnnotatedLoss(nn.Module):
+    """Adapts a loss taking ``(output, target, annotated)`` to nnU-Net's ``loss(output, target)`` call.
+
+    The trainer sets ``annotated`` (bool [B, C]) for the current batch before each step, so
+    nnU-Net's own ``train_step``/``validation_step`` run unchanged.
+    """
+
+    def __init__(self, loss: nn.Module, deep_supervision: bool):
+        super().__init__()
+        self.loss = loss
+        self.deep_supervision = deep_supervision
+        self.annotated: torch.Tensor | None = None
+
+    def forward(self, output, target):
+        if self.annotated is None:
+            raise RuntimeError("BatchAnnotatedLoss: the trainer did not set the batch's annotated classes")
+        if self.deep_supervision:
+            return self.loss(output, target, [self.annotated] * len(output))
+        return self.loss(output, target, self.annotated)
 
 
 class SuPreMTrainer(nnUNetTrainer):
-    """nnU-Net trainer for SuPreM-style supervised pre-training.
+    """nnU-Net trainer for partially labelled multi-organ pre-training (SuPreM style).
 
-    Variants change the training length through the class attributes below (None keeps
-    nnU-Net's value), so each variant is a one-line subclass with nnU-Net's naming habit.
+    Reads the partial-label manifest of the dataset.json (``nnunet_suprem.manifest``) and
+    trains with the marginal Dice + CE loss: per case, background and every class the case
+    does not annotate share one "background or unannotated" channel, so the network is not
+    punished for finding an organ that simply was not labelled there. Cases annotating every
+    class get exactly nnU-Net's ``DC_and_CE_loss``; without a manifest this is nnU-Net.
+
+    Variants set the class attributes below (None keeps nnU-Net's value).
     """
 
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     val_iterations_per_epoch: int | None = None
+    exclusion_weight: float = 0.0
+    source_balance: float = 0.5  # sampling weight of a case ~ size_of_its_source ** -source_balance (see sampling)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -29,6 +72,141 @@ class SuPreMTrainer(nnUNetTrainer):
             self.num_iterations_per_epoch = self.iterations_per_epoch
         if self.val_iterations_per_epoch is not None:
             self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        self.annotated_rows = self._annotated_rows(dataset_json)
+        self.left_right_axes: tuple[int, ...] = ()  # patch axes along the patient's left-right (any case)
+        self.lateral_swap: tuple[int, list[tuple[int, int]]] | None = None  # (axis, label pairs) to swap on flips
+
+    def _annotated_rows(self, dataset_json: dict) -> dict[str, np.ndarray] | None:
+        """``{case: bool [num_heads]}`` for the cases the manifest lists (others annotate everything)."""
+        by_case = annotated_classes_by_case(dataset_json)
+        if by_case is None:
+            return None
+        if self.label_manager.has_regions:
+            raise ValueError("SuPreMTrainer: partial-label manifests need label (not region) training")
+        labels = dataset_json["labels"]
+        rows = {}
+        for case, classes in by_case.items():
+            row = np.zeros(self.label_manager.num_segmentation_heads, dtype=bool)
+            row[0] = True
+            row[[labels[c] for c in classes]] = True
+            rows[case] = row
+        return rows
+
+    def annotated_mask(self, keys) -> torch.Tensor:
+        """Bool [B, C] mask of the classes each case of a batch annotates."""
+        everything = np.ones(self.label_manager.num_segmentation_heads, dtype=bool)
+        rows = [self.annotated_rows.get(k, everything) for k in keys]
+        return torch.from_numpy(np.stack(rows)).to(self.device)
+
+    def _build_loss(self):
+        loss = super()._build_loss()
+        if self.annotated_rows is None:
+            self.print_to_log_file("SuPreMTrainer: dataset.json has no 'partial_labels' manifest, so every case "
+                                   "annotates every class: training with nnU-Net's standard loss.")
+            return loss
+        marginal = MarginalDCandCELoss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5,
+                                        "do_bg": False, "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=1,
+                                       ignore_label=self.label_manager.ignore_label,
+                                       exclusion_weight=self.exclusion_weight)
+        partial = sum(1 for row in self.annotated_rows.values() if not row.all())
+        self.print_to_log_file(f"SuPreMTrainer: partial-label manifest found, {partial} case(s) annotate only some "
+                               f"classes; training with the marginal Dice + CE loss"
+                               f"{f' and exclusion weight {self.exclusion_weight}' if self.exclusion_weight else ''}.")
+        if isinstance(loss, DeepSupervisionWrapper):
+            loss.loss = marginal  # keep nnU-Net's deep-supervision weights
+            return BatchAnnotatedLoss(loss, deep_supervision=True)
+        return BatchAnnotatedLoss(marginal, deep_supervision=False)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self._configure_laterality(mirror_axes)
+        self.inference_allowed_mirroring_axes = tuple(a for a in mirror_axes if a not in self.left_right_axes)
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+    def _configure_laterality(self, mirror_axes: tuple[int, ...]) -> None:
+        """Find the left-right patch axis and decide how mirroring along it keeps laterality (see ``laterality``)."""
+        pairs, unpaired = lateral_label_pairs(foreground_labels(self.dataset_json))
+        if not pairs and not unpaired:
+            return
+        folder = self.preprocessed_dataset_folder
+        axes = {patch_axis(left_right_axis(load_pickle(join(folder, f"{case}.pkl"))),
+                           self.plans_manager.transpose_forward, len(self.configuration_manager.patch_size))
+                for case in self.dataset_class.get_identifiers(folder)}
+        self.left_right_axes = tuple(sorted(a for a in axes if a is not None and a in mirror_axes))
+        if not self.left_right_axes:
+            return
+        symmetric = self.annotated_rows is None or all(row[a] == row[b] for row in self.annotated_rows.values()
+                                                        for a, b in pairs)
+        if len(self.left_right_axes) == 1 and not unpaired and symmetric:
+            self.lateral_swap = (self.left_right_axes[0], pairs)
+            self.print_to_log_file(f"Laterality: mirroring along the left-right axis {self.left_right_axes[0]} swaps "
+                                   f"{len(pairs)} left/right label pair(s); test-time mirroring along it is off.")
+        else:
+            why = (f"the left-right axis differs between cases ({self.left_right_axes})" if len(self.left_right_axes) > 1
+                   else f"{unpaired} have no partner label" if unpaired
+                   else "some cases annotate only one side of a left/right pair")
+            self.print_to_log_file(f"Laterality: no mirroring along left-right axes {self.left_right_axes} in training "
+                                   f"or inference because {why}.")
+
+    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, *args, **kwargs):
+        allowed = tuple(a for a in mirror_axes if self.lateral_swap is not None or a not in self.left_right_axes)
+        transforms = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, allowed,
+                                                     do_dummy_2d_data_aug, *args, **kwargs)
+        if self.lateral_swap is not None:
+            steps = transforms.transforms
+            index = next(i for i, t in enumerate(steps) if type(t) is MirrorTransform)
+            steps[index] = LateralMirrorTransform(allowed, *self.lateral_swap)
+        return transforms
+
+    def get_tr_and_val_datasets(self):
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        source_of = group_of_case(self.dataset_json)
+        if source_of and self.source_balance:
+            repeats = source_repeats(dataset_tr.identifiers, source_of, self.source_balance)
+            dataset_tr.identifiers = sorted(case for case, n in repeats.items() for _ in range(n))
+            shares = ", ".join(f"{s}: {p:.0%}" for s, p in sorted(source_shares(repeats, source_of).items()))
+            self.print_to_log_file(f"Source-balanced sampling (alpha {self.source_balance}), share of draws: {shares}")
+        return dataset_tr, dataset_val
+
+    def _set_batch_annotation(self, batch: dict) -> None:
+        if isinstance(self.loss, BatchAnnotatedLoss):
+            self.loss.annotated = self.annotated_mask(batch["keys"])
+
+    def train_step(self, batch: dict) -> dict:
+        self._set_batch_annotation(batch)
+        return super().train_step(batch)
+
+    def validation_step(self, batch: dict) -> dict:
+        """nnU-Net's validation step; with a manifest, tp/fp/fn count per case and only annotated classes."""
+        if not isinstance(self.loss, BatchAnnotatedLoss):
+            return super().validation_step(batch)
+        self._set_batch_annotation(batch)
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(data)
+            loss = self.loss(output, target)
+        if self.enable_deep_supervision:
+            output, target = output[0], target[0]
+        counts = hard_counts_per_case(output, target, self.label_manager.ignore_label)
+        keep = self.loss.annotated[:, 1:]
+        tp, fp, fn = ((c * keep).sum(0).detach().cpu().numpy() for c in counts)
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp, "fp_hard": fp, "fn_hard": fn}
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's final validation; then summary.json judges each class only on cases that annotate it."""
+        super().perform_actual_validation(save_probabilities)
+        if self.annotated_rows is None or self.local_rank != 0:
+            return
+        summary_file = join(self.output_folder, "validation", "summary.json")
+        annotated = {case: set(np.flatnonzero(row).tolist()) for case, row in self.annotated_rows.items()}
+        summary = restrict_summary_file(summary_file, annotated, self.dataset_json["file_ending"])
+        self.print_to_log_file("Mean Validation Dice on annotated classes only (summary.json rewritten): ",
+                               summary["foreground_mean"]["Dice"], also_print_to_console=True)
 
 
 class SuPreMTrainer_5epochs(SuPreMTrainer):
@@ -52,3 +230,24 @@ class SuPreMTrainer_smoke(SuPreMTrainer):
     epochs = 1
     iterations_per_epoch = 2
     val_iterations_per_epoch = 1
+
+
+class SuPreMTrainerExclusion(SuPreMTrainer):
+    """Adds the exclusion term: predicting a class on voxels labelled as another annotated class is penalised."""
+    exclusion_weight = 1.0
+
+
+class SuPreMTrainerRecipe(SuPreMTrainer):
+    """SuPreM's optimiser recipe: AdamW (lr 1e-3, weight decay 1e-5), linear warm-up over 2% of the epochs
+    (20 of 1000), then cosine decay, instead of nnU-Net's SGD with poly decay."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 1e-3
+        self.weight_decay = 1e-5
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        warmup = max(1, round(0.02 * self.num_epochs))
+        return optimizer, WarmupCosineLRScheduler(optimizer, self.initial_lr, warmup, self.num_epochs)

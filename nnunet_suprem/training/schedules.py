@@ -1,0 +1,38 @@
+"""Learning-rate schedules in nnU-Net's style: stateless in the epoch, so resuming with ``--c`` is exact."""
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import _LRScheduler
+
+
+def warmup_cosine_factor(step: int, warmup_steps: int, max_steps: int) -> float:
+    """Linear warm-up from 1/(warmup_steps+1) to 1 over ``warmup_steps``, then cosine decay to 0 at ``max_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class WarmupCosineLRScheduler(_LRScheduler):
+    """Sets every parameter group's lr to ``initial_lr * group.get("lr_scale", 1) * warmup_cosine_factor(step)``.
+
+    Called like nnU-Net's PolyLRScheduler: ``step(current_epoch)`` at the start of each epoch.
+    """
+
+    def __init__(self, optimizer: Optimizer, initial_lr: float, warmup_steps: int, max_steps: int):
+        self.initial_lr = initial_lr
+        self.warmup_steps = warmup_steps
+        self.max_steps = max_steps
+        self.ctr = 0
+        super().__init__(optimizer, -1)
+
+    def step(self, current_step: int | None = None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        factor = warmup_cosine_factor(current_step, self.warmup_steps, self.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.initial_lr * group.get("lr_scale", 1.0) * factor
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

@@ -1,0 +1,149 @@
+"""SuPreMTrainer built in-process on a planned phantom dataset: manifest -> loss, laterality -> mirroring."""
+import copy
+import json
+
+import pytest
+import torch
+
+from nnunet_suprem.training.laterality import LateralMirrorTransform
+from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
+from nnunet_suprem.training.suprem_trainer import BatchAnnotatedLoss, SuPreMTrainer_smoke
+
+
+@pytest.fixture
+def make_trainer(planned_phantom_dataset, monkeypatch, tmp_path):
+    env = planned_phantom_dataset["env"]
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    preprocessed = planned_phantom_dataset["raw"].parents[1] / "nnUNet_preprocessed" / "Dataset001_SynthCT"
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+
+    def make(edit_dataset_json=lambda d: None):
+        d = copy.deepcopy(dataset_json)
+        edit_dataset_json(d)
+        trainer = SuPreMTrainer_smoke({**copy.deepcopy(plans), "continue_training": False}, "3d_fullres", 0, d,
+                                      device=torch.device("cpu"))
+        trainer.initialize()
+        return trainer
+
+    return make
+
+
+def test_manifest_selects_the_marginal_loss_and_masks(make_trainer):
+    trainer = make_trainer()
+    assert isinstance(trainer.loss, BatchAnnotatedLoss)
+    assert isinstance(trainer.loss.loss.loss, MarginalDCandCELoss)  # inside nnU-Net's DeepSupervisionWrapper
+    labels = trainer.dataset_json["labels"]
+    mask = trainer.annotated_mask(["hospB_0000", "hospA_0000"])
+    assert mask.shape == (2, len(labels)) and mask[1].all()
+    assert {name for name, v in labels.items() if mask[0, v]} == {"background", "liver", "spleen", "kidney_left",
+                                                                  "kidney_right"}
+    log = open(trainer.log_file).read()
+    assert "partial-label manifest found, 3 case(s)" in log
+
+
+def test_without_manifest_it_is_nnunet(make_trainer):
+    trainer = make_trainer(lambda d: d.pop("partial_labels"))
+    assert not isinstance(trainer.loss, BatchAnnotatedLoss)
+    assert "no 'partial_labels' manifest" in open(trainer.log_file).read()
+
+
+def test_laterality_configures_mirroring(make_trainer):
+    trainer = make_trainer()
+    *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert mirror_axes == (0, 1, 2)
+    assert trainer.left_right_axes == (2,)  # every phantom hospital is axial: x is left-right
+    assert trainer.inference_allowed_mirroring_axes == (0, 1)
+    axis, pairs = trainer.lateral_swap
+    labels = trainer.dataset_json["labels"]
+    assert axis == 2 and (labels["kidney_left"], labels["kidney_right"]) in pairs
+    transforms = trainer.get_training_transforms(trainer.configuration_manager.patch_size, (0, 0), None, mirror_axes,
+                                                 False)
+    lateral = [t for t in transforms.transforms if isinstance(t, LateralMirrorTransform)]
+    assert len(lateral) == 1 and lateral[0].allowed_axes == (0, 1, 2)
+
+
+def test_one_sided_annotation_disables_left_right_mirroring(make_trainer):
+    def only_left_kidney(d):
+        d["partial_labels"]["groups"]["hospB"]["annotated"] = ["liver", "kidney_left"]
+
+    trainer = make_trainer(only_left_kidney)
+    *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert trainer.lateral_swap is None and trainer.inference_allowed_mirroring_axes == (0, 1)
+    transforms = trainer.get_training_transforms(trainer.configuration_manager.patch_size, (0, 0), None, mirror_axes,
+                                                 False)
+    mirrors = [t for t in transforms.transforms if hasattr(t, "allowed_axes")]
+    assert [m.allowed_axes for m in mirrors] == [(0, 1)]
+    assert "only one side of a left/right pair" in open(trainer.log_file).read()
+
+
+def test_train_step_uses_the_batch_annotation(make_trainer):
+    trainer = make_trainer()
+    patch = trainer.configuration_manager.patch_size
+    labels = trainer.dataset_json["labels"]
+    target = torch.zeros((2, 1, *patch))
+    target[:, :, 4:12, 4:12, 4:12] = labels["kidney_left"]
+    scales = trainer._get_deep_supervision_scales()
+    targets = [torch.nn.functional.interpolate(target, scale_factor=s, mode="nearest") for s in scales]
+    batch = {"data": torch.randn((2, 1, *patch)), "target": targets, "keys": ["hospB_0000", "hospA_0001"]}
+    out = trainer.train_step(batch)
+    assert out["loss"].shape == () and torch.isfinite(torch.as_tensor(out["loss"]))
+    assert trainer.loss.annotated.tolist() == trainer.annotated_mask(batch["keys"]).tolist()
+
+
+def test_validation_step_equals_nnunet_on_fully_annotated_batches(make_trainer):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    trainer = make_trainer()
+    trainer.network.eval()
+    patch = trainer.configuration_manager.patch_size
+    torch.manual_seed(0)
+    target = torch.randint(0, len(trainer.dataset_json["labels"]), (2, 1, *patch)).float()
+    scales = trainer._get_deep_supervision_scales()
+    batch = {"data": torch.randn((2, 1, *patch)), "keys": ["hospA_0000", "hospC_0001"],
+             "target": [torch.nn.functional.interpolate(target, scale_factor=s, mode="nearest") for s in scales]}
+    ours = trainer.validation_step(batch)
+    with torch.no_grad():
+        theirs = nnUNetTrainer.validation_step(trainer, batch)
+    for key in ("tp_hard", "fp_hard", "fn_hard"):
+        assert (ours[key] == theirs[key]).all(), key
+    assert abs(float(ours["loss"]) - float(theirs["loss"])) < 1e-5
+
+    batch["keys"] = ["hospB_0000", "hospC_0001"]  # hospB annotates 4 classes: the others count only from hospC
+    partial = trainer.validation_step(batch)
+    labels = trainer.dataset_json["labels"]
+    spleen, aorta = labels["spleen"] - 1, labels["aorta"] - 1
+    assert partial["fp_hard"][spleen] == ours["fp_hard"][spleen]
+    assert partial["fp_hard"][aorta] < ours["fp_hard"][aorta]
+
+
+def test_source_balanced_sampling_repeats_small_sources(make_trainer):
+    trainer = make_trainer()
+    dataset_tr, _ = trainer.get_tr_and_val_datasets()
+    tr_keys, _ = trainer.do_split()
+    counts = {k: dataset_tr.identifiers.count(k) for k in tr_keys}
+    hospb = [k for k in tr_keys if k.startswith("hospB")]
+    others = [k for k in tr_keys if not k.startswith("hospB")]
+    # alpha 0.5: hospB (its own group, smaller) is drawn more often per case than the larger unlisted group
+    assert min(counts[k] for k in hospb) >= max(counts[k] for k in others) >= 1
+    assert "Source-balanced sampling" in open(trainer.log_file).read()
+
+
+def test_recipe_trainer_uses_adamw_warmup_cosine(planned_phantom_dataset, monkeypatch, tmp_path):
+    from nnunet_suprem.training.schedules import WarmupCosineLRScheduler
+    from nnunet_suprem.training.suprem_trainer import SuPreMTrainerRecipe
+
+    env = planned_phantom_dataset["env"]
+    monkeypatch.setenv("nnUNet_preprocessed", env["nnUNet_preprocessed"])
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    preprocessed = planned_phantom_dataset["raw"].parents[1] / "nnUNet_preprocessed" / "Dataset001_SynthCT"
+    plans = {**json.loads((preprocessed / "nnUNetPlans.json").read_text()), "continue_training": False}
+    trainer = SuPreMTrainerRecipe(plans, "3d_fullres", 0, json.loads((preprocessed / "dataset.json").read_text()),
+                                  device=torch.device("cpu"))
+    trainer.initialize()
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    assert isinstance(trainer.lr_scheduler, WarmupCosineLRScheduler) and trainer.lr_scheduler.warmup_steps == 20
+    trainer.lr_scheduler.step(20)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
