@@ -140,11 +140,11 @@ def main() -> None:
         os.environ[name] = str(out / name)
         (out / name).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("nnUNet_def_n_proc", "2")
-    os.environ["nnUNet_n_proc_DA"] = os.environ.get("nnUNet_n_proc_DA", "0")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     start = time.perf_counter()
     make_datasets(args)
+    os.environ.setdefault("nnUNet_n_proc_DA", "0")  # training only: nnU-Net's planning fails with 0
     supreme, stock = trainer_classes(args.epochs, args.iterations)
     runs = {"(a) SuPreMTrainer, partial": (supreme, "Dataset501_Partial"),
             "(b) nnUNetTrainer, partial (naive)": (stock, "Dataset501_Partial"),

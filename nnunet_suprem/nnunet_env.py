@@ -8,6 +8,9 @@ from typing import Mapping, Sequence
 
 NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 EXT_TRAINER_VARIABLE = "nnUNet_extTrainer"
+CANONICAL_READER = "NibabelIOWithReorient"
+"""nnU-Net reader that presents every image in RAS (as SuPreM does) and writes predictions back in the
+original orientation. Our datasets name it in dataset.json unless asked to keep the orientation."""
 
 
 class ConfigurationError(RuntimeError):

@@ -174,8 +174,9 @@ def test_combined_labels_and_class_subset(nnunet_env, tmp_path):
     _write_like(combined, case / "ct.nii.gz", case / "combined_labels.nii.gz")
 
     out = convert_abdomenatlas(src, 10, "Combined", version="1.0", combined_labels=True,
-                               classes=["Spleen", "inferior vena cava"])
+                               classes=["Spleen", "inferior vena cava"], keep_orientation=True)
     dataset = json.loads((out / "dataset.json").read_text())
+    assert "overwrite_image_reader_writer" not in dataset
     assert dataset["labels"] == {"background": 0, "postcava": 1, "spleen": 2}
     labels = _array(out / "labelsTr/hospA_0000.nii.gz")
     assert np.array_equal(labels == 1, combined == ABDOMENATLAS_1_0.index("postcava") + 1)

@@ -23,7 +23,7 @@ def test_label_pairs():
     assert lateral_label_pairs({"background": 0, "kidney_left": 1, "liver": 2}) == ([], ["kidney_left"])
 
 
-@pytest.mark.parametrize("orientation", ["LPS", "RAS", "SLP", "ASR"])
+@pytest.mark.parametrize("orientation", ["LPS", "RAS", "SLP", "ASR", "RPI"])
 @pytest.mark.parametrize("reader", [SimpleITKIO, NibabelIOWithReorient])
 def test_left_right_axis_from_nnunet_readers(tmp_path, orientation, reader):
     """The axis found from nnU-Net's properties is the one along which the two kidneys lie apart."""
@@ -32,11 +32,12 @@ def test_left_right_axis_from_nnunet_readers(tmp_path, orientation, reader):
     path = tmp_path / "labels.nii.gz"
     sitk.WriteImage(phantom.labels, str(path))
     seg, properties = reader().read_seg(str(path))
-    axis = left_right_axis(properties)
+    axis, sign = left_right_axis(properties)
     left = np.argwhere(seg[0] == PHANTOM_CLASSES.index("kidney_left") + 1).mean(0)
     right = np.argwhere(seg[0] == PHANTOM_CLASSES.index("kidney_right") + 1).mean(0)
-    separation = np.abs(left - right)
-    assert int(np.argmax(separation)) == axis, (separation, axis)
+    separation = left - right
+    assert int(np.argmax(np.abs(separation))) == axis, (separation, axis)
+    assert np.sign(separation[axis]) == sign  # the index grows towards the left kidney when sign is +1
 
 
 def test_patch_axis_follows_transpose_and_2d_slicing():
@@ -59,3 +60,13 @@ def test_lateral_mirror_swaps_pairs_only_when_flipping_that_axis():
     other = transform.apply({"image": image.clone(), "segmentation": seg.clone()}, axes=[0])
     assert torch.equal(other["segmentation"], torch.flip(seg, [1]))  # no swap for other axes
     assert torch.equal(swap_labels(torch.tensor([3, 4, 5, -1]), [(3, 4)]), torch.tensor([4, 3, 5, -1]))
+
+
+def test_when_mirroring_may_swap_labels():
+    from nnunet_suprem.training.laterality import lateral_mirroring_blocker
+
+    assert lateral_mirroring_blocker({(2, -1)}, [], True) is None
+    assert "differ in which way" in lateral_mirroring_blocker({(2, -1), (2, 1)}, [], True)
+    assert "axis differs" in lateral_mirroring_blocker({(2, 1), (0, 1)}, [], True)
+    assert "no partner" in lateral_mirroring_blocker({(2, 1)}, ["kidney_left"], True)
+    assert "only one side" in lateral_mirroring_blocker({(2, 1)}, [], False)

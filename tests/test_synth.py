@@ -41,6 +41,7 @@ def test_nnunet_dataset_with_partial_labels(nnunet_env, tmp_path):
     assert path.name == "Dataset007_Partial" and dataset["numTraining"] == 4
     assert list(dataset["labels"]) == ["background", *PHANTOM_CLASSES]
     assert dataset["channel_names"] == {"0": "CT"} and dataset["file_ending"] == ".nii.gz"
+    assert dataset["overwrite_image_reader_writer"] == "NibabelIOWithReorient"  # RAS for every case
     assert annotated_classes_by_case(dataset) == {"hospB_0000": {"liver", "kidney_left"},
                                                   "hospB_0001": {"liver", "kidney_left"}}
     partial_values = set(np.unique(_array(path / "labelsTr/hospB_0000.nii.gz")))

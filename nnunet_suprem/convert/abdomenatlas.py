@@ -100,7 +100,8 @@ def plan_abdomenatlas(src: Path, classes: list[str], combined_labels: bool) -> C
 
 def convert_abdomenatlas(src: str | Path, dataset_id: int, name: str = "AbdomenAtlas", version: str = "1.1",
                          classes: Sequence[str] | None = None, combined_labels: bool = False,
-                         num_processes: int = 1, overwrite: bool = False, strict: bool = False) -> Path:
+                         num_processes: int = 1, overwrite: bool = False, strict: bool = False,
+                         keep_orientation: bool = False) -> Path:
     """Convert AbdomenAtlas case folders into ``$nnUNet_raw/DatasetXXX_name``; returns its path."""
     src = Path(src).resolve()
     selected = select_classes(classes, VERSIONS[version], f"AbdomenAtlas {version}")
@@ -108,6 +109,8 @@ def convert_abdomenatlas(src: str | Path, dataset_id: int, name: str = "AbdomenA
         raise ValueError(f"{COMBINED_LABELS} holds only the 9 AbdomenAtlas 1.0 classes; use --version 1.0 "
                          "or --classes among them")
     conversion = plan_abdomenatlas(src, selected, combined_labels)
+    if keep_orientation:
+        conversion.reader = None
     options = {"converter": "abdomenatlas", "source": str(src), "version": version, "classes": selected,
                "combined_labels": combined_labels}
     staging = DatasetStaging(dataset_id, name, options, overwrite)
@@ -130,7 +133,7 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--combined-labels", action="store_true",
                    help=f"read {COMBINED_LABELS} (AbdomenAtlas 1.0 values) instead of segmentations/")
     add_common_arguments(p)
-    p.set_defaults(func=lambda a: print(convert_abdomenatlas(a.src, a.dataset_id, a.name, a.version, a.classes,
-                                                             a.combined_labels, a.num_processes, a.overwrite,
-                                                             a.strict)))
+    p.set_defaults(func=lambda a: print(convert_abdomenatlas(
+        a.src, a.dataset_id, a.name, a.version, a.classes, a.combined_labels, num_processes=a.num_processes,
+        overwrite=a.overwrite, strict=a.strict, keep_orientation=a.keep_orientation)))
 

@@ -12,6 +12,7 @@ from nnunet_suprem.convert.staging import DatasetStaging
 from nnunet_suprem.fileio import write_json
 from nnunet_suprem.jobs import default_num_processes, map_with_progress
 from nnunet_suprem.manifest import MANIFEST_KEY, build_manifest
+from nnunet_suprem.nnunet_env import CANONICAL_READER
 
 REPORT_NAME = "conversion_report.json"
 
@@ -37,6 +38,7 @@ class Conversion:
     notes: list[str] = field(default_factory=list)  # information for the report (unused masks, ...)
     channel_names: dict[str, str] = field(default_factory=lambda: {"0": "CT"})
     sources: dict[str, str] = field(default_factory=dict)  # case -> source name, names manifest groups
+    reader: str | None = CANONICAL_READER  # dataset.json overwrite_image_reader_writer (None: nnU-Net's default)
 
 
 def _run_job(job: CaseJob, staging: DatasetStaging, file_ending: str) -> dict:
@@ -108,7 +110,7 @@ def run_conversion(conversion: Conversion, staging: DatasetStaging, source: str,
     extra = {**(dataset_json_extra or {}), **({MANIFEST_KEY: build_manifest(groups)} if groups else {})}
     generate_dataset_json(str(staging.path), channel_names=conversion.channel_names, labels=conversion.labels,
                           num_training_cases=len(training), file_ending=file_ending, dataset_name=staging.name,
-                          converted_by="nnunet-suprem", **extra)
+                          converted_by="nnunet-suprem", overwrite_image_reader_writer=conversion.reader, **extra)
     return staging.commit()
 
 
@@ -132,3 +134,10 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="cases converted in parallel (default: nnUNet_def_n_proc or 8)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this ID and name")
     p.add_argument("--strict", action="store_true", help="any problem in any case is fatal")
+    add_orientation_argument(p)
+
+
+def add_orientation_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep-orientation", action="store_true",
+                   help=f"do not set overwrite_image_reader_writer={CANONICAL_READER} in dataset.json (by default "
+                        "nnU-Net then sees every case in RAS, which SuPreMTrainer needs to mirror left/right safely)")

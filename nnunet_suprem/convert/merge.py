@@ -29,7 +29,7 @@ from nnunet_suprem.convert.driver import CaseJob, Conversion, add_common_argumen
 from nnunet_suprem.convert.staging import DatasetStaging
 from nnunet_suprem.fileio import atomic_path
 from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels
-from nnunet_suprem.nnunet_env import raw_root
+from nnunet_suprem.nnunet_env import CANONICAL_READER, raw_root
 from nnunet_suprem.taxonomy import TAXONOMIES, canonical_name, in_taxonomy_order, label_dict
 
 TARGETS = ("abdomenatlas1.1", "union")
@@ -118,7 +118,7 @@ def relabel_case(case: str, source_label: str, dataset_json: dict, lut: np.ndarr
 
 def merge_datasets(sources: Sequence[str | int], dataset_id: int, name: str, taxonomy: str = "abdomenatlas1.1",
                    mapping_file: str | Path | None = None, num_processes: int = 1, overwrite: bool = False,
-                   strict: bool = False) -> Path:
+                   strict: bool = False, keep_orientation: bool = False) -> Path:
     """Merge raw datasets into ``$nnUNet_raw/DatasetXXX_name``; returns its path."""
     if len(set(map(str, sources))) != len(sources):
         raise ValueError(f"a source is listed twice: {list(sources)}")
@@ -139,7 +139,11 @@ def merge_datasets(sources: Sequence[str | int], dataset_id: int, name: str, tax
         labels["ignore"] = len(labels)
 
     prefixes = [s.prefix for s in loaded]
-    conversion = Conversion([], labels, channel_names=loaded[0].dataset_json["channel_names"])
+    file_ending = loaded[0].dataset_json["file_ending"]
+    reorient = not keep_orientation and file_ending in (".nii.gz", ".nii")
+    conversion = Conversion([], labels, channel_names=loaded[0].dataset_json["channel_names"],
+                            reader=CANONICAL_READER if reorient else loaded[0].dataset_json.get(
+                                "overwrite_image_reader_writer"))
     dataset_entries = {}
     staging = DatasetStaging(dataset_id, name, {
         "converter": "merge", "sources": [str(s.folder) for s in loaded], "taxonomy": taxonomy,
@@ -158,10 +162,10 @@ def merge_datasets(sources: Sequence[str | int], dataset_id: int, name: str, tax
                 relabel_case, merged_case, files["label"], source.dataset_json, lut, annotated)))
             dataset_entries[merged_case] = {
                 "images": [os.path.relpath(i, staging.final) for i in files["images"]],
-                "label": f"labelsTr/{merged_case}{source.dataset_json['file_ending']}"}
+                "label": f"labelsTr/{merged_case}{file_ending}"}
     conversion.notes.append(f"label mapping: {label_targets}")
     return run_conversion(conversion, staging, ", ".join(s.name for s in loaded), num_processes, strict,
-                          {"dataset": dataset_entries}, loaded[0].dataset_json["file_ending"])
+                          {"dataset": dataset_entries}, file_ending)
 
 
 def _check_compatible(sources: list[Source]) -> None:
@@ -197,5 +201,6 @@ def add_subparser(subparsers) -> None:
                    help="target classes: AbdomenAtlas 1.1 (default) or the union of the source classes")
     p.add_argument("--map", dest="mapping_file", help="JSON mapping file for labels names do not resolve")
     add_common_arguments(p)
-    p.set_defaults(func=lambda a: print(merge_datasets(a.sources, a.dataset_id, a.name, a.taxonomy, a.mapping_file,
-                                                       a.num_processes, a.overwrite, a.strict)))
+    p.set_defaults(func=lambda a: print(merge_datasets(
+        a.sources, a.dataset_id, a.name, a.taxonomy, a.mapping_file, num_processes=a.num_processes,
+        overwrite=a.overwrite, strict=a.strict, keep_orientation=a.keep_orientation)))

@@ -17,6 +17,7 @@ import numpy as np
 from nnunet_suprem.convert.abdomenatlas import add_case_folder, case_folders, select_classes
 from nnunet_suprem.convert.driver import Conversion, add_common_arguments, run_conversion
 from nnunet_suprem.convert.staging import DatasetStaging
+from nnunet_suprem.nnunet_env import CANONICAL_READER
 from nnunet_suprem.taxonomy import (SUPREM_GROUPS, TOTALSEGMENTATOR_V1, TOTALSEGMENTATOR_V1_TO_V2, TOTALSEGMENTATOR_V2,
                                     label_dict, totalsegmentator_version)
 
@@ -61,7 +62,8 @@ def few_shot_subset(cases: Sequence[str], n: int, seed: int) -> list[str]:
 
 def convert_totalsegmentator(src: str | Path, dataset_id: int, group: str, name: str | None = None,
                              classes: Sequence[str] | None = None, train_cases: int | None = None, seed: int = 0,
-                             num_processes: int = 1, overwrite: bool = False, strict: bool = False) -> Path:
+                             num_processes: int = 1, overwrite: bool = False, strict: bool = False,
+                             keep_orientation: bool = False) -> Path:
     """Convert a TotalSegmentator release into ``$nnUNet_raw/DatasetXXX_name``; returns its path."""
     src = Path(src).resolve()
     folders = case_folders(src)
@@ -73,7 +75,8 @@ def convert_totalsegmentator(src: str | Path, dataset_id: int, group: str, name:
     selected = select_classes(classes, group_classes(group, version), f"TotalSegmentator {version} {group}")
     splits = read_splits(src / "meta.csv") if (src / "meta.csv").is_file() else {}
 
-    conversion = Conversion([], label_dict(selected), notes=[f"TotalSegmentator {version}, group {group}"])
+    conversion = Conversion([], label_dict(selected), notes=[f"TotalSegmentator {version}, group {group}"],
+                            reader=None if keep_orientation else CANONICAL_READER)
     training = [f.name for f in folders if splits.get(f.name, "train") != "test"]
     keep = set(few_shot_subset(training, train_cases, seed) if train_cases is not None else training)
     for folder in folders:
@@ -107,5 +110,5 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the --train-cases subset (default: 0)")
     add_common_arguments(p)
     p.set_defaults(func=lambda a: print(convert_totalsegmentator(
-        a.src, a.dataset_id, a.group, a.name, a.classes, a.train_cases, a.seed, a.num_processes, a.overwrite,
-        a.strict)))
+        a.src, a.dataset_id, a.group, a.name, a.classes, a.train_cases, a.seed, num_processes=a.num_processes,
+        overwrite=a.overwrite, strict=a.strict, keep_orientation=a.keep_orientation)))

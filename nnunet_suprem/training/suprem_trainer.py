@@ -16,8 +16,8 @@ from torch import autocast
 from torch import nn
 
 from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels, group_of_case
-from nnunet_suprem.training.laterality import (LateralMirrorTransform, lateral_label_pairs, left_right_axis,
-                                               patch_axis)
+from nnunet_suprem.training.laterality import (LateralMirrorTransform, lateral_label_pairs,
+                                               lateral_mirroring_blocker, left_right_axis, patch_axis)
 from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
 from nnunet_suprem.training.partial_validation import hard_counts_per_case, restrict_summary_file
 from nnunet_suprem.training.sampling import source_repeats, source_shares
@@ -130,24 +130,25 @@ class SuPreMTrainer(nnUNetTrainer):
         if not pairs and not unpaired:
             return
         folder = self.preprocessed_dataset_folder
-        axes = {patch_axis(left_right_axis(load_pickle(join(folder, f"{case}.pkl"))),
-                           self.plans_manager.transpose_forward, len(self.configuration_manager.patch_size))
-                for case in self.dataset_class.get_identifiers(folder)}
-        self.left_right_axes = tuple(sorted(a for a in axes if a is not None and a in mirror_axes))
+        directions = set()
+        for case in self.dataset_class.get_identifiers(folder):
+            axis, sign = left_right_axis(load_pickle(join(folder, f"{case}.pkl")))
+            axis = patch_axis(axis, self.plans_manager.transpose_forward, len(self.configuration_manager.patch_size))
+            if axis is not None and axis in mirror_axes:
+                directions.add((axis, sign))
+        self.left_right_axes = tuple(sorted({axis for axis, _ in directions}))
         if not self.left_right_axes:
             return
         symmetric = self.annotated_rows is None or all(row[a] == row[b] for row in self.annotated_rows.values()
                                                         for a, b in pairs)
-        if len(self.left_right_axes) == 1 and not unpaired and symmetric:
+        blocker = lateral_mirroring_blocker(directions, unpaired, symmetric)
+        if blocker is None:
             self.lateral_swap = (self.left_right_axes[0], pairs)
             self.print_to_log_file(f"Laterality: mirroring along the left-right axis {self.left_right_axes[0]} swaps "
                                    f"{len(pairs)} left/right label pair(s); test-time mirroring along it is off.")
         else:
-            why = (f"the left-right axis differs between cases ({self.left_right_axes})" if len(self.left_right_axes) > 1
-                   else f"{unpaired} have no partner label" if unpaired
-                   else "some cases annotate only one side of a left/right pair")
-            self.print_to_log_file(f"Laterality: no mirroring along left-right axes {self.left_right_axes} in training "
-                                   f"or inference because {why}.")
+            self.print_to_log_file(f"Laterality: no mirroring along left-right axes {self.left_right_axes} in "
+                                   f"training or inference because {blocker}.")
 
     def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                 do_dummy_2d_data_aug, *args, **kwargs):
