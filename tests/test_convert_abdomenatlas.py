@@ -120,6 +120,8 @@ def test_good_and_bad_cases(nnunet_env, atlas_with_bad_cases):
     overlap_labels = _array(out / "labelsTr/overlap.nii.gz")
     assert (overlap_labels == dataset["labels"]["stomach"]).sum() == 4  # smaller structure wins
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging or temp files left
+    run(command("nnUNetv2_extract_fingerprint", "-d", "5", "--verify_dataset_integrity", "-np", "2"),
+        subprocess_env(nnunet_env))
 
 
 def test_strict_refuses_and_publishes_nothing(nnunet_env, atlas_with_bad_cases):

@@ -2,6 +2,7 @@
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,10 +21,10 @@ def make_trainer(planned_phantom_dataset, monkeypatch, tmp_path):
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
 
-    def make(edit_dataset_json=lambda d: None):
+    def make(edit_dataset_json=lambda d: None, cls=SuPreMTrainer_smoke):
         d = copy.deepcopy(dataset_json)
         edit_dataset_json(d)
-        trainer = SuPreMTrainer_smoke({**copy.deepcopy(plans), "continue_training": False}, "3d_fullres", 0, d,
+        trainer = cls({**copy.deepcopy(plans), "continue_training": False}, "3d_fullres", 0, d,
                                       device=torch.device("cpu"))
         trainer.initialize()
         return trainer
@@ -147,3 +148,35 @@ def test_recipe_trainer_uses_adamw_warmup_cosine(planned_phantom_dataset, monkey
     assert isinstance(trainer.lr_scheduler, WarmupCosineLRScheduler) and trainer.lr_scheduler.warmup_steps == 20
     trainer.lr_scheduler.step(20)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def _kidney_order_signs(trainer, axis: int, batches: int) -> list[int]:
+    """For each training sample with both kidneys: the sign of (left - right) kidney centroid along ``axis``."""
+    labels = trainer.dataset_json["labels"]
+    loader, _ = trainer.get_dataloaders()
+    signs = []
+    for _ in range(batches):
+        target = next(loader)["target"][0]
+        for sample in target[:, 0]:
+            left, right = (torch.nonzero(sample == labels[k]).float() for k in ("kidney_left", "kidney_right"))
+            if len(left) and len(right):
+                signs.append(int(torch.sign(left[:, axis].mean() - right[:, axis].mean())))
+    return signs
+
+
+def test_training_batches_keep_left_and_right_apart(make_trainer, monkeypatch):
+    """Through nnU-Net's real data loader: our mirroring never puts kidney_left on the right; nnU-Net's does."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    torch.manual_seed(0)
+    np.random.seed(0)
+    ours = make_trainer()
+    ours.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    axis = ours.left_right_axes[0]
+    ours_signs = _kidney_order_signs(ours, axis, batches=8)
+    assert len(ours_signs) >= 8 and len(set(ours_signs)) == 1  # every case is RAS: one consistent side
+
+    stock = make_trainer(cls=nnUNetTrainer)  # same dataset, nnU-Net's own augmentation
+    stock_signs = _kidney_order_signs(stock, axis, batches=8)
+    assert set(stock_signs) == {-1, 1}  # nnU-Net mirrors kidney_left onto the right side
