@@ -97,17 +97,14 @@ class _Foreground:
     """A binary mask as its bounding box and the boolean mask inside it (organs are small: this is compact)."""
     box: tuple[slice, ...]
     inside: np.ndarray
-
-    @property
-    def count(self) -> int:
-        return int(np.count_nonzero(self.inside))
+    count: int
 
 
 def _foreground(path: Path, array: np.ndarray, result: CaseResult) -> _Foreground | None:
     """The foreground of a {0,1} or {0,255} mask; None (and a fatal problem) for any other values."""
     count = np.count_nonzero(array)
     if count == 0:
-        return _Foreground((slice(0, 0),) * array.ndim, np.zeros((0,) * array.ndim, dtype=bool))
+        return _Foreground((slice(0, 0),) * array.ndim, np.zeros((0,) * array.ndim, dtype=bool), 0)
     top = array.max()
     exact = array.dtype.kind in "ub" and top == 1  # unsigned with max 1: values are {0, 1}
     if top not in (1, 255) or not (exact or np.count_nonzero(array == top) == count):
@@ -120,7 +117,7 @@ def _foreground(path: Path, array: np.ndarray, result: CaseResult) -> _Foregroun
         inner = array[tuple(box)] if box else array
         hits = np.flatnonzero(inner.any(axis=tuple(a for a in range(array.ndim) if a != axis)))
         box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return _Foreground(tuple(box), array[tuple(box)] != 0)
+    return _Foreground(tuple(box), array[tuple(box)] != 0, int(count))
 
 
 def _write_image(ct_path: Path, ct: sitk.Image, image_out: Path) -> None:
@@ -156,8 +153,7 @@ def convert_mask_case(case: str, ct_path: Path, masks: Mapping[str, Path], label
 
     label_array = np.zeros(ct.GetSize()[::-1], dtype=label_dtype(max(labels.values(), default=0)))
     value_to_name = {v: k for k, v in labels.items()}
-    counts = {name: f.count for name, f in foreground.items()}
-    for name in sorted(foreground, key=lambda n: (-counts[n], -labels[n])):  # larger first: smaller wins
+    for name in sorted(foreground, key=lambda n: (-foreground[n].count, -labels[n])):  # larger first: smaller wins
         region, inside = label_array[foreground[name].box], foreground[name].inside
         contested = region[inside]
         contested = contested[contested > 0]

@@ -12,8 +12,7 @@ from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
-from torch import nn
+from torch import autocast, nn
 
 from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels, group_of_case
 from nnunet_suprem.training.laterality import (LateralMirrorTransform, lateral_label_pairs,
