@@ -6,7 +6,6 @@ import sys
 
 from nnunet_suprem import __version__, doctor, synth
 from nnunet_suprem.convert import abdomenatlas, merge, totalsegmentator
-from nnunet_suprem.convert.driver import ConversionError
 from nnunet_suprem.nnunet_env import ConfigurationError, trainers_dir
 
 

@@ -63,6 +63,11 @@ def staged_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    move_directory_into_place(staging, final)
+
+
+def move_directory_into_place(staging: Path, final: Path) -> None:
+    """Rename ``staging`` to ``final``; an existing ``final`` is moved aside first and deleted only afterwards."""
     if final.exists():
         retired = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
         os.replace(final, retired / final.name)

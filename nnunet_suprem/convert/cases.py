@@ -47,10 +47,6 @@ class CaseResult:
     def to_json(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_json(cls, data: dict) -> "CaseResult":
-        return cls(data["case"], data["annotated"], [Problem(**p) for p in data["problems"]])
-
 
 def label_dtype(max_value: int) -> type:
     """The smallest unsigned integer type that holds ``max_value``."""

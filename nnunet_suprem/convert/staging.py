@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
-from nnunet_suprem.fileio import write_json
+from nnunet_suprem.fileio import move_directory_into_place, write_json
 from nnunet_suprem.nnunet_env import new_dataset_folder
 
 _OPTIONS = "conversion_options.json"
@@ -51,11 +50,5 @@ class DatasetStaging:
         """Drop the bookkeeping and move the dataset into place (replacing an existing one)."""
         shutil.rmtree(self.path / _RECORDS)
         (self.path / _OPTIONS).unlink()
-        if self.final.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{self.name}.old-", dir=self.final.parent))
-            self.final.rename(retired / self.name)
-            self.path.rename(self.final)
-            shutil.rmtree(retired)
-        else:
-            self.path.rename(self.final)
+        move_directory_into_place(self.path, self.final)
         return self.final
