@@ -7,6 +7,7 @@ import sys
 from nnunet_suprem import __version__, doctor, synth
 from nnunet_suprem.convert import abdomenatlas, merge, totalsegmentator
 from nnunet_suprem.nnunet_env import ConfigurationError, trainers_dir
+from nnunet_suprem.transfer import command as transfer_command
 
 
 def _add_trainers_dir(subparsers) -> None:
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     abdomenatlas.add_subparser(subparsers)
     totalsegmentator.add_subparser(subparsers)
     merge.add_subparser(subparsers)
+    transfer_command.add_subparser(subparsers)
     return parser
 
 

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import copy
+import json
+
 import pytest
+import torch
 
 NNUNET_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -67,3 +71,29 @@ def planned_phantom_dataset(tmp_path_factory) -> dict:
     run(command("nnUNetv2_plan_and_preprocess", "-d", "1", "-c", "3d_fullres", "-np", "2",
                 "--verify_dataset_integrity"), env)
     return {"env": env, "dataset_id": 1, "raw": Path(folders["nnUNet_raw"]) / "Dataset001_SynthCT"}
+
+
+@pytest.fixture
+def make_trainer(planned_phantom_dataset, monkeypatch, tmp_path):
+    """Builds trainers in-process on the planned phantom dataset (results in a fresh folder)."""
+    from nnunet_suprem.training.suprem_trainer import SuPreMTrainer_smoke
+
+    env = planned_phantom_dataset["env"]
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    preprocessed = planned_phantom_dataset["raw"].parents[1] / "nnUNet_preprocessed" / "Dataset001_SynthCT"
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+
+    def make(edit_dataset_json=lambda d: None, cls=None, initialize: bool = True):
+        cls = cls or SuPreMTrainer_smoke
+        d = copy.deepcopy(dataset_json)
+        edit_dataset_json(d)
+        trainer = cls({**copy.deepcopy(plans), "continue_training": False}, "3d_fullres", 0, d,
+                                      device=torch.device("cpu"))
+        if initialize:
+            trainer.initialize()
+        return trainer
+
+    return make

@@ -11,27 +11,6 @@ from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
 from nnunet_suprem.training.suprem_trainer import BatchAnnotatedLoss, SuPreMTrainer_smoke
 
 
-@pytest.fixture
-def make_trainer(planned_phantom_dataset, monkeypatch, tmp_path):
-    env = planned_phantom_dataset["env"]
-    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(name, env[name])
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    preprocessed = planned_phantom_dataset["raw"].parents[1] / "nnUNet_preprocessed" / "Dataset001_SynthCT"
-    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-
-    def make(edit_dataset_json=lambda d: None, cls=SuPreMTrainer_smoke):
-        d = copy.deepcopy(dataset_json)
-        edit_dataset_json(d)
-        trainer = cls({**copy.deepcopy(plans), "continue_training": False}, "3d_fullres", 0, d,
-                                      device=torch.device("cpu"))
-        trainer.initialize()
-        return trainer
-
-    return make
-
-
 def test_manifest_selects_the_marginal_loss_and_masks(make_trainer):
     trainer = make_trainer()
     assert isinstance(trainer.loss, BatchAnnotatedLoss)

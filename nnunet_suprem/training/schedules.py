@@ -36,3 +36,51 @@ class WarmupCosineLRScheduler(_LRScheduler):
         for group in self.optimizer.param_groups:
             group["lr"] = self.initial_lr * group.get("lr_scale", 1.0) * factor
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def finetune_lr_factors(epoch: int, num_epochs: int, head_epochs: int, warmup_epochs: int,
+                        pretrained_scale: float) -> tuple[float, float]:
+    """(new layers, pre-trained layers) learning-rate factors for fine-tuning at ``epoch``.
+
+    New layers follow nnU-Net's poly decay ``(1 - epoch / num_epochs) ** 0.9`` throughout.
+    Pre-trained layers are frozen (factor 0) for the first ``head_epochs``, then warm up
+    linearly over ``warmup_epochs`` to ``pretrained_scale`` times the new layers' rate.
+    """
+    poly = (1 - epoch / num_epochs) ** 0.9
+    if epoch < head_epochs:
+        return poly, 0.0
+    ramp = min(1.0, (epoch - head_epochs + 1) / (warmup_epochs + 1))
+    return poly, poly * pretrained_scale * ramp
+
+
+class FinetuneLRScheduler(_LRScheduler):
+    """Sets the lr of each parameter group from :func:`finetune_lr_factors` by its ``pretrained`` flag.
+
+    Called like nnU-Net's PolyLRScheduler (``step(current_epoch)`` at each epoch start) and
+    stateless in the epoch, so resuming with ``--c`` continues the schedule exactly. When the
+    pre-trained layers are unfrozen, their optimiser state (momentum gathered while their
+    learning rate was 0) is cleared.
+    """
+
+    def __init__(self, optimizer: Optimizer, initial_lr: float, num_epochs: int, head_epochs: int,
+                 warmup_epochs: int, pretrained_scale: float):
+        self.initial_lr = initial_lr
+        self.num_epochs = num_epochs
+        self.head_epochs = head_epochs
+        self.warmup_epochs = warmup_epochs
+        self.pretrained_scale = pretrained_scale
+        self.ctr = 0
+        super().__init__(optimizer, -1)
+
+    def step(self, current_step: int | None = None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        new, pretrained = finetune_lr_factors(current_step, self.num_epochs, self.head_epochs, self.warmup_epochs,
+                                              self.pretrained_scale)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.initial_lr * (pretrained if group.get("pretrained") else new)
+            if group.get("pretrained") and current_step == self.head_epochs:
+                for parameter in group["params"]:
+                    self.optimizer.state.pop(parameter, None)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

@@ -1,0 +1,180 @@
+"""Fine-tuning a pre-trained network on new nnU-Net plans, datasets and classes.
+
+``nnUNetv2_train D 3d_fullres F -tr SuPreMFinetuneTrainer -pretrained_weights FILE``
+
+nnU-Net's ``-pretrained_weights`` calls the module function
+``nnunetv2.run.run_training.load_pretrained_weights(network, file)``, not a trainer method,
+and that function accepts only a complete nnU-Net checkpoint of the same architecture. A
+fine-tuning trainer therefore routes that call, for its own network only, to
+:meth:`SuPreMFinetuneTrainer.load_pretrained_weights`, which reads any supported format with
+``weights_only=True`` and loads through :mod:`nnunet_suprem.transfer` (encoder-only,
+input-channel adaptation, fresh heads, a report of every key in the training log). Every
+other trainer's network still goes to nnU-Net's function. The routing is installed when a
+fine-tuning trainer is constructed, i.e. in every DDP worker too.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+from nnunetv2.run import run_training
+from torch import nn
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
+
+from nnunet_suprem.training.schedules import FinetuneLRScheduler
+from nnunet_suprem.training.suprem_trainer import SuPreMTrainer
+from nnunet_suprem.transfer.apply import DEFAULT_MIN_ENCODER_FRACTION, pretrained_names, transfer_checkpoint
+from nnunet_suprem.transfer.checkpoint import load_weights_only, read_checkpoint
+
+_TRAINER_OF_NETWORK: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+"""id(network) -> the fine-tuning trainer that built it (entries vanish with their trainer)."""
+
+
+def _route_pretrained_weights() -> None:
+    """Make nnU-Net's ``-pretrained_weights`` call our trainer's loader for networks it registered."""
+    stock = run_training.load_pretrained_weights
+    if getattr(stock, "routes_to_finetune_trainers", False):
+        return
+
+    def load_pretrained_weights(network: nn.Module, fname: str, verbose: bool = False) -> None:
+        trainer = _TRAINER_OF_NETWORK.get(id(network))
+        if trainer is None:
+            return stock(network, fname, verbose=verbose)
+        trainer.load_pretrained_weights(fname)
+
+    load_pretrained_weights.routes_to_finetune_trainers = True
+    run_training.load_pretrained_weights = load_pretrained_weights
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The plain module inside DDP and ``torch.compile`` wrappers."""
+    if isinstance(network, DistributedDataParallel):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    return network
+
+
+class SuPreMFinetuneTrainer(SuPreMTrainer):
+    """Fine-tunes pre-trained weights: new heads first, then the whole network with a gentler rate for old layers.
+
+    - ``-pretrained_weights FILE``: any format :func:`nnunet_suprem.transfer.read_checkpoint`
+      reads; heads are re-initialised for new classes, a different number of input channels
+      adapts the first convolution, and less than ``min_encoder_fraction`` of the encoder
+      loading is an error. The log lists every key as loaded, skipped or mismatched.
+    - Schedule (SGD as nnU-Net, :func:`~nnunet_suprem.training.schedules.finetune_lr_factors`):
+      pre-trained layers are frozen for ``head_epochs_fraction`` of the epochs (learning rate
+      0; only new layers train), then warm up linearly over ``warmup_epochs_fraction`` to
+      ``pretrained_lr_scale`` times the new layers' rate. New layers follow nnU-Net's poly decay.
+    - Laterality, partial labels and validation as :class:`SuPreMTrainer`.
+    - Without ``-pretrained_weights`` every layer is new: nnU-Net's schedule, from scratch.
+    - Resuming with ``--c`` restores which layers are pre-trained from the checkpoint's optimiser
+      state, and the schedule depends on the epoch only, so it continues exactly.
+    """
+
+    encoder_only: bool = False
+    min_encoder_fraction: float = DEFAULT_MIN_ENCODER_FRACTION
+    head_epochs_fraction: float = 0.02
+    warmup_epochs_fraction: float = 0.05
+    pretrained_lr_scale: float = 0.1
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.pretrained_keys: frozenset[str] = frozenset()
+        _route_pretrained_weights()
+
+    @property
+    def head_epochs(self) -> int:
+        return max(1, round(self.head_epochs_fraction * self.num_epochs))
+
+    @property
+    def warmup_epochs(self) -> int:
+        return max(1, round(self.warmup_epochs_fraction * self.num_epochs))
+
+    def initialize(self):
+        super().initialize()
+        _TRAINER_OF_NETWORK[id(self.network)] = self
+
+    def configure_optimizers(self):
+        """nnU-Net's SGD, with the parameters split into new and pre-trained groups (flag ``pretrained``)."""
+        groups = {False: [], True: []}
+        names = {False: [], True: []}
+        for name, parameter in unwrap(self.network).named_parameters():
+            groups[name in self.pretrained_keys].append(parameter)
+            names[name in self.pretrained_keys].append(name)
+        optimizer = torch.optim.SGD(
+            [{"params": groups[flag], "pretrained": flag, "param_names": names[flag]} for flag in (False, True)],
+            self.initial_lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+        scheduler = FinetuneLRScheduler(optimizer, self.initial_lr, self.num_epochs, self.head_epochs,
+                                        self.warmup_epochs, self.pretrained_lr_scale)
+        return optimizer, scheduler
+
+    def load_pretrained_weights(self, fname: str) -> None:
+        """Load ``fname`` through :mod:`nnunet_suprem.transfer`, log the report and regroup the optimiser."""
+        checkpoint = read_checkpoint(fname)
+        network = unwrap(self.network)
+        state, report = transfer_checkpoint(checkpoint, network, self.dataset_json["labels"], self.encoder_only,
+                                            self.min_encoder_fraction)
+        network.load_state_dict(state)
+        self.pretrained_keys = frozenset(pretrained_names(network, report))
+        self.print_to_log_file(f"Pre-trained weights: {fname} ({checkpoint.format})"
+                               f"{', encoder only' if self.encoder_only else ''}")
+        for line in report.lines():
+            self.print_to_log_file(line, also_print_to_console=not line.startswith("  loaded"), add_timestamp=False)
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """nnU-Net's resume, after restoring which parameters are pre-trained (they decide the optimiser groups)."""
+        if isinstance(filename_or_checkpoint, str):
+            groups = load_weights_only(filename_or_checkpoint)["optimizer_state"]["param_groups"]
+            self.pretrained_keys = frozenset(n for g in groups if g.get("pretrained") for n in g["param_names"])
+            if self.was_initialized:
+                self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        super().load_checkpoint(filename_or_checkpoint)
+
+    def on_train_start(self):
+        super().on_train_start()
+        if not self.pretrained_keys:
+            self.print_to_log_file("SuPreMFinetuneTrainer: no pre-trained weights (no -pretrained_weights): every "
+                                   "layer is new and trains from scratch with nnU-Net's schedule.")
+        else:
+            self.print_to_log_file(f"Fine-tuning schedule: pre-trained layers frozen for {self.head_epochs} epoch(s), "
+                                   f"then warmed up over {self.warmup_epochs} epoch(s) to {self.pretrained_lr_scale}x "
+                                   f"the learning rate of new layers.")
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        if self.pretrained_keys:
+            lr = next(g["lr"] for g in self.optimizer.param_groups if g["pretrained"])
+            self.print_to_log_file(f"Learning rate of pre-trained layers: {lr:.5g}"
+                                   f"{' (frozen: training the new layers only)' if lr == 0 else ''}")
+
+
+class SuPreMFinetuneTrainer_smoke(SuPreMFinetuneTrainer):
+    """Pipeline check in about a minute on a CPU: 2 epochs of 2 iterations (1 head-only, 1 whole network)."""
+    epochs = 2
+    iterations_per_epoch = 2
+    val_iterations_per_epoch = 1
+
+
+class SuPreMFinetuneTrainer_50epochs(SuPreMFinetuneTrainer):
+    epochs = 50
+
+
+class SuPreMFinetuneTrainer_100epochs(SuPreMFinetuneTrainer):
+    epochs = 100
+
+
+class SuPreMFinetuneTrainer_250epochs(SuPreMFinetuneTrainer):
+    epochs = 250
+
+
+class SuPreMFinetuneTrainerEncoder(SuPreMFinetuneTrainer):
+    """Loads only the pre-trained encoder; the decoder starts fresh and trains as a new layer."""
+    encoder_only = True
+
+
+class SuPreMFinetuneTrainerEncoder_100epochs(SuPreMFinetuneTrainerEncoder):
+    epochs = 100

@@ -1,0 +1,130 @@
+"""Reading pre-trained weights from the checkpoint formats users bring, without unpickling code.
+
+Every file is opened with ``torch.load(..., weights_only=True)``: tensors and plain Python
+containers only, so a malicious or corrupt file cannot run code. nnU-Net's own checkpoints
+also hold NumPy scalars in their training log; the few NumPy types needed for that are
+allow-listed with ``torch.serialization.safe_globals`` (the mechanism torch documents for
+this), nothing else.
+
+Formats (one filter function each, as timm does):
+
+- nnU-Net ``checkpoint_*.pth``: ``{"network_weights": state_dict, "init_args": {...}, ...}``;
+  the label names come from ``init_args["dataset_json"]``;
+- a file written by ``nnunet-suprem transfer-weights``: an nnU-Net checkpoint plus
+  ``"nnunet_suprem_transfer": {"pretrained_keys": [...]}`` (only those keys are pre-trained);
+- SuPreM / MONAI training checkpoints: ``{"net": state_dict, ...}`` or ``{"state_dict": ...}``,
+  ``{"model": ...}``;
+- a plain state dict ``{name: tensor}``.
+
+Prefixes added by DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) are removed.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+WRAPPER_KEYS = ("network_weights", "net", "state_dict", "model")
+"""Keys under which training frameworks store the state dict, in the order they are tried."""
+TRANSFER_METADATA_KEY = "nnunet_suprem_transfer"
+STRIPPED_PREFIXES = ("module.", "_orig_mod.")
+
+try:
+    from numpy._core.multiarray import scalar as _numpy_scalar
+except ImportError:  # NumPy < 1.26
+    from numpy.core.multiarray import scalar as _numpy_scalar
+
+_NUMPY_SAFE_GLOBALS = [np.dtype, _numpy_scalar,
+                       *{type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")}]
+"""NumPy scalars (nnU-Net's training log) and nothing else besides torch's own weights-only types."""
+
+
+@dataclass
+class Checkpoint:
+    """A state dict read from a file, with what the file says about it."""
+
+    path: str
+    state_dict: dict[str, torch.Tensor]
+    format: str
+    labels: dict[str, int] | None = None
+    """Label names of the model's outputs, when the file records them (nnU-Net checkpoints)."""
+    pretrained_keys: frozenset[str] | None = None
+    """Keys that hold pre-trained values; None means all of them."""
+    extra: dict = field(default_factory=dict)
+
+
+def load_weights_only(path: str | os.PathLike) -> object:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with clear errors naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    try:
+        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refusing to load: the file holds Python objects other than weights, so it cannot "
+                         f"be read with torch.load(weights_only=True) ({str(e).splitlines()[0]}). Re-save only the "
+                         f"state dict (torch.save(model.state_dict(), ...)) from a trusted environment.") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or not a .pth file?): "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor],
+                   prefixes: tuple[str, ...] = STRIPPED_PREFIXES) -> dict[str, torch.Tensor]:
+    """Remove DDP/``torch.compile`` prefixes (repeatedly, in any order) from every key."""
+    out = {}
+    for key, value in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in prefixes:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _filter_nnunet(path: str, content: Mapping) -> Checkpoint:
+    dataset_json = (content.get("init_args") or {}).get("dataset_json") or {}
+    metadata = content.get(TRANSFER_METADATA_KEY) or {}
+    keys = metadata.get("pretrained_keys")
+    return Checkpoint(path, strip_prefixes(content["network_weights"]), "nnU-Net checkpoint",
+                      labels=dataset_json.get("labels") or metadata.get("source_labels"),
+                      pretrained_keys=frozenset(keys) if keys is not None else None,
+                      extra={"trainer_name": content.get("trainer_name"), **metadata})
+
+
+def _filter_wrapped(key: str) -> Callable[[str, Mapping], Checkpoint]:
+    def read(path: str, content: Mapping) -> Checkpoint:
+        return Checkpoint(path, strip_prefixes(content[key]), f"training checkpoint with weights under {key!r}",
+                          extra={k: content[k] for k in ("epoch",) if k in content})
+    return read
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a state dict from any supported format (see module doc); a clear error for anything else."""
+    path = os.fspath(path)
+    content = load_weights_only(path)
+    if _is_state_dict(content):
+        return Checkpoint(path, strip_prefixes(content), "plain state dict")
+    if isinstance(content, Mapping):
+        for key in WRAPPER_KEYS:
+            if key in content:
+                if not _is_state_dict(content[key]):
+                    raise ValueError(f"{path}: {key!r} does not hold a state dict ({{name: tensor}})")
+                return (_filter_nnunet if key == "network_weights" else _filter_wrapped(key))(path, content)
+        found = ", ".join(repr(k) for k in list(content)[:8])
+        raise ValueError(f"{path}: no weights found: expected a state dict or a dict with one of "
+                         f"{', '.join(map(repr, WRAPPER_KEYS))}; the file has keys {found}")
+    raise ValueError(f"{path}: no weights found: the file holds a {type(content).__name__}, not a state dict")

@@ -1,0 +1,91 @@
+"""``nnunet-suprem transfer-weights``: pre-trained weights -> a file for ``nnUNetv2_train -pretrained_weights``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from nnunet_suprem.nnunet_env import ConfigurationError
+
+DEFAULT_MIN_ENCODER_FRACTION = 0.9
+"""Share of the encoder that must load for a transfer to go ahead (torch is imported only when a command runs)."""
+
+
+def preprocessed_dataset_folder(dataset_id: int | str) -> Path:
+    """``$nnUNet_preprocessed/DatasetXXX_NAME`` with a clear error when the dataset is not planned."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    preprocessed = os.environ.get("nnUNet_preprocessed")
+    if not preprocessed:
+        raise ConfigurationError("nnUNet_preprocessed is not set: export nnUNet_preprocessed=/path/to/folder "
+                                 "(run `nnunet-suprem doctor` to check your set-up)")
+    try:
+        name = maybe_convert_to_dataset_name(dataset_id)
+    except RuntimeError as e:
+        raise ValueError(f"dataset {dataset_id}: {e}") from e
+    folder = Path(preprocessed) / name
+    if not (folder / "dataset.json").is_file():
+        raise FileNotFoundError(f"{folder / 'dataset.json'} not found: plan the dataset first "
+                                f"(nnUNetv2_plan_and_preprocess or nnunet-suprem plan-transfer)")
+    return folder
+
+
+def load_target(dataset_id: int | str, plans_name: str) -> tuple[dict, dict]:
+    """(plans, dataset.json) of a planned dataset."""
+    folder = preprocessed_dataset_folder(dataset_id)
+    plans_file = folder / f"{plans_name}.json"
+    if not plans_file.is_file():
+        available = sorted(p.stem for p in folder.glob("*.json") if p.stem not in ("dataset", "dataset_fingerprint",
+                                                                                   "splits_final"))
+        raise FileNotFoundError(f"{plans_file} not found; plans of this dataset: {available}")
+    return json.loads(plans_file.read_text()), json.loads((folder / "dataset.json").read_text())
+
+
+def add_subparser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "transfer-weights", help="turn pre-trained weights into a file for nnUNetv2_train -pretrained_weights",
+        description="Load pre-trained weights (nnU-Net checkpoint, SuPreM/MONAI {'net': ...} checkpoint or plain "
+                    "state dict, DDP 'module.' and torch.compile '_orig_mod.' prefixes removed; always with "
+                    "torch.load(weights_only=True)) into the network of the target plans, print what was loaded, "
+                    "skipped and mismatched, and write a complete nnU-Net weights file that stock "
+                    "`nnUNetv2_train -pretrained_weights` accepts. Segmentation heads are re-initialised unless "
+                    "the labels are identical; a different number of input channels adapts the first convolution.")
+    p.add_argument("checkpoint", help="pre-trained weights file (.pth)")
+    p.add_argument("-d", dest="dataset_id", required=True, help="target dataset name or ID (planned)")
+    p.add_argument("-p", dest="plans", default="nnUNetPlans", help="target plans identifier (default: nnUNetPlans)")
+    p.add_argument("-c", dest="configuration", default="3d_fullres", help="configuration (default: 3d_fullres)")
+    p.add_argument("-o", dest="output", required=True, help="weights file to write (.pth)")
+    p.add_argument("--encoder-only", action="store_true", help="take only the encoder; the decoder starts fresh")
+    p.add_argument("--min-encoder-fraction", type=float, default=DEFAULT_MIN_ENCODER_FRACTION,
+                   help=f"refuse when less of the encoder would load (default: {DEFAULT_MIN_ENCODER_FRACTION})")
+    p.add_argument("--seed", type=int, default=0, help="seed for the freshly initialised layers (default: 0)")
+    p.add_argument("--verbose", action="store_true", help="list every key, not just the summary and problems")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from nnunet_suprem.transfer.apply import build_network_from_plans, transfer_checkpoint, write_nnunet_weights
+    from nnunet_suprem.transfer.checkpoint import read_checkpoint
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
+    plans, dataset_json = load_target(args.dataset_id, args.plans)
+    checkpoint = read_checkpoint(args.checkpoint)
+    torch.manual_seed(args.seed)
+    network = build_network_from_plans(plans, dataset_json, args.configuration)
+    state, report = transfer_checkpoint(checkpoint, network, dataset_json["labels"], args.encoder_only,
+                                        args.min_encoder_fraction)
+    network.load_state_dict(state)
+    write_nnunet_weights(output, network, state, report, checkpoint)
+    lines = report.lines()
+    if not args.verbose:
+        lines = [line for line in lines if not line.startswith("  loaded")]
+    print(f"{checkpoint.path} ({checkpoint.format}) -> {plans['dataset_name']} {args.plans} {args.configuration}")
+    print("\n".join(lines))
+    print(f"wrote {output}\nuse it with: nnUNetv2_train {args.dataset_id} {args.configuration} FOLD "
+          f"-p {args.plans} -tr SuPreMFinetuneTrainer -pretrained_weights {output}")

@@ -1,0 +1,160 @@
+"""Copying pre-trained weights into a new network: small functions on state dicts (timm/MONAI style).
+
+:func:`transfer_state` fills a target network's state dict from a checkpoint's and returns a
+:class:`TransferReport` that accounts for every tensor: loaded, adapted, skipped (and why),
+shape-mismatched, and checkpoint keys nothing used. nnU-Net's U-Nets register some tensors
+under several names (``encoder.*`` again as ``decoder.encoder.*``, ``convs.0.conv`` as
+``convs.0.all_modules.0``); names of one tensor are grouped by identity and reported once
+under the first name, so a selection such as "encoder only" covers every alias.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+HEAD_MARKERS = (".seg_layers.",)
+"""Key fragments of segmentation heads (nnU-Net's 1x1 output convolutions), re-initialised by default."""
+
+
+@dataclass
+class TransferReport:
+    """What :func:`transfer_state` did with each tensor of the target network (first name of each tensor)."""
+
+    loaded: list[str] = field(default_factory=list)
+    adapted: dict[str, str] = field(default_factory=dict)
+    """Loaded after changing the number of input channels: key -> rule applied."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Kept as initialised: key -> reason."""
+    mismatched: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+    """Same name, incompatible shape: key -> (checkpoint shape, target shape)."""
+    unused: list[str] = field(default_factory=list)
+    """Checkpoint keys that no target tensor took."""
+    encoder_loaded_fraction: float = 0.0
+    """Share of the encoder's parameters (by element count) that were loaded."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (f"{len(self.loaded)} tensors loaded ({len(self.adapted)} adapted), {len(self.skipped)} skipped, "
+                f"{len(self.mismatched)} shape-mismatched, {len(self.unused)} checkpoint keys unused; "
+                f"{self.encoder_loaded_fraction:.1%} of the encoder loaded")
+
+    def lines(self) -> list[str]:
+        """Every key with its fate, for logs."""
+        out = [f"Weight transfer: {self.summary()}"]
+        out += [f"  loaded      {k}" + (f"  [{self.adapted[k]}]" if k in self.adapted else "") for k in self.loaded]
+        out += [f"  skipped     {k}  ({why})" for k, why in self.skipped.items()]
+        out += [f"  mismatched  {k}  checkpoint {tuple(a)} vs network {tuple(b)}" for k, (a, b) in self.mismatched.items()]
+        out += [f"  unused      {k}" for k in self.unused]
+        return out
+
+
+def tensor_names(state_dict: Mapping[str, torch.Tensor]) -> list[list[str]]:
+    """Names grouped by tensor identity, in state-dict order (pass ``module.state_dict(keep_vars=True)``)."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in state_dict.items():
+        groups.setdefault(id(tensor), []).append(name)
+    return list(groups.values())
+
+
+def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """First-convolution weights ``[out, c, *k]`` for ``in_channels`` inputs instead of ``c``.
+
+    Rule: when ``in_channels`` is a multiple of ``c``, the weights are repeated and scaled by
+    ``c / in_channels`` (each input channel keeps its own filters); otherwise every new channel
+    gets the sum over the old channels divided by ``in_channels`` (to 1 channel: the sum).
+    Both keep the layer's response to an image fed identically to every channel, so the
+    pre-trained features start where they were.
+    """
+    source_channels = weight.shape[1]
+    if source_channels == in_channels:
+        return weight
+    if in_channels % source_channels == 0:
+        repeats = in_channels // source_channels
+        return weight.repeat(1, repeats, *[1] * (weight.ndim - 2)) / repeats
+    shape = list(weight.shape)
+    shape[1] = in_channels
+    return (weight.sum(dim=1, keepdim=True) / in_channels).expand(shape).clone()
+
+
+def _starts_with_any(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, encoder_prefixes: tuple[str, ...],
+                   stem_prefixes: tuple[str, ...] = (), encoder_only: bool = False, load_heads: bool = False,
+                   pretrained_keys: Iterable[str] | None = None) -> tuple[dict[str, torch.Tensor], TransferReport]:
+    """The target's full state dict with tensors taken from ``source`` where names and shapes allow.
+
+    - ``encoder_prefixes``: module paths of the encoder (e.g. nnU-Net's ``key_to_encoder``);
+      with ``encoder_only`` nothing else is taken.
+    - ``stem_prefixes``: where the first convolution lives; its weight is adapted with
+      :func:`adapt_input_conv` when only the number of input channels differs.
+    - segmentation heads (``HEAD_MARKERS``) keep their fresh initialisation unless ``load_heads``.
+    - ``pretrained_keys``: only these source keys count as pre-trained (None: all).
+
+    Returns the state dict (every name of the target, aliases included, so
+    ``target.load_state_dict(state)`` is strict) and the report. Nothing is modified in place.
+    """
+    if pretrained_keys is not None:
+        keep = set(pretrained_keys)
+        source = {k: v for k, v in source.items() if k in keep}
+    target_state = target.state_dict(keep_vars=True)
+    state = {name: tensor.detach().clone() for name, tensor in target_state.items()}
+    report = TransferReport()
+    used: set[str] = set()
+    encoder_total = encoder_loaded = 0
+    for names in tensor_names(target_state):
+        key, wanted = names[0], target_state[names[0]]
+        in_encoder = _starts_with_any(key, encoder_prefixes)
+        if in_encoder and wanted.is_floating_point():
+            encoder_total += wanted.numel()
+        present = [n for n in names if n in source]
+        found = present[0] if present else None
+        if any(m in n for n in names for m in HEAD_MARKERS) and not load_heads:
+            report.skipped[key] = "segmentation head: re-initialised for the new classes"
+            continue
+        if encoder_only and not in_encoder:
+            report.skipped[key] = "outside the encoder (encoder-only transfer)"
+            continue
+        if found is None:
+            report.skipped[key] = "not in the checkpoint"
+            continue
+        value = source[found]
+        if value.shape != wanted.shape:
+            if (_starts_with_any(key, stem_prefixes) and value.ndim == wanted.ndim >= 3 and value.shape[0] ==
+                    wanted.shape[0] and value.shape[2:] == wanted.shape[2:]):
+                old, new = value.shape[1], wanted.shape[1]
+                value = adapt_input_conv(value, new)
+                rule = "repeated and rescaled" if new % old == 0 else "summed and spread"
+                report.adapted[key] = f"input channels {old} -> {new} ({rule})"
+            else:
+                report.mismatched[key] = (list(value.shape), list(wanted.shape))
+                continue
+        for name in names:
+            state[name] = value.detach().to(dtype=wanted.dtype).clone()
+        report.loaded.append(key)
+        used.update(present)
+        if in_encoder and wanted.is_floating_point():
+            encoder_loaded += wanted.numel()
+    report.unused = [k for k in source if k not in used]
+    report.encoder_loaded_fraction = encoder_loaded / encoder_total if encoder_total else 0.0
+    return state, report
+
+
+def require_encoder_fraction(report: TransferReport, minimum: float, source: str = "checkpoint") -> None:
+    """Refuse a transfer that would load less than ``minimum`` of the encoder; the error lists the first problems."""
+    if report.encoder_loaded_fraction >= minimum:
+        return
+    problems = [f"{k}: checkpoint {tuple(a)} vs network {tuple(b)}" for k, (a, b) in report.mismatched.items()]
+    problems += [f"{k}: {why}" for k, why in report.skipped.items() if why == "not in the checkpoint"]
+    listed = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+    unused = f"\nunused checkpoint keys, e.g.: {', '.join(report.unused[:5])}" if report.unused else ""
+    raise ValueError(f"{source}: only {report.encoder_loaded_fraction:.1%} of the target network's encoder would "
+                     f"load (required: {minimum:.0%}); the architectures differ. First problems:\n  {listed}{unused}\n"
+                     f"Plan the target with `nnunet-suprem plan-transfer` so that its topology equals the "
+                     f"pre-trained model's.")
