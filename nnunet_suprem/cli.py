@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_suprem import __version__, doctor, synth
+from nnunet_suprem import __version__, doctor, evaluate, synth
 from nnunet_suprem.convert import abdomenatlas, merge, totalsegmentator
 from nnunet_suprem.nnunet_env import ConfigurationError, trainers_dir
 from nnunet_suprem.transfer import command as transfer_command
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     abdomenatlas.add_subparser(subparsers)
     totalsegmentator.add_subparser(subparsers)
     merge.add_subparser(subparsers)
+    evaluate.add_subparser(subparsers)
     transfer_command.add_subparser(subparsers)
     return parser
 

@@ -39,3 +39,14 @@ def test_train_and_predict_with_stock_nnunet_cli(planned_phantom_dataset, tmp_pa
         assert np.allclose(prediction.GetOrigin(), image.GetOrigin())
         assert np.allclose(prediction.GetDirection(), image.GetDirection())
         assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= set(labels.values())
+
+    # direct-inference evaluation of nnUNetv2_predict's output against the test labels
+    evaluation = tmp_path / "evaluation"
+    run(command("nnunet-suprem", "evaluate", str(out), str(raw / "labelsTs"), "--pred-labels", str(raw / "dataset.json"),
+                "--gt-labels", str(raw / "dataset.json"), "-np", "1", "-o", str(evaluation)), env)
+    assert {p.name for p in evaluation.iterdir()} == {"per_case.csv", "per_class.csv", "summary.json", "dice_boxplot.png"}
+    summary = json.loads((evaluation / "summary.json").read_text())
+    assert [case["case"] for case in summary["metric_per_case"]] == [p.name.removesuffix("_0000.nii.gz") for p in images]
+    assert set(summary["mean"]) == set(labels) - {"background"}
+    dice = np.array([m["Dice"] for case in summary["metric_per_case"] for m in case["metrics"].values()])
+    assert np.isfinite(dice).any() and ((dice[np.isfinite(dice)] >= 0) & (dice[np.isfinite(dice)] <= 1)).all()

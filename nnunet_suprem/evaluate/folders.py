@@ -1,0 +1,213 @@
+"""Prediction and ground-truth folders in either layout, read one case at a time.
+
+Layouts (detected from the folder's content):
+- label maps, as nnU-Net writes them: ``<case><file_ending>``, class values from a dataset.json
+  (``--*-labels``, else ``dataset.json`` in the folder or beside it, as in nnU-Net raw datasets);
+- per-organ mask folders, as AbdomenAtlas and TotalSegmentator ship them:
+  ``<case>/segmentations/<class>.nii.gz``; a missing mask file means the case does not annotate
+  that class (an error in a prediction).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from nnunet_suprem.convert.abdomenatlas import case_folders, mask_files
+from nnunet_suprem.convert.cases import GEOMETRY_TOLERANCE
+from nnunet_suprem.evaluate.labels import DEFAULT_FILE_ENDING, parse_label_spec, read_dataset_json
+from nnunet_suprem.evaluate.metrics import Box
+from nnunet_suprem.taxonomy import canonical_name
+
+MASKS = "segmentations"
+MASK_ENDINGS = (".nii.gz", ".nii")
+IMAGE_ENDINGS = (*MASK_ENDINGS, ".mha", ".nrrd")
+
+
+@dataclass(frozen=True)
+class Region:
+    """Where one class of a case is: voxels of ``array`` equal to ``value``, all inside ``box`` (None: empty)."""
+    array: np.ndarray
+    value: int
+    box: Box | None
+
+    def mask(self, box: Box) -> np.ndarray:
+        return self.array[box] == self.value
+
+
+Geometry = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]
+
+
+@dataclass
+class Segmentation:
+    """One case in memory: a :class:`Region` per class, the voxels to ignore, and the grid of ``grid_file``."""
+    regions: dict[str, Region]
+    ignore: Region | None
+    grid: Geometry
+    grid_file: Path
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel spacing in mm in array axis order (SimpleITK arrays are z, y, x)."""
+        return self.grid[1][::-1]
+
+
+def geometry(image: sitk.Image) -> Geometry:
+    """Size, spacing, origin and direction of ``image``."""
+    return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+
+
+def check_same_grid(a: Geometry, a_path: Path, b: Geometry, b_path: Path) -> None:
+    """ValueError naming both files unless ``a`` and ``b`` share size exactly and spacing, origin and direction
+    within ``GEOMETRY_TOLERANCE``."""
+    for what, x, y in zip(("size", "spacing", "origin", "direction"), a, b):
+        if not np.allclose(x, y, rtol=0, atol=GEOMETRY_TOLERANCE):
+            raise ValueError(f"geometry mismatch between {a_path} and {b_path}: {what} "
+                             f"{tuple(round(v, 5) for v in x)} != {tuple(round(v, 5) for v in y)}")
+
+
+def _read(path: Path) -> tuple[np.ndarray, Geometry]:
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise ValueError(f"{path}: unreadable ({str(e).strip().splitlines()[-1]})") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{path}: expected a 3D single-channel image, got {image.GetDimension()}D with "
+                         f"{image.GetNumberOfComponentsPerPixel()} channel(s)")
+    array = sitk.GetArrayFromImage(image)
+    if array.dtype.kind == "f":
+        if not np.array_equal(array, np.round(array)):
+            raise ValueError(f"{path}: segmentation has non-integer values")
+        array = array.astype(np.int32)
+    elif array.dtype.kind not in "biu":
+        raise ValueError(f"{path}: segmentation has pixel type {array.dtype}")
+    if array.dtype.kind == "i" and array.min(initial=0) < 0:
+        raise ValueError(f"{path}: segmentation has negative values")
+    return array, geometry(image)
+
+
+@dataclass(frozen=True)
+class LabelMapCase:
+    """A case stored as one label map with ``values[class]`` per class."""
+    path: Path
+    values: Mapping[str, int]
+    ignore_value: int | None = None
+
+    def read(self, classes: Sequence[str]) -> Segmentation:
+        """Read the file once and locate every class of ``classes`` (one pass over the array)."""
+        array, grid = _read(self.path)
+        wanted = [self.values[c] for c in classes] + ([self.ignore_value] if self.ignore_value is not None else [])
+        boxes = ndimage.find_objects(array, max_label=max(wanted))
+        region = {v: Region(array, v, boxes[v - 1]) for v in wanted}
+        ignore = region[self.ignore_value] if self.ignore_value is not None else None
+        return Segmentation({c: region[self.values[c]] for c in classes}, ignore, grid, self.path)
+
+
+@dataclass(frozen=True)
+class MaskFolderCase:
+    """A case stored as one binary mask file per class (``files``; a class without a file is not annotated)."""
+    path: Path
+    files: Mapping[str, Path]
+
+    def read(self, classes: Sequence[str]) -> Segmentation:
+        """Read the mask files of ``classes`` that exist (all on one grid, else ValueError naming two of them)."""
+        regions: dict[str, Region] = {}
+        first: tuple[Geometry, Path] | None = None
+        for name in classes:
+            if name not in self.files:
+                continue
+            array, grid = _read(self.files[name])
+            if first is None:
+                first = grid, self.files[name]
+            check_same_grid(grid, self.files[name], *first)
+            mask = (array != 0).view(np.uint8)
+            box = ndimage.find_objects(mask)
+            regions[name] = Region(mask, 1, box[0] if box else None)
+        if first is None:
+            raise ValueError(f"{self.path}: no mask file of the classes {list(classes)}")
+        return Segmentation(regions, None, *first)
+
+
+CaseSource = LabelMapCase | MaskFolderCase
+
+
+@dataclass(frozen=True)
+class SegmentationFolder:
+    """A folder of segmentations: its classes (label order), cases and the classes each case annotates."""
+    path: Path
+    layout: str
+    classes: tuple[str, ...]
+    cases: Mapping[str, CaseSource]
+    annotated: Mapping[str, frozenset[str]]  # cases annotating fewer than all classes
+
+    def annotated_classes(self, case: str) -> frozenset[str]:
+        return self.annotated.get(case, frozenset(self.classes))
+
+
+def _has_masks(folder: Path) -> bool:
+    return (folder / MASKS).is_dir()
+
+
+def _mask_folder(path: Path, labels: Sequence[str] | None, option: str) -> SegmentationFolder:
+    if labels:
+        raise ValueError(f"{option} applies to label maps; {path} holds per-organ mask folders "
+                         f"(<case>/{MASKS}/<class>.nii.gz: class names come from the file names)")
+    folders = [f for f in case_folders(path) if _has_masks(f)]
+    by_canonical: dict[str, str] = {}  # first spelling of each class, in file-name order
+    for folder in folders:
+        for file in sorted(p for p in (folder / MASKS).iterdir() if p.name.endswith(MASK_ENDINGS)):
+            name = file.name[: -len(next(e for e in MASK_ENDINGS if file.name.endswith(e)))]
+            by_canonical.setdefault(canonical_name(name), name)
+    classes = tuple(by_canonical.values())
+    cases, annotated = {}, {}
+    for folder in folders:
+        try:
+            files, _ = mask_files(folder / MASKS, classes)
+        except ValueError as e:
+            raise ValueError(f"{folder / MASKS}: {e}") from None
+        cases[folder.name] = MaskFolderCase(folder, files)
+        if len(files) < len(classes):
+            annotated[folder.name] = frozenset(files)
+    return SegmentationFolder(path, "mask folders", classes, cases, annotated)
+
+
+def _find_dataset_json(path: Path) -> Path | None:
+    for candidate in (path / "dataset.json", path.parent / "dataset.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _label_map_folder(path: Path, labels: Sequence[str] | None, option: str) -> SegmentationFolder:
+    if labels:
+        spec = parse_label_spec(labels)
+    elif (found := _find_dataset_json(path)) is not None:
+        spec = read_dataset_json(found)
+    else:
+        raise ValueError(f"{path} holds label maps but no dataset.json is in it or beside it: name the classes "
+                         f"with {option} (a dataset.json, a taxonomy or class names in label-value order)")
+    ending = spec.file_ending
+    cases = {f.name[: -len(ending)]: LabelMapCase(f, spec.values, spec.ignore_value)
+             for f in sorted(path.iterdir()) if f.is_file() and f.name.endswith(ending) and not f.name.startswith(".")}
+    annotated = {case: classes for case, classes in spec.annotated.items() if case in cases}
+    return SegmentationFolder(path, "label maps", tuple(spec.values), cases, annotated)
+
+
+def open_folder(path: str | Path, labels: Sequence[str] | None = None, option: str = "--labels") -> SegmentationFolder:
+    """Scan ``path`` (no image is read). ``labels`` is a ``--*-labels`` argument (label maps only), named ``option`` in errors."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder")
+    has_files = any(f.is_file() and f.name.endswith(IMAGE_ENDINGS) for f in path.iterdir())
+    has_mask_folders = any(f.is_dir() and _has_masks(f) for f in path.iterdir())
+    if has_files and has_mask_folders:
+        raise ValueError(f"{path} holds both label-map files and <case>/{MASKS}/ folders; keep one layout per folder")
+    folder = _mask_folder(path, labels, option) if has_mask_folders else _label_map_folder(path, labels, option)
+    if not folder.cases:
+        raise ValueError(f"{path} holds no segmentations (expected <case>{DEFAULT_FILE_ENDING} label maps or "
+                         f"<case>/{MASKS}/<class>.nii.gz masks)")
+    return folder

@@ -1,0 +1,152 @@
+"""Label sets of predictions and ground truth, and which class of one is which class of the other.
+
+Classes are paired by their taxonomy canonical name (``postcava`` = ``inferior_vena_cava``,
+``Right Kidney`` = ``kidney_right``; sides never match across) through
+:func:`nnunet_suprem.taxonomy.match_classes`, after the explicit pairs of a ``--map`` file.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels
+from nnunet_suprem.taxonomy import TAXONOMIES, canonical_name, label_dict, match_classes
+
+DEFAULT_FILE_ENDING = ".nii.gz"
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Classes of a label-map folder: ``{name: value}``, the ignore value, the file ending, annotations per case."""
+    values: dict[str, int]
+    ignore_value: int | None = None
+    file_ending: str = DEFAULT_FILE_ENDING
+    annotated: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+def read_dataset_json(path: str | Path) -> LabelSpec:
+    """Label spec of an nnU-Net ``dataset.json``, with its partial-label manifest (cases it lists annotate only some classes)."""
+    path = Path(path)
+    try:
+        dataset = json.loads(path.read_text())
+        labels = foreground_labels(dataset)
+    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{path}: not an nnU-Net dataset.json with 'labels' ({e})") from None
+    bad = sorted(name for name, value in dataset["labels"].items() if not isinstance(value, int))
+    if bad:
+        raise ValueError(f"{path}: region-based labels {bad} are not supported (need one integer value per class)")
+    try:
+        annotated = annotated_classes_by_case(dataset) or {}
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return LabelSpec(labels, dataset["labels"].get("ignore"), dataset.get("file_ending", DEFAULT_FILE_ENDING), annotated)
+
+
+def parse_label_spec(items: Sequence[str]) -> LabelSpec:
+    """``--*-labels`` argument: a dataset.json, a taxonomy name (``abdomenatlas1.1``, ...), class names in
+    label-value order (1, 2, ...) or ``NAME=VALUE`` pairs."""
+    if len(items) == 1 and items[0].endswith(".json"):
+        return read_dataset_json(items[0])
+    if len(items) == 1 and items[0] in TAXONOMIES:
+        return LabelSpec(foreground_labels({"labels": label_dict(TAXONOMIES[items[0]])}))
+    pairs = [item.partition("=") for item in items]
+    if all(sep for _, sep, _ in pairs):
+        try:
+            values = {name: int(value) for name, _, value in pairs}
+        except ValueError:
+            raise ValueError(f"label values must be integers: {list(items)}") from None
+    elif not any(sep for _, sep, _ in pairs):
+        values = foreground_labels({"labels": label_dict(list(items))})
+    else:
+        raise ValueError(f"give either class names in label-value order or NAME=VALUE pairs, not both: {list(items)}")
+    if len(values) != len(items) or len(set(values.values())) != len(values) or min(values.values()) <= 0:
+        raise ValueError(f"class names and label values must be distinct, values positive: {list(items)}")
+    return LabelSpec(values)
+
+
+def load_mapping(path: str | Path) -> dict[str, str | None]:
+    """A ``--map`` file: JSON ``{prediction class: ground-truth class or null}``."""
+    path = Path(path)
+    try:
+        mapping = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, (str, type(None))) for v in mapping.values()):
+        raise ValueError(f"{path}: expected a JSON object {{prediction class: ground-truth class or null}}")
+    return mapping
+
+
+@dataclass(frozen=True)
+class ClassMatching:
+    """Evaluated ``pairs`` (ground-truth class, prediction class) in ground-truth order, and the classes left out."""
+    pairs: tuple[tuple[str, str], ...]
+    prediction_only: tuple[str, ...]
+    reference_only: tuple[str, ...]
+
+    def messages(self) -> list[str]:
+        out = []
+        if self.prediction_only:
+            out.append(f"skipped, not in the ground truth: {', '.join(self.prediction_only)}")
+        if self.reference_only:
+            out.append(f"skipped, not predicted: {', '.join(self.reference_only)}")
+        return out
+
+
+def _same_class(name: str, names: Sequence[str]) -> list[str]:
+    """``[name]`` if it is one of ``names``, else those of ``names`` with its canonical name."""
+    if name in names:
+        return [name]
+    return [n for n in names if canonical_name(n) == canonical_name(name)]
+
+
+def _lookup(name: str, names: Sequence[str], what: str) -> str:
+    found = _same_class(name, names)
+    if len(found) != 1:
+        raise ValueError(f"{what} {name!r} is not among {list(names)}")
+    return found[0]
+
+
+def mapping_for(mapping: Mapping[str, str | None], classes: Sequence[str]) -> dict[str, str | None]:
+    """The entries of a ``--map`` whose prediction class is one of ``classes``."""
+    return {source: target for source, target in mapping.items() if _same_class(source, classes)}
+
+
+def match_label_sets(prediction: Sequence[str], reference: Sequence[str],
+                     mapping: Mapping[str, str | None] | None = None,
+                     classes: Sequence[str] | None = None) -> ClassMatching:
+    """Pair prediction and ground-truth classes: ``mapping`` first, then by canonical name.
+
+    ``classes`` (names or synonyms of either side) restricts the pairs; the classes it leaves
+    out are not reported as skipped. ValueError when a mapping or ``classes`` entry names an
+    unknown class, or when no class is left to evaluate.
+    """
+    explicit: dict[str, str | None] = {}
+    for source, target in (mapping or {}).items():
+        pred = _lookup(source, prediction, "--map: prediction class")
+        explicit[pred] = None if target is None else _lookup(target, reference, f"--map: ground-truth class for {source!r}")
+    claimed = [t for t in explicit.values() if t is not None]
+    if len(set(claimed)) != len(claimed):
+        raise ValueError(f"--map: several prediction classes map to one ground-truth class: {claimed}")
+    try:
+        automatic = match_classes([p for p in prediction if p not in explicit], [r for r in reference if r not in claimed])
+    except ValueError as e:
+        raise ValueError(f"cannot pair the classes by name ({e}); pair them with --map") from None
+    by_reference = {target: pred for pred, target in {**automatic, **explicit}.items() if target is not None}
+    pairs = [(r, by_reference[r]) for r in reference if r in by_reference]
+    skipped = (tuple(p for p in prediction if p not in by_reference.values()),
+               tuple(r for r in reference if r not in by_reference))
+    if classes:
+        known = {canonical_name(n) for pair in pairs for n in pair}
+        unknown = [c for c in classes if canonical_name(c) not in known]
+        if unknown:
+            raise ValueError(f"--classes {unknown} are not classes of both label sets; evaluable: "
+                             f"{[r for r, _ in pairs]}")
+        wanted = {canonical_name(c) for c in classes}
+        pairs = [(r, p) for r, p in pairs if wanted & {canonical_name(r), canonical_name(p)}]
+        skipped = (), ()
+    if not pairs:
+        raise ValueError(f"no prediction class {list(prediction)} matches a ground-truth class {list(reference)}; "
+                         "pair them with --map")
+    return ClassMatching(tuple(pairs), *skipped)

@@ -1,0 +1,85 @@
+"""Per-class statistics over cases: mean, s.d., bootstrap confidence interval and a paired test.
+
+NaN values (a class absent from prediction and reference, or not annotated) are left out.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+RESAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, sample s.d. and percentile-bootstrap CI of the mean over the ``n`` finite values."""
+    n: int
+    mean: float
+    sd: float
+    ci_low: float
+    ci_high: float
+
+    def to_json(self) -> dict:
+        return {"n": self.n, "mean": self.mean, "sd": self.sd, "ci95": [self.ci_low, self.ci_high]}
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Wilcoxon signed-rank test of B - A over the ``n`` cases where both are finite."""
+    n: int
+    mean_a: float
+    mean_b: float
+    mean_difference: float
+    p_value: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def finite(values: Sequence[float]) -> np.ndarray:
+    """The finite values as a float array (NaN = not scored)."""
+    values = np.asarray(values, dtype=float)
+    return values[np.isfinite(values)]
+
+
+def bootstrap_ci(values: Sequence[float], confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of the finite ``values`` (deterministic per ``seed``)."""
+    values = finite(values)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    """:class:`Summary` of the finite ``values`` (s.d. NaN below 2 values, everything NaN without any)."""
+    values = finite(values)
+    n = int(values.size)
+    mean = float(values.mean()) if n else float("nan")
+    sd = float(values.std(ddof=1)) if n > 1 else float("nan")
+    return Summary(n, mean, sd, *bootstrap_ci(values))
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
+    """Two-sided Wilcoxon signed-rank test on the pairs (a_i, b_i) where both are finite.
+
+    p is 1 when every pair is equal and NaN without pairs.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values differ in length: {a.size} and {b.size}")
+    both = np.isfinite(a) & np.isfinite(b)
+    a, b = a[both], b[both]
+    n = int(a.size)
+    if n == 0:
+        return PairedTest(0, float("nan"), float("nan"), float("nan"), float("nan"))
+    p = 1.0 if np.all(a == b) else float(stats.wilcoxon(b, a).pvalue)
+    return PairedTest(n, float(a.mean()), float(b.mean()), float((b - a).mean()), p)
