@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,15 +27,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from common import make_trainer, nnunet_folders, predict, run, test_dice
+
 PARTIAL = {"hospA": "liver,spleen,kidney_left,kidney_right",
            "hospB": "liver,aorta,stomach,kidney_left,kidney_right",
            "hospC": "liver,spleen,aorta,stomach"}
 ALL = "liver,spleen,kidney_left,kidney_right,aorta,stomach"
-
-
-def run(*command: str) -> None:
-    subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]], check=True,
-                   stdout=subprocess.DEVNULL)
 
 
 def make_datasets(args) -> None:
@@ -77,12 +71,6 @@ def trainer_classes(epochs: int, iterations: int):
     return BenchSuPreMTrainer, BenchNnUNetTrainer
 
 
-def make_trainer(cls, dataset: str, device: torch.device):
-    preprocessed = Path(os.environ["nnUNet_preprocessed"]) / dataset
-    plans = {**json.loads((preprocessed / "nnUNetPlans.json").read_text()), "continue_training": False}
-    return cls(plans, "3d_fullres", 0, json.loads((preprocessed / "dataset.json").read_text()), device=device)
-
-
 def make_left_only_cases(raw: Path, out: Path) -> None:
     """Copies of the test images with the right kidney replaced by soft tissue: only a left kidney remains."""
     labels = json.loads((raw / "dataset.json").read_text())["labels"]
@@ -99,20 +87,6 @@ def make_left_only_cases(raw: Path, out: Path) -> None:
         sitk.WriteImage(edited, str(out / image_path.name), True)
 
 
-def predict(trainer, images: Path, out: Path, device: torch.device) -> None:
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    trainer.set_deep_supervision_enabled(False)
-    trainer.network.eval()
-    predictor = nnUNetPredictor(use_mirroring=True, perform_everything_on_device=device.type == "cuda",
-                                device=device, allow_tqdm=False)
-    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager,
-                                    [trainer.network.state_dict()], trainer.dataset_json, type(trainer).__name__,
-                                    trainer.inference_allowed_mirroring_axes)
-    predictor.predict_from_files(str(images), str(out), num_processes_preprocessing=1,
-                                 num_processes_segmentation_export=1)
-
-
 def left_only_share(predictions: Path, raw: Path) -> float:
     """Share of the predicted kidney voxels (either side) that are called kidney_left on left-only cases."""
     labels = json.loads((raw / "dataset.json").read_text())["labels"]
@@ -126,9 +100,6 @@ def left_only_share(predictions: Path, raw: Path) -> float:
 
 def train_and_evaluate(cls, dataset: str, device: torch.device, seed: int) -> tuple[dict[str, float], float, float]:
     """Per-class test Dice, training seconds, and the kidney_left share on left-only cases."""
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-
     torch.manual_seed(seed)
     np.random.seed(seed)
     trainer = make_trainer(cls, dataset, device)
@@ -137,12 +108,8 @@ def train_and_evaluate(cls, dataset: str, device: torch.device, seed: int) -> tu
     seconds = time.perf_counter() - start
     raw = Path(os.environ["nnUNet_raw"]) / dataset
     out = Path(trainer.output_folder) / "test_predictions"
-    predict(trainer, raw / "imagesTs", out, device)
+    dice = test_dice(trainer, raw, out, device)
     predict(trainer, raw.parent / "left_only_images", out.with_name("left_only_predictions"), device)
-    labels = {k: v for k, v in trainer.dataset_json["labels"].items() if k != "background"}
-    metrics = compute_metrics_on_folder(str(raw / "labelsTs"), str(out), None, SimpleITKIO(), ".nii.gz",
-                                        list(labels.values()), num_processes=1)
-    dice = {name: metrics["mean"][value]["Dice"] for name, value in labels.items()}
     return dice, seconds, left_only_share(out.with_name("left_only_predictions"), raw)
 
 
@@ -183,11 +150,7 @@ def main() -> None:
     parser.add_argument("--out", help="keep all datasets and results here (default: a temporary folder)")
     args = parser.parse_args()
 
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="partial_labels_"))
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[name] = str(out / name)
-        (out / name).mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("nnUNet_def_n_proc", "2")
+    out = nnunet_folders(args.out, "partial_labels_")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     start = time.perf_counter()

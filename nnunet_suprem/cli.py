@@ -7,6 +7,7 @@ import sys
 from nnunet_suprem import __version__, doctor, evaluate, synth
 from nnunet_suprem.convert import abdomenatlas, merge, totalsegmentator
 from nnunet_suprem.nnunet_env import ConfigurationError, trainers_dir
+from nnunet_suprem.planning import plan_transfer, preset, split
 from nnunet_suprem.transfer import command as transfer_command
 
 
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     abdomenatlas.add_subparser(subparsers)
     totalsegmentator.add_subparser(subparsers)
     merge.add_subparser(subparsers)
+    preset.add_subparser(subparsers)
+    plan_transfer.add_subparser(subparsers)
+    split.add_subparser(subparsers)
     evaluate.add_subparser(subparsers)
     transfer_command.add_subparser(subparsers)
     return parser

@@ -52,6 +52,26 @@ def raw_root() -> Path:
     return Path(value)
 
 
+def preprocessed_root() -> Path:
+    """``$nnUNet_preprocessed``, with a clear error when it is not set."""
+    value = os.environ.get("nnUNet_preprocessed")
+    if not value:
+        raise ConfigurationError("nnUNet_preprocessed is not set: export "
+                                 "nnUNet_preprocessed=/path/to/nnUNet_preprocessed "
+                                 "(run `nnunet-suprem doctor` to check your set-up)")
+    return Path(value)
+
+
+def dataset_folder_name(dataset_id: int) -> str:
+    """nnU-Net's ``DatasetXXX_NAME`` of an ID (found in the raw, preprocessed or results folder)."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return maybe_convert_to_dataset_name(dataset_id)
+    except RuntimeError as e:
+        raise ValueError(f"dataset {dataset_id}: {e}") from e
+
+
 def datasets_with_id(dataset_id: int) -> list[str]:
     """Names of the datasets with this ID in the raw, preprocessed and results folders."""
     from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets

@@ -74,12 +74,14 @@ def test_doctor_is_happy_when_set_up(nnunet_env):
     assert result.returncode == 1 and "does not contain the nnunet-suprem trainers" in result.stdout
 
 
-def test_wheel_ships_the_trainer_modules(tmp_path):
-    """A non-editable install carries trainers/ as nnunet_suprem/ext_trainers (one source, no copies)."""
+def test_wheel_ships_the_trainer_and_planner_modules(tmp_path):
+    """A non-editable install carries trainers/ as nnunet_suprem/ext_trainers and plans/ as
+    nnunet_suprem/plans_presets (one source, no copies)."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("nnunet_suprem-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for module in (p.name for p in (REPO / "trainers").glob("*.py")):
-        assert f"nnunet_suprem/ext_trainers/{module}" in names
-    assert not any(n.startswith("trainers/") for n in names)
+    for folder, package in (("trainers", "ext_trainers"), ("plans", "plans_presets")):
+        for module in (p.name for p in (REPO / folder).glob("*.py")):
+            assert f"nnunet_suprem/{package}/{module}" in names
+        assert not any(n.startswith(f"{folder}/") for n in names)

@@ -1,5 +1,4 @@
 """SuPreMTrainer built in-process on a planned phantom dataset: manifest -> loss, laterality -> mirroring."""
-import copy
 import json
 
 import numpy as np
@@ -8,7 +7,7 @@ import torch
 
 from nnunet_suprem.training.laterality import LateralMirrorTransform
 from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
-from nnunet_suprem.training.suprem_trainer import BatchAnnotatedLoss, SuPreMTrainer_smoke
+from nnunet_suprem.training.suprem_trainer import BatchAnnotatedLoss
 
 
 def test_manifest_selects_the_marginal_loss_and_masks(make_trainer):

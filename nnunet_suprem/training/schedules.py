@@ -15,28 +15,40 @@ def warmup_cosine_factor(step: int, warmup_steps: int, max_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-class WarmupCosineLRScheduler(_LRScheduler):
-    """Sets every parameter group's lr to ``initial_lr * group.get("lr_scale", 1) * warmup_cosine_factor(step)``.
+class EpochLRScheduler(_LRScheduler):
+    """Base of our schedulers: ``step(current_epoch)`` at each epoch start, like nnU-Net's PolyLRScheduler.
 
-    Called like nnU-Net's PolyLRScheduler: ``step(current_epoch)`` at the start of each epoch.
+    Subclasses set the learning rates in :meth:`apply` from the epoch alone (no state).
     """
 
-    def __init__(self, optimizer: Optimizer, initial_lr: float, warmup_steps: int, max_steps: int):
-        self.initial_lr = initial_lr
-        self.warmup_steps = warmup_steps
-        self.max_steps = max_steps
+    def __init__(self, optimizer: Optimizer):
         self.ctr = 0
         super().__init__(optimizer, -1)
+
+    def apply(self, epoch: int) -> None:
+        raise NotImplementedError
 
     def step(self, current_step: int | None = None):
         if current_step is None or current_step == -1:
             current_step = self.ctr
             self.ctr += 1
-        factor = warmup_cosine_factor(current_step, self.warmup_steps, self.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.initial_lr * group.get("lr_scale", 1.0) * factor
+        self.apply(current_step)
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
+
+class WarmupCosineLRScheduler(EpochLRScheduler):
+    """Sets every parameter group's lr to ``initial_lr * group.get("lr_scale", 1) * warmup_cosine_factor(step)``."""
+
+    def __init__(self, optimizer: Optimizer, initial_lr: float, warmup_steps: int, max_steps: int):
+        self.initial_lr = initial_lr
+        self.warmup_steps = warmup_steps
+        self.max_steps = max_steps
+        super().__init__(optimizer)
+
+    def apply(self, epoch: int) -> None:
+        factor = warmup_cosine_factor(epoch, self.warmup_steps, self.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.initial_lr * group.get("lr_scale", 1.0) * factor
 
 def finetune_lr_factors(epoch: int, num_epochs: int, head_epochs: int, warmup_epochs: int,
                         pretrained_scale: float) -> tuple[float, float]:
@@ -53,11 +65,10 @@ def finetune_lr_factors(epoch: int, num_epochs: int, head_epochs: int, warmup_ep
     return poly, poly * pretrained_scale * ramp
 
 
-class FinetuneLRScheduler(_LRScheduler):
+class FinetuneLRScheduler(EpochLRScheduler):
     """Sets the lr of each parameter group from :func:`finetune_lr_factors` by its ``pretrained`` flag.
 
-    Called like nnU-Net's PolyLRScheduler (``step(current_epoch)`` at each epoch start) and
-    stateless in the epoch, so resuming with ``--c`` continues the schedule exactly. When the
+    Stateless in the epoch, so resuming with ``--c`` continues the schedule exactly. When the
     pre-trained layers are unfrozen, their optimiser state (momentum gathered while their
     learning rate was 0) is cleared.
     """
@@ -69,18 +80,13 @@ class FinetuneLRScheduler(_LRScheduler):
         self.head_epochs = head_epochs
         self.warmup_epochs = warmup_epochs
         self.pretrained_scale = pretrained_scale
-        self.ctr = 0
-        super().__init__(optimizer, -1)
+        super().__init__(optimizer)
 
-    def step(self, current_step: int | None = None):
-        if current_step is None or current_step == -1:
-            current_step = self.ctr
-            self.ctr += 1
-        new, pretrained = finetune_lr_factors(current_step, self.num_epochs, self.head_epochs, self.warmup_epochs,
+    def apply(self, epoch: int) -> None:
+        new, pretrained = finetune_lr_factors(epoch, self.num_epochs, self.head_epochs, self.warmup_epochs,
                                               self.pretrained_scale)
         for group in self.optimizer.param_groups:
             group["lr"] = self.initial_lr * (pretrained if group.get("pretrained") else new)
-            if group.get("pretrained") and current_step == self.head_epochs:
+            if group.get("pretrained") and epoch == self.head_epochs:
                 for parameter in group["params"]:
                     self.optimizer.state.pop(parameter, None)
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

@@ -15,10 +15,14 @@ from nnunet_suprem.transfer.state_dict import TransferReport, require_encoder_fr
 
 def encoder_prefixes(network: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(encoder, stem) module paths, from the ``key_to_encoder``/``key_to_stem`` attributes that
-    dynamic-network-architectures (and our own architectures) declare; ``encoder`` otherwise."""
-    stem = getattr(network, "key_to_stem", None)
-    encoder = getattr(network, "key_to_encoder", None) or "encoder"
-    return tuple(p for p in (encoder, stem) if p), (stem,) if stem else ()
+    dynamic-network-architectures (and our own architectures) declare, each a path or a tuple of
+    paths; ``encoder`` otherwise."""
+    def paths(value) -> tuple[str, ...]:
+        return (value,) if isinstance(value, str) else tuple(value or ())
+
+    stem = paths(getattr(network, "key_to_stem", None))
+    encoder = paths(getattr(network, "key_to_encoder", None)) or ("encoder",)
+    return encoder + tuple(p for p in stem if p not in encoder), stem
 
 
 def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_labels: dict[str, int] | None = None,

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from nnunet_suprem.nnunet_env import ConfigurationError
+from nnunet_suprem.nnunet_env import dataset_folder_name, preprocessed_root
 
 DEFAULT_MIN_ENCODER_FRACTION = 0.9
 """Share of the encoder that must load for a transfer to go ahead (torch is imported only when a command runs)."""
@@ -14,17 +13,7 @@ DEFAULT_MIN_ENCODER_FRACTION = 0.9
 
 def preprocessed_dataset_folder(dataset_id: int | str) -> Path:
     """``$nnUNet_preprocessed/DatasetXXX_NAME`` with a clear error when the dataset is not planned."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    preprocessed = os.environ.get("nnUNet_preprocessed")
-    if not preprocessed:
-        raise ConfigurationError("nnUNet_preprocessed is not set: export nnUNet_preprocessed=/path/to/folder "
-                                 "(run `nnunet-suprem doctor` to check your set-up)")
-    try:
-        name = maybe_convert_to_dataset_name(dataset_id)
-    except RuntimeError as e:
-        raise ValueError(f"dataset {dataset_id}: {e}") from e
-    folder = Path(preprocessed) / name
+    folder = preprocessed_root() / dataset_folder_name(dataset_id)
     if not (folder / "dataset.json").is_file():
         raise FileNotFoundError(f"{folder / 'dataset.json'} not found: plan the dataset first "
                                 f"(nnUNetv2_plan_and_preprocess or nnunet-suprem plan-transfer)")

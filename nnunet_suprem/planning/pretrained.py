@@ -1,0 +1,93 @@
+"""The pre-trained side of a transfer: one configuration of a trained model folder's (or any) nnU-Net plans."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CONFIGURATION = "3d_fullres"
+MODEL_FOLDER = "$nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIGURATION"
+
+
+@dataclass(frozen=True)
+class PretrainedConfiguration:
+    """A configuration of pre-trained plans, with its ``architecture`` block (inheritance resolved)."""
+    plans_file: Path
+    configuration: str
+    plans: dict
+    architecture: dict
+
+    @property
+    def strides(self) -> list[list[int]]:
+        return self.architecture["arch_kwargs"]["strides"]
+
+    @property
+    def dimensions(self) -> int:
+        return len(self.strides[0])
+
+    def provenance(self) -> dict:
+        """What target plans record under ``transferred_from``."""
+        return {"plans_file": str(self.plans_file), "configuration": self.configuration,
+                "dataset_name": self.plans.get("dataset_name"), "plans_name": self.plans.get("plans_name"),
+                "network_class_name": self.architecture["network_class_name"]}
+
+
+def model_folder_configuration(folder: Path) -> str | None:
+    """The configuration in a results folder named ``TRAINER__PLANS__CONFIGURATION``, else None."""
+    parts = folder.name.split("__")
+    return parts[2] if len(parts) == 3 and all(parts) else None
+
+
+def load_pretrained(path: str | Path, configuration: str | None = None) -> PretrainedConfiguration:
+    """Read ``configuration`` of a trained model folder (its plans.json) or of a plans file.
+
+    Without ``configuration``: the one a model folder's name says it was trained with, else 3d_fullres.
+    """
+    path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        plans_file = path / "plans.json"
+        if not plans_file.is_file():
+            raise FileNotFoundError(f"{plans_file} not found: --pretrained must be a trained model folder "
+                                    f"({MODEL_FOLDER}) or a plans .json file")
+        trained = model_folder_configuration(path)
+        if configuration is not None and trained is not None and configuration != trained:
+            raise ValueError(f"{path} holds a model trained with configuration {trained!r}, not {configuration!r}")
+        configuration = configuration or trained
+    elif path.is_file():
+        plans_file = path
+    else:
+        raise FileNotFoundError(f"{path} not found: --pretrained must be a trained model folder ({MODEL_FOLDER}) "
+                                f"or a plans .json file")
+    configuration = configuration or DEFAULT_CONFIGURATION
+    plans = _read_plans(plans_file)
+    if configuration not in plans["configurations"]:
+        raise ValueError(f"{plans_file} has no configuration {configuration!r}; "
+                         f"it has {sorted(plans['configurations'])}")
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    resolved = PlansManager(plans).get_configuration(configuration).configuration
+    architecture = resolved.get("architecture")
+    _check_architecture(architecture, plans_file, configuration)
+    return PretrainedConfiguration(plans_file, configuration, plans, architecture)
+
+
+def _read_plans(plans_file: Path) -> dict:
+    try:
+        plans = json.loads(plans_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{plans_file} is not an nnU-Net plans file (not JSON: {e})") from e
+    if not isinstance(plans, dict) or not isinstance(plans.get("configurations"), dict):
+        raise ValueError(f"{plans_file} is not an nnU-Net plans file (no 'configurations')")
+    return plans
+
+
+def _check_architecture(architecture: dict | None, plans_file: Path, configuration: str) -> None:
+    """The block must name a network and give per-stage strides (they fix which patch sizes are valid)."""
+    where = f"{plans_file} configuration {configuration!r}"
+    if not isinstance(architecture, dict) or "network_class_name" not in architecture:
+        raise ValueError(f"{where} has no 'architecture' block naming the network")
+    strides = architecture.get("arch_kwargs", {}).get("strides")
+    if (not isinstance(strides, list) or not strides or not all(isinstance(s, list) for s in strides)
+            or len({len(s) for s in strides}) != 1 or len(strides[0]) not in (2, 3)):
+        raise ValueError(f"{where}: arch_kwargs.strides must list per-stage strides for every axis (2D or 3D), "
+                         f"got {strides!r}")
