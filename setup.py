@@ -28,6 +28,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7"],
+        "monai": ["monai>=1.3"],  # SuPreM's SegResNet and Swin UNETR (import-suprem --arch segresnet|swinunetr)
     },
     entry_points={
         "console_scripts": ["nnunet-suprem=nnunet_suprem.cli:main"],

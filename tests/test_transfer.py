@@ -208,3 +208,22 @@ def run_fails(command, env) -> str:
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 2, result.stdout + result.stderr
     return result.stderr
+
+
+def test_a_networks_declared_head_is_reinitialised_like_nnunets_seg_layers():
+    from nnunet_suprem.architectures.suprem_unet3d import SuPreMUNet3D
+
+    torch.manual_seed(0)
+    source, dest = SuPreMUNet3D(1, 4), SuPreMUNet3D(1, 4)  # same shapes: only the declared head tells them apart
+    checkpoint = read_checkpoint_from_state(source.state_dict())
+    state, report = transfer_checkpoint(checkpoint, dest, {"background": 0, "a": 1, "b": 2, "c": 3})
+    assert set(report.skipped) == {"out_tr.final_conv.weight", "out_tr.final_conv.bias"}
+    assert all("re-initialised" in why for why in report.skipped.values())
+    assert torch.equal(state["out_tr.final_conv.weight"], dest.state_dict()["out_tr.final_conv.weight"])
+    assert report.encoder_loaded_fraction == 1.0
+
+
+def read_checkpoint_from_state(state_dict):
+    from nnunet_suprem.transfer.checkpoint import Checkpoint
+
+    return Checkpoint("in-memory", dict(state_dict), "plain state dict")

@@ -14,6 +14,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 
+from nnunet_suprem.architectures import supports_deep_supervision
 from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels, group_of_case
 from nnunet_suprem.training.laterality import (LateralMirrorTransform, lateral_label_pairs,
                                                lateral_mirroring_blocker, left_right_axis, patch_axis)
@@ -72,8 +73,19 @@ class SuPreMTrainer(nnUNetTrainer):
         if self.val_iterations_per_epoch is not None:
             self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
         self.annotated_rows = self._annotated_rows(dataset_json)
+        self.network_has_deep_supervision = supports_deep_supervision(
+            self.configuration_manager.network_arch_class_name)
+        if not self.network_has_deep_supervision:
+            self.enable_deep_supervision = False
+            self.print_to_log_file(f"{self.configuration_manager.network_arch_class_name} has no deep supervision: "
+                                   f"training its single output.")
         self.left_right_axes: tuple[int, ...] = ()  # patch axes along the patient's left-right (any case)
         self.lateral_swap: tuple[int, list[tuple[int, int]]] | None = None  # (axis, label pairs) to swap on flips
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        """nnU-Net's switch (``network.decoder.deep_supervision``), for networks that have deep supervision."""
+        if self.network_has_deep_supervision:
+            super().set_deep_supervision_enabled(enabled)
 
     def _annotated_rows(self, dataset_json: dict) -> dict[str, np.ndarray] | None:
         """``{case: bool [num_heads]}`` for the cases the manifest lists (others annotate everything)."""

@@ -13,15 +13,17 @@ from nnunet_suprem.transfer.command import DEFAULT_MIN_ENCODER_FRACTION
 from nnunet_suprem.transfer.state_dict import TransferReport, require_encoder_fraction, transfer_state
 
 
-def encoder_prefixes(network: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(encoder, stem) module paths, from the ``key_to_encoder``/``key_to_stem`` attributes that
-    dynamic-network-architectures (and our own architectures) declare, each a path or a tuple of
-    paths; ``encoder`` otherwise."""
-    def paths(value) -> tuple[str, ...]:
-        return (value,) if isinstance(value, str) else tuple(value or ())
+def module_paths(network: nn.Module, attribute: str) -> tuple[str, ...]:
+    """A network's ``key_to_encoder``/``key_to_stem``/``key_to_head`` (dynamic-network-architectures and our
+    architectures declare them), each a module path or a tuple of paths; () when absent."""
+    value = getattr(network, attribute, None)
+    return (value,) if isinstance(value, str) else tuple(value or ())
 
-    stem = paths(getattr(network, "key_to_stem", None))
-    encoder = paths(getattr(network, "key_to_encoder", None)) or ("encoder",)
+
+def encoder_prefixes(network: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(encoder, stem) module paths; the encoder includes the stem and defaults to ``encoder``."""
+    stem = module_paths(network, "key_to_stem")
+    encoder = module_paths(network, "key_to_encoder") or ("encoder",)
     return encoder + tuple(p for p in stem if p not in encoder), stem
 
 
@@ -30,15 +32,15 @@ def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_label
                         min_encoder_fraction: float = DEFAULT_MIN_ENCODER_FRACTION) -> tuple[dict, TransferReport]:
     """Fill ``network``'s state from ``checkpoint`` (nothing is loaded yet; call ``load_state_dict``).
 
-    Segmentation heads are taken over only when both sides are known to predict the same
-    labels; otherwise they keep their fresh initialisation. Raises ValueError when less than
+    Segmentation heads (nnU-Net's ``seg_layers``, a network's ``key_to_head``) are taken over only when
+    both sides are known to predict the same labels; otherwise they keep their fresh initialisation. Raises ValueError when less than
     ``min_encoder_fraction`` of the encoder would load.
     """
     encoder, stem = encoder_prefixes(network)
     same_labels = checkpoint.labels is not None and target_labels is not None and checkpoint.labels == target_labels
     state, report = transfer_state(checkpoint.state_dict, network, encoder_prefixes=encoder, stem_prefixes=stem,
-                                   encoder_only=encoder_only, load_heads=same_labels,
-                                   pretrained_keys=checkpoint.pretrained_keys)
+                                   head_prefixes=module_paths(network, "key_to_head"), encoder_only=encoder_only,
+                                   load_heads=same_labels, pretrained_keys=checkpoint.pretrained_keys)
     require_encoder_fraction(report, min_encoder_fraction, checkpoint.path)
     return state, report
 

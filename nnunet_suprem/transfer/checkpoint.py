@@ -14,6 +14,10 @@ Formats (one filter function each, as timm does):
   ``"nnunet_suprem_transfer": {"pretrained_keys": [...]}`` (only those keys are pre-trained);
 - SuPreM / MONAI training checkpoints: ``{"net": state_dict, ...}`` or ``{"state_dict": ...}``,
   ``{"model": ...}``;
+- the released SuPreM U-Net and Swin UNETR: ``{"net": ...}`` holding the CLIP-driven Universal Model, whose
+  backbone keys (``module.backbone.<name>``) become ``<name>``; its head (``organ_embedding``, ``text_to_vision.*``,
+  ``controller.*``, ``precls_conv.*``, ``GAP.*``, and the backbone's own output layer ``backbone.out_tr.*`` or
+  ``backbone.out.*``) keeps its names, so no network takes it and transfer reports list it as unused;
 - a plain state dict ``{name: tensor}``.
 
 Prefixes added by DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) are removed.
@@ -70,7 +74,7 @@ def load_weights_only(path: str | os.PathLike) -> object:
         raise ValueError(f"{path}: refusing to load: the file holds Python objects other than weights, so it cannot "
                          f"be read with torch.load(weights_only=True) ({str(e).splitlines()[0]}). Re-save only the "
                          f"state dict (torch.save(model.state_dict(), ...)) from a trusted environment.") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:  # OSError: e.g. a zip cut mid-record
         raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or not a .pth file?): "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
 
@@ -112,6 +116,26 @@ def _filter_wrapped(key: str) -> Callable[[str, Mapping], Checkpoint]:
     return read
 
 
+RELEASE_BACKBONE_PREFIX = "backbone."
+RELEASE_OUTPUT_LAYERS = ("backbone.out_tr.", "backbone.out.")  # U-Net, Swin UNETR
+
+
+def _filter_suprem_release(path: str, content: Mapping) -> Checkpoint:
+    state, head = {}, []
+    for key, value in strip_prefixes(content["net"]).items():
+        if key.startswith(RELEASE_BACKBONE_PREFIX) and not key.startswith(RELEASE_OUTPUT_LAYERS):
+            key = key[len(RELEASE_BACKBONE_PREFIX):]
+        else:
+            head.append(key)
+        state[key] = value
+    return Checkpoint(path, state, "SuPreM release (Universal Model under 'net')",
+                      extra={"universal_model_head": head, **{k: content[k] for k in ("epoch",) if k in content}})
+
+
+def _is_suprem_release(content: Mapping) -> bool:
+    return any(k.startswith(RELEASE_BACKBONE_PREFIX) for k in strip_prefixes(content["net"]))
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a state dict from any supported format (see module doc); a clear error for anything else."""
     path = os.fspath(path)
@@ -123,7 +147,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             if key in content:
                 if not _is_state_dict(content[key]):
                     raise ValueError(f"{path}: {key!r} does not hold a state dict ({{name: tensor}})")
-                return (_filter_nnunet if key == "network_weights" else _filter_wrapped(key))(path, content)
+                if key == "network_weights":
+                    return _filter_nnunet(path, content)
+                if key == "net" and _is_suprem_release(content):
+                    return _filter_suprem_release(path, content)
+                return _filter_wrapped(key)(path, content)
         found = ", ".join(repr(k) for k in list(content)[:8])
         raise ValueError(f"{path}: no weights found: expected a state dict or a dict with one of "
                          f"{', '.join(map(repr, WRAPPER_KEYS))}; the file has keys {found}")

@@ -86,7 +86,8 @@ def _starts_with_any(key: str, prefixes: Iterable[str]) -> bool:
 
 
 def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, encoder_prefixes: tuple[str, ...],
-                   stem_prefixes: tuple[str, ...] = (), encoder_only: bool = False, load_heads: bool = False,
+                   stem_prefixes: tuple[str, ...] = (), head_prefixes: tuple[str, ...] = (),
+                   encoder_only: bool = False, load_heads: bool = False,
                    pretrained_keys: Iterable[str] | None = None) -> tuple[dict[str, torch.Tensor], TransferReport]:
     """The target's full state dict with tensors taken from ``source`` where names and shapes allow.
 
@@ -94,7 +95,8 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
       with ``encoder_only`` nothing else is taken.
     - ``stem_prefixes``: where the first convolution lives; its weight is adapted with
       :func:`adapt_input_conv` when only the number of input channels differs.
-    - segmentation heads (``HEAD_MARKERS``) keep their fresh initialisation unless ``load_heads``.
+    - segmentation heads (``HEAD_MARKERS``, or under ``head_prefixes``) keep their fresh initialisation
+      unless ``load_heads``.
     - ``pretrained_keys``: only these source keys count as pre-trained (None: all).
 
     Returns the state dict (every name of the target, aliases included, so
@@ -115,7 +117,8 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
             encoder_total += wanted.numel()
         present = [n for n in names if n in source]
         found = present[0] if present else None
-        if any(m in n for n in names for m in HEAD_MARKERS) and not load_heads:
+        is_head = any(m in n for n in names for m in HEAD_MARKERS) or _starts_with_any(key, head_prefixes)
+        if is_head and not load_heads:
             report.skipped[key] = "segmentation head: re-initialised for the new classes"
             continue
         if encoder_only and not in_encoder:
