@@ -86,7 +86,7 @@ def finetune(arm: str, seed: int, args, checkpoint: Path, device: torch.device):
     seconds = time.perf_counter() - start
     raw = Path(os.environ["nnUNet_raw"]) / "Dataset602_Novel"
     dice = test_dice(trainer, raw, Path(trainer.output_folder) / "test_predictions", device)
-    curve = list(trainer.logger.my_fantastic_logging["mean_fg_dice"])
+    curve = [float(v) for v in trainer.logger.get_value("mean_fg_dice", None)]
     return dice, curve, seconds
 
 
