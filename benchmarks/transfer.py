@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from common import make_trainer, nnunet_folders, run, test_dice
+from nnunet_suprem.training.finetune_trainer import SuPreMFinetuneTrainer
 
 PRETRAIN = {"hospA": "liver,aorta,postcava,lung_left,lung_right,gall_bladder",
             "hospB": "liver,aorta,pancreas,bladder,femur_left,femur_right",
@@ -73,11 +74,10 @@ def finetune(arm: str, seed: int, args, checkpoint: Path, device: torch.device):
     """One fine-tuning run; returns (test Dice per class, pseudo-Dice curve, seconds)."""
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
-    from nnunet_suprem.training.finetune_trainer import SuPreMFinetuneTrainer
-
     torch.manual_seed(seed)
     np.random.seed(seed)
     cls = bench_class(SuPreMFinetuneTrainer, f"BenchFinetune_{arm}_seed{seed}", args.epochs, args.iterations)
+    cls.pretrained_lr_scale = args.pretrained_lr_scale
     trainer = make_trainer(cls, "Dataset602_Novel", device, TARGET_PLANS)
     # nnU-Net's own -pretrained_weights path (run_training.maybe_load_checkpoint), as nnUNetv2_train runs it
     maybe_load_checkpoint(trainer, False, False, str(checkpoint) if arm == "pretrained" else None)
@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--test-cases", type=int, default=2, help="held-out target cases per hospital")
     parser.add_argument("--shape", type=int, nargs=3, default=(32, 32, 32))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--pretrained-lr-scale", type=float, default=SuPreMFinetuneTrainer.pretrained_lr_scale,
+                        help="learning rate of pre-trained layers relative to new ones (trainer attribute; "
+                             "default: the trainer's)")
     parser.add_argument("--out", help="keep all datasets and results here (default: a temporary folder)")
     args = parser.parse_args()
 
