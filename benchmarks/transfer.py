@@ -96,20 +96,21 @@ def plot_curves(curves: dict[str, list[list[float]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, runs in curves.items():
-        values = np.array(runs, dtype=float)
-        mean, sd = np.nanmean(values, 0), np.nanstd(values, 0)
-        epochs = np.arange(1, values.shape[1] + 1)
-        ax.plot(epochs, mean, label=f"{arm} (mean of {len(runs)} seeds)")
-        ax.fill_between(epochs, mean - sd, mean + sd, alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("pseudo Dice on the validation case")
-    ax.set_title("Fine-tuning on novel classes, 5 training cases")
-    ax.set_ylim(0, 1)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with plt.style.context("default"):  # nnU-Net's progress plots change seaborn's global style
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for arm, runs in curves.items():
+            values = np.array(runs, dtype=float)
+            mean, sd = np.nanmean(values, 0), np.nanstd(values, 0)
+            epochs = np.arange(1, values.shape[1] + 1)
+            ax.plot(epochs, mean, label=f"{arm} (mean of {len(runs)} seeds)")
+            ax.fill_between(epochs, mean - sd, mean + sd, alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("pseudo Dice on the validation case")
+        ax.set_title("Fine-tuning on novel classes, 5 training cases")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
 
 
 def main() -> None:
