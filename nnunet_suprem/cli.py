@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_suprem import __version__, doctor, evaluate, suprem_import, synth
+from nnunet_suprem import __version__, demo, doctor, evaluate, suprem_import, synth
 from nnunet_suprem.convert import abdomenatlas, merge, totalsegmentator
 from nnunet_suprem.nnunet_env import ConfigurationError, trainers_dir
 from nnunet_suprem.planning import plan_transfer, preset, split
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_trainers_dir(subparsers)
+    demo.add_subparser(subparsers)
     doctor.add_subparser(subparsers)
     synth.add_subparser(subparsers)
     abdomenatlas.add_subparser(subparsers)

@@ -1,8 +1,10 @@
 """Transfer planners: the target dataset's plans with the network topology of a pre-trained configuration.
 
 The ``architecture`` block (network class, stages, features, kernels, strides, normalisation, blocks) is copied
-unchanged. Spacing, transpose, resampling, normalisation and its intensity statistics come from the target dataset
-exactly as nnU-Net's planner computes them; the patch size follows nnU-Net's rule (aspect ratio of the spacing,
+unchanged, and so is the intensity mapping (normalisation schemes, mask flags, foreground intensity properties): the
+pre-trained features were learned on it, and nnU-Net's ``nnUNetv2_move_plans_between_datasets`` keeps it too
+(``target_intensities=True`` plans the target's own instead). Spacing, transpose and resampling come from the target
+dataset exactly as nnU-Net's planner computes them; the patch size follows nnU-Net's rule (aspect ratio of the spacing,
 clipped to the median image size, shrunk until the memory estimate fits) among the sizes valid for the topology,
 and the batch size is nnU-Net's for that patch. Input channels and classes are not part of the topology
 (nnU-Net takes them from dataset.json), so they may differ; the weight transfer adapts the first and last layers.
@@ -33,15 +35,20 @@ class TransferPlannerMixin(OneConfigurationMixin):
 
     def __init__(self, dataset_name_or_id: str | int, pretrained: PretrainedConfiguration,
                  plans_name: str = TRANSFER_PLANS_NAME, overwrite_target_spacing: list[float] | None = None,
-                 **kwargs):
+                 target_intensities: bool = False, **kwargs):
         super().__init__(dataset_name_or_id, plans_name=plans_name,
                          overwrite_target_spacing=overwrite_target_spacing, **kwargs)
         self.pretrained = pretrained
+        self.intensity_mapping = (None if target_intensities
+                                  else pretrained.intensity_mapping(len(self.dataset_json["channel_names"])))
         self.configuration_name = pretrained.configuration
         self.slot = "2d" if pretrained.dimensions == 2 else "3d_fullres"
 
     def extra_plans_entries(self) -> dict:
-        return {"transferred_from": self.pretrained.provenance()}
+        entries = {"transferred_from": self.pretrained.provenance()}
+        if self.intensity_mapping is not None:
+            entries["foreground_intensity_properties_per_channel"] = self.intensity_mapping[2]
+        return entries
 
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
                                     approximate_n_voxels_dataset: float, _cache: dict) -> dict:
@@ -70,6 +77,8 @@ class TransferPlannerMixin(OneConfigurationMixin):
         batch_size = round(reference / estimate(patch) * reference_batch_size)
         dataset_share_cap = round(approximate_n_voxels_dataset * self.max_dataset_covered
                                            / np.prod(patch, dtype=np.float64))
+        if self.intensity_mapping is not None:
+            plan.update(normalization_schemes=self.intensity_mapping[0], use_mask_for_norm=self.intensity_mapping[1])
         plan.update(patch_size=patch, architecture=architecture,
                     batch_size=max(min(batch_size, dataset_share_cap), self.UNet_min_batch_size))
         return plan

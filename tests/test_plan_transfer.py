@@ -81,14 +81,17 @@ def test_transfer_keeps_the_network_and_follows_the_target(folders, transferred)
     assert target["transferred_from"] == {
         "plans_file": str(source_file.resolve()), "configuration": "3d_fullres", "dataset_name": NAMES[SOURCE],
         "plans_name": "nnUNetPlans", "network_class_name": source_config["architecture"]["network_class_name"]}
-    # everything about the data is the target's, as nnU-Net plans it, and differs from the source's
-    for key in ("spacing", "median_image_size_in_voxels", "normalization_schemes", "use_mask_for_norm"):
+    # the geometry is the target's, as nnU-Net plans it, and differs from the source's
+    for key in ("spacing", "median_image_size_in_voxels"):
         assert config[key] == default["configurations"]["3d_fullres"][key], key
-    for key in ("foreground_intensity_properties_per_channel", "transpose_forward", "dataset_name"):
+    for key in ("transpose_forward", "dataset_name"):
         assert target[key] == default[key], key
     assert config["spacing"] != source_config["spacing"]
+    # the intensity mapping is the one the pre-trained features were learned on, not the target's own statistics
     intensities = "foreground_intensity_properties_per_channel"
-    assert target[intensities] != source[intensities]
+    assert target[intensities] == source[intensities] != default[intensities]
+    for key in ("normalization_schemes", "use_mask_for_norm"):
+        assert config[key] == source_config[key], key
     divisors = downsampling_per_axis(config["architecture"]["arch_kwargs"]["strides"])
     assert all(p % d == 0 for p, d in zip(config["patch_size"], divisors))
     assert config["patch_size"] != source_config["patch_size"]
@@ -105,6 +108,17 @@ def test_transfer_keeps_the_network_and_follows_the_target(folders, transferred)
     assert config["data_identifier"] == "nnUNetPlans_transfer_3d_fullres"
     assert sorted(p.name for p in data.glob("*.b2nd")) == [
         "hospB_0000.b2nd", "hospB_0000_seg.b2nd", "hospB_0001.b2nd", "hospB_0001_seg.b2nd"]
+
+
+def test_target_intensities_option_plans_the_targets_own_statistics(folders):
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
+
+    source_file = plans_path(folders, SOURCE, "nnUNetPlans")
+    assert main(["plan-transfer", "-d", str(TARGET), "--pretrained", str(source_file), "--plans-name", "own",
+                 "--target-intensities", "--no-preprocess", "-np", "1"]) == 0
+    plan_experiment_dataset(TARGET)
+    intensities = "foreground_intensity_properties_per_channel"
+    assert load(folders, TARGET, "own")[intensities] == load(folders, TARGET, "nnUNetPlans")[intensities]
 
 
 def test_stock_trainer_uses_the_few_shot_split(folders, transferred):
@@ -258,3 +272,19 @@ def test_suprem_preset_refuses_an_invalid_patch(folders, capsys):
                  "suprem_bad", "--no-preprocess", "-np", "1"]) == 2
     assert "cannot use patch size (50, 50, 50)" in capsys.readouterr().err
     assert not plans_path(folders, TARGET, "suprem_bad").exists()
+
+
+def test_intensity_mapping_lends_a_single_channel_and_refuses_other_layouts(tmp_path):
+    from nnunet_suprem.planning.pretrained import PretrainedConfiguration
+
+    ct = {"mean": -175.0, "std": 425.0, "percentile_00_5": -175.0, "percentile_99_5": 250.0}
+    one = PretrainedConfiguration(tmp_path / "plans.json", "3d_fullres",
+                                  {"foreground_intensity_properties_per_channel": {"0": ct}}, {},
+                                  ["CTNormalization"], [False])
+    assert one.intensity_mapping(2) == (["CTNormalization"] * 2, [False, False], {"0": ct, "1": ct})
+    two = PretrainedConfiguration(tmp_path / "plans.json", "3d_fullres",
+                                  {"foreground_intensity_properties_per_channel": {"0": ct, "1": ct}}, {},
+                                  ["CTNormalization", "ZScoreNormalization"], [False, True])
+    assert two.intensity_mapping(2)[0] == ["CTNormalization", "ZScoreNormalization"]
+    with pytest.raises(ValueError, match=r"normalises 2 channels and the target has 3.*--target-intensities"):
+        two.intensity_mapping(3)

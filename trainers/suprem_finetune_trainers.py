@@ -1,7 +1,9 @@
 """Fine-tuning trainers: ``nnUNetv2_train D 3d_fullres F -tr SuPreMFinetuneTrainer -pretrained_weights FILE``."""
 from nnunet_suprem.training.finetune_trainer import (  # noqa: F401  (exposed to nnU-Net's trainer lookup)
     SuPreMFinetuneTrainer,
+    SuPreMFinetuneTrainer_10epochs_12iterations,
     SuPreMFinetuneTrainer_50epochs,
+    SuPreMFinetuneTrainer_40epochs_25iterations,
     SuPreMFinetuneTrainer_100epochs,
     SuPreMFinetuneTrainer_250epochs,
     SuPreMFinetuneTrainer_smoke,

@@ -2,7 +2,11 @@
 from nnunet_suprem.training.suprem_trainer import (  # noqa: F401  (exposed to nnU-Net's trainer lookup)
     SuPreMTrainer,
     SuPreMTrainer_5epochs,
+    SuPreMTrainer_10epochs_12iterations,
+    SuPreMTrainer_16epochs_20iterations,
+    SuPreMTrainer_40epochs_25iterations,
     SuPreMTrainer_50epochs,
+    SuPreMTrainer_100epochs_25iterations,
     SuPreMTrainer_250epochs,
     SuPreMTrainer_1000epochs,
     SuPreMTrainer_smoke,

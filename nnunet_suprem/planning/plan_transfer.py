@@ -12,10 +12,11 @@ def add_subparser(subparsers) -> None:
     p = subparsers.add_parser(
         "plan-transfer", help="plan a dataset with a pre-trained model's network topology, then preprocess it",
         description="Write plans for the target dataset whose network (class, stages, features, kernels, strides, "
-                    "normalisation, blocks) is the pre-trained configuration's, while spacing, normalisation "
-                    "statistics, patch size (valid for that network, fitted to the target images and nnU-Net's "
-                    "memory estimate) and batch size follow the target dataset as nnU-Net plans them. Then run "
-                    "nnU-Net's preprocessing for it. The plans record the source under 'transferred_from'.")
+                    "normalisation, blocks) and intensity mapping (normalisation schemes and intensity statistics, "
+                    "on which the pre-trained features were learned) are the pre-trained configuration's, while "
+                    "spacing, patch size (valid for that network, fitted to the target images and nnU-Net's memory "
+                    "estimate) and batch size follow the target dataset as nnU-Net plans them. Then run nnU-Net's "
+                    "preprocessing for it. The plans record the source under 'transferred_from'.")
     add_planning_arguments(p, TRANSFER_PLANS_NAME)
     p.add_argument("--pretrained", required=True, metavar="MODEL_FOLDER_OR_PLANS",
                    help="trained model folder ($nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIGURATION, "
@@ -23,6 +24,9 @@ def add_subparser(subparsers) -> None:
     p.add_argument("-c", dest="configuration", default=None,
                    help="pre-trained configuration, also the target configuration's name (default: the one a model "
                         "folder was trained with, else 3d_fullres)")
+    p.add_argument("--target-intensities", action="store_true",
+                   help="normalise with the target dataset's own intensity statistics and schemes, as nnU-Net plans "
+                        "them, instead of the pre-trained model's (for a different modality or channel layout)")
     p.set_defaults(func=run)
 
 
@@ -34,7 +38,8 @@ def run(args: argparse.Namespace) -> None:
     plans = plan_and_preprocess(
         args.dataset_id, args.plans_name, pretrained.configuration,
         lambda: planner_class(args.dataset_id, pretrained, plans_name=args.plans_name,
-                              overwrite_target_spacing=args.spacing),
+                              overwrite_target_spacing=args.spacing,
+                              target_intensities=args.target_intensities),
         args.num_processes, not args.no_preprocess, args.overwrite, args.verify_dataset_integrity)
     print(f"{describe(plans, pretrained.configuration)}\n"
           f"network of {pretrained.plans_file} ({pretrained.configuration}); memory model of {planner_class.__name__}\n"

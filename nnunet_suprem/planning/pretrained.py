@@ -16,6 +16,8 @@ class PretrainedConfiguration:
     configuration: str
     plans: dict
     architecture: dict
+    normalization_schemes: list[str]
+    use_mask_for_norm: list[bool]
 
     @property
     def strides(self) -> list[list[int]]:
@@ -24,6 +26,28 @@ class PretrainedConfiguration:
     @property
     def dimensions(self) -> int:
         return len(self.strides[0])
+
+    def intensity_mapping(self, num_channels: int) -> tuple[list[str], list[bool], dict]:
+        """Normalisation schemes, mask flags and intensity properties for a target with ``num_channels`` channels.
+
+        The pre-trained network's features were learned on this mapping from image values to network input, so a
+        target keeps it (nnU-Net's ``nnUNetv2_move_plans_between_datasets`` does the same). A single-channel model
+        lends its channel to every target channel; otherwise the channel counts must agree.
+        """
+        properties = self.plans.get("foreground_intensity_properties_per_channel")
+        source_channels = len(self.normalization_schemes)
+        if not isinstance(properties, dict) or len(properties) != source_channels:
+            raise ValueError(f"{self.plans_file} has no foreground_intensity_properties_per_channel for its "
+                             f"{source_channels} channel(s)")
+        if source_channels == num_channels:
+            return list(self.normalization_schemes), list(self.use_mask_for_norm), dict(properties)
+        if source_channels != 1:
+            raise ValueError(f"the pre-trained model ({self.plans_file}) normalises {source_channels} channels and "
+                             f"the target has {num_channels}: no channel mapping is defined; plan with the target's "
+                             f"own intensity statistics (--target-intensities)")
+        channel = next(iter(properties.values()))
+        return ([self.normalization_schemes[0]] * num_channels, [self.use_mask_for_norm[0]] * num_channels,
+                {str(c): dict(channel) for c in range(num_channels)})
 
     def provenance(self) -> dict:
         """What target plans record under ``transferred_from``."""
@@ -68,7 +92,9 @@ def load_pretrained(path: str | Path, configuration: str | None = None) -> Pretr
     resolved = PlansManager(plans).get_configuration(configuration).configuration
     architecture = resolved.get("architecture")
     _check_architecture(architecture, plans_file, configuration)
-    return PretrainedConfiguration(plans_file, configuration, plans, architecture)
+    return PretrainedConfiguration(plans_file, configuration, plans, architecture,
+                                   list(resolved.get("normalization_schemes", [])),
+                                   list(resolved.get("use_mask_for_norm", [])))
 
 
 def _read_plans(plans_file: Path) -> dict:

@@ -171,6 +171,20 @@ class SuPreMFinetuneTrainer_250epochs(SuPreMFinetuneTrainer):
     epochs = 250
 
 
+class SuPreMFinetuneTrainer_10epochs_12iterations(SuPreMFinetuneTrainer):
+    """Fine-tuning budget of ``nnunet-suprem demo --fast``."""
+    epochs = 10
+    iterations_per_epoch = 12
+    val_iterations_per_epoch = 3
+
+
+class SuPreMFinetuneTrainer_40epochs_25iterations(SuPreMFinetuneTrainer):
+    """Fine-tuning budget of ``nnunet-suprem demo``."""
+    epochs = 40
+    iterations_per_epoch = 25
+    val_iterations_per_epoch = 6
+
+
 class SuPreMFinetuneTrainerEncoder(SuPreMFinetuneTrainer):
     """Loads only the pre-trained encoder; the decoder starts fresh and trains as a new layer."""
     encoder_only = True

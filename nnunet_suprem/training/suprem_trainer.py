@@ -238,10 +238,39 @@ class SuPreMTrainer_1000epochs(SuPreMTrainer):
 
 
 class SuPreMTrainer_smoke(SuPreMTrainer):
-    """Checks a pipeline end to end in about a minute on a CPU: 1 epoch of 2 iterations. Not for real training."""
-    epochs = 1
+    """Checks a pipeline end to end in about a minute on a CPU: 2 epochs of 2 iterations (SuPreMFinetuneTrainer_smoke's
+    budget). Not for real training."""
+    epochs = 2
     iterations_per_epoch = 2
     val_iterations_per_epoch = 1
+
+
+class SuPreMTrainer_16epochs_20iterations(SuPreMTrainer):
+    """Pre-training budget of ``nnunet-suprem demo --fast`` (minutes on a CPU, tiny phantoms)."""
+    epochs = 16
+    iterations_per_epoch = 20
+    val_iterations_per_epoch = 4
+
+
+class SuPreMTrainer_10epochs_12iterations(SuPreMTrainer):
+    """From-scratch baseline of ``nnunet-suprem demo --fast``: SuPreMFinetuneTrainer_10epochs_12iterations's budget."""
+    epochs = 10
+    iterations_per_epoch = 12
+    val_iterations_per_epoch = 3
+
+
+class SuPreMTrainer_100epochs_25iterations(SuPreMTrainer):
+    """Pre-training budget of ``nnunet-suprem demo``."""
+    epochs = 100
+    iterations_per_epoch = 25
+    val_iterations_per_epoch = 6
+
+
+class SuPreMTrainer_40epochs_25iterations(SuPreMTrainer):
+    """From-scratch baseline of ``nnunet-suprem demo``: SuPreMFinetuneTrainer_40epochs_25iterations's budget."""
+    epochs = 40
+    iterations_per_epoch = 25
+    val_iterations_per_epoch = 6
 
 
 class SuPreMTrainerExclusion(SuPreMTrainer):

@@ -1,0 +1,157 @@
+"""Every example's --smoke mode, and `nnunet-suprem demo --smoke`, run for real (stock nnU-Net commands, CPU).
+
+The examples share one work folder, in the order a user would run them: (c) and (e) use the model (a) pre-trains.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, run
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("examples")
+
+
+def example_env(workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("nnUNet_extTrainer", "nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    env.update(WORKDIR=str(workdir), nnUNet_def_n_proc="2",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
+def run_example(name: str, workdir: Path) -> str:
+    result = run(["bash", str(EXAMPLES / name), "--smoke"], example_env(workdir), timeout=900)
+    return result.stdout
+
+
+def test_every_example_has_a_header_and_a_smoke_mode():
+    scripts = sorted(p for p in EXAMPLES.glob("*.sh") if p.name != "common.sh")
+    assert len(scripts) == 5
+    for script in scripts:
+        header = script.read_text().split("\n\n")[0]
+        for part in ("# Shows:", "# Needs:", "# Usage:", "--smoke"):
+            assert part in header, f"{script.name}: header lacks {part!r}"
+        assert script.name in (EXAMPLES / "README.md").read_text(), script.name
+
+
+def test_real_mode_asks_for_its_inputs(workdir):
+    env = example_env(workdir)
+    env.update(nnUNet_raw=str(workdir), nnUNet_preprocessed=str(workdir), nnUNet_results=str(workdir))
+    result = subprocess.run(["bash", str(EXAMPLES / "abdomenatlas_pretraining.sh")], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and "usage:" in result.stderr and "--smoke" in result.stderr
+
+
+def test_a_abdomenatlas_pretraining(workdir):
+    run_example("abdomenatlas_pretraining.sh", workdir)
+    raw = json.loads((workdir / "nnUNet_raw" / "Dataset500_AbdomenAtlas1_1" / "dataset.json").read_text())
+    assert raw["partial_labels"]["groups"]  # the hospitals' missing masks became the manifest
+    model = workdir / "nnUNet_results" / "Dataset500_AbdomenAtlas1_1" / "SuPreMTrainer_smoke__nnUNetPlans_suprem__3d_fullres"
+    assert (model / "fold_all" / "checkpoint_final.pth").is_file()
+    plans = json.loads((model / "plans.json").read_text())
+    assert plans["foreground_intensity_properties_per_channel"]["0"]["percentile_99_5"] == 250.0
+
+
+def test_b_merge_partial_label_datasets(workdir):
+    out = run_example("merge_partial_label_datasets.sh", workdir)
+    assert "arota" in out  # the AMOS-like stand-in really names the aorta as AMOS does
+    merged = json.loads((workdir / "nnUNet_raw" / "Dataset510_PartialLabelUnion" / "dataset.json").read_text())
+    assert {"aorta", "kidney_right", "postcava", "gall_bladder", "spleen"} <= set(merged["labels"])
+    groups = merged["partial_labels"]["groups"]
+    annotated = sorted((sorted(g["annotated"]) for g in groups.values()), key=len)
+    assert annotated[0] == ["spleen"] and len(annotated[1]) == 9 and "bladder" not in annotated[1]
+    assert len(groups) == 2  # the AMOS-like cases annotate every merged class: no group needed
+    model = workdir / "nnUNet_results" / "Dataset510_PartialLabelUnion" / "SuPreMTrainer_smoke__nnUNetPlans__3d_fullres"
+    assert (model / "fold_0" / "checkpoint_final.pth").is_file()
+
+
+def test_c_totalsegmentator_finetune_from_the_pretrained_model(workdir):
+    run_example("totalsegmentator_muscles_finetune.sh", workdir)
+    name = "Dataset520_TotalSegmentator_organs"
+    model = workdir / "nnUNet_results" / name / "SuPreMFinetuneTrainer_smoke__nnUNetPlans_transfer__3d_fullres"
+    log = next((model / "fold_all").glob("training_log_*.txt")).read_text()
+    assert "Pre-trained weights: " in log and "100.0% of the encoder loaded" in log
+    summary = json.loads((workdir / "nnUNet_results" / name / "test_predictions" / "evaluation" / "summary.json")
+                         .read_text())
+    assert set(summary["mean"]) == {"spleen", "kidney_right", "kidney_left", "liver", "stomach"}
+    assert len(summary["metric_per_case"]) == 3  # meta.csv's test cases
+
+
+def test_d_released_suprem_unet(workdir):
+    out = run_example("released_suprem_unet.sh", workdir)
+    assert "100.0% of the encoder loaded" in out
+    name = "Dataset530_SuPreMTarget"
+    predictions = workdir / "nnUNet_results" / name / "test_predictions_suprem_unet"
+    assert len(list(predictions.glob("*.nii.gz"))) == 3
+
+
+def test_e_direct_inference_and_table3_evaluation(workdir):
+    run_example("direct_inference_evaluation.sh", workdir)
+    summary = json.loads((workdir / "direct_inference" / "evaluation" / "summary.json").read_text())
+    assert set(summary["mean"]) == {"spleen", "kidney_right", "kidney_left", "gall_bladder", "liver", "stomach",
+                                    "aorta", "postcava", "pancreas"}
+    assert {"Dice", "NSD"} <= set(summary["foreground_mean"])
+
+
+def test_demo_smoke_runs_the_story_and_resumes(tmp_path):
+    out = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    first = run(cli("demo", "--smoke", "--out", str(out), "-device", "cpu"), env, timeout=900).stdout
+    for step in ("nnunet-suprem merge", "nnUNetv2_plan_and_preprocess", "-tr SuPreMTrainer_smoke",
+                 "nnunet-suprem plan-transfer", "nnunet-suprem split", "-pretrained_weights", "nnUNetv2_predict",
+                 "nnunet-suprem evaluate"):
+        assert step in first, step
+    assert "| mean, all |" in first and "| mean, novel |" in first
+    assert (out / "learning_curves.png").stat().st_size > 0
+    table = (out / "results.md").read_text()
+    assert "| spleen | no |" in table and "| liver | yes |" in table
+    for arm in ("SuPreMFinetuneTrainer_smoke", "SuPreMTrainer_smoke"):
+        assert (out / "nnUNet_results" / "Dataset620_DemoNovel" / f"{arm}__nnUNetPlans_transfer__3d_fullres"
+                / "fold_0" / "checkpoint_final.pth").is_file()
+
+    again = run(cli("demo", "--smoke", "--out", str(out), "-device", "cpu"), env).stdout
+    assert again.count("done before") == 14 and "| mean, all |" in again
+    refused = subprocess.run(cli("demo", "--fast", "--out", str(out)), env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "other settings" in refused.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "data.txt").write_text("keep")
+    refused = subprocess.run(cli("demo", "--smoke", "--out", str(tmp_path / "mine")), env=env, capture_output=True,
+                             text=True)
+    assert refused.returncode == 2 and "not a demo folder" in refused.stderr
+    assert (tmp_path / "mine" / "data.txt").read_text() == "keep"
+
+
+def test_an_interrupted_training_resumes_with_nnunets_continue_flag(tmp_path):
+    from nnunet_suprem.demo import Step, resumable
+
+    step = Step("fine-tune", ["nnUNetv2_train", "620", "3d_fullres", "0", "-pretrained_weights", "w.pth"], 2,
+                tmp_path / "fold_0")
+    assert resumable(step) == step.command  # nothing trained yet: the command as printed
+    (tmp_path / "fold_0").mkdir()
+    (tmp_path / "fold_0" / "checkpoint_latest.pth").write_bytes(b"")
+    assert resumable(step) == ["nnUNetv2_train", "620", "3d_fullres", "0", "--c"]  # the weights are in the checkpoint
+
+
+def test_dice_table_groups_seen_and_novel_classes_and_averages_folds():
+    from nnunet_suprem.demo import dice_table
+
+    def summary(a: dict, b: dict) -> dict:
+        return {"mean": {c: {"Dice": v} for c, v in a.items()},
+                "comparison": {"mean": {c: {"Dice": v} for c, v in b.items()}}}
+
+    folds = [summary({"liver": 0.9, "spleen": float("nan")}, {"liver": 0.5, "spleen": 0.2}),
+             summary({"liver": 0.7, "spleen": 0.4}, {"liver": 0.5, "spleen": 0.2})]
+    rows = dice_table(folds, "title", {"liver"}).splitlines()
+    assert rows[0] == "title"
+    assert "| liver | yes | 0.800 ± 0.100 | 0.500 ± 0.000 | 0.300 ± 0.100 |" in rows
+    assert "| spleen | no | 0.400 ± 0.000 | 0.200 ± 0.000 | 0.200 ± 0.000 |" in rows  # a NaN fold is left out
+    assert "| mean, all |  | 0.725 ± 0.175 | 0.350 ± 0.000 | 0.375 ± 0.175 |" in rows  # per fold, then over folds
