@@ -324,6 +324,7 @@ def plot_learning_curves(curves: dict[str, list[list[float]]], path: Path, title
 def prepare_out(out: Path, settings: dict) -> None:
     """Use ``out`` for a new demo, or resume the demo there with the same settings; refuse anything else."""
     saved = out / SETTINGS_FILE
+    settings = json.loads(json.dumps(settings))  # as read back (tuples become lists)
     if saved.is_file():
         previous = json.loads(saved.read_text())
         if previous != settings:
