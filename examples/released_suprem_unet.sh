@@ -10,7 +10,7 @@
 # Needs: the release file from the SuPreM repository; a target dataset in $nnUNet_raw; a CUDA GPU.
 # Usage: bash examples/released_suprem_unet.sh supervised_suprem_unet_2100.pth TARGET_DATASET_ID
 #        bash examples/released_suprem_unet.sh --smoke   (no download here: a randomly initialised file in the
-#            release's exact layout, {"net": {"module.backbone.<key>": ...}}; phantoms at 16 mm, 32^3 patches)
+#            release's exact layout, {"net": {"module.backbone.<key>": ...}}; phantoms at 16 mm, 16^3 patches)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 usage_unless 2 "$0 RELEASE_CHECKPOINT TARGET_DATASET_ID | --smoke"
 
@@ -32,7 +32,7 @@ PY
     --annotate hospA=liver,spleen,kidney_left,kidney_right hospB=liver,spleen,kidney_left,kidney_right \
     hospC=liver,spleen,kidney_left,kidney_right
   TRAINER=SuPreMFinetuneTrainer_smoke
-  IMPORT_OPTIONS=(--spacing 16 16 16 --patch-size 32 32 32)
+  IMPORT_OPTIONS=(--spacing 16 16 16 --patch-size 16 16 16)
 else
   CHECKPOINT=${ARGS[0]}
   DATASET=${ARGS[1]}

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel
+import numpy as np
 import pytest
 
 from conftest import cli, run
+from nnunet_suprem.nnunet_env import trainers_dir
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -52,7 +55,9 @@ def test_real_mode_asks_for_its_inputs(workdir):
 
 
 def test_a_abdomenatlas_pretraining(workdir):
-    run_example("abdomenatlas_pretraining.sh", workdir)
+    out = run_example("abdomenatlas_pretraining.sh", workdir)
+    # stock nnUNetv2_train found our trainer through nnUNet_extTrainer, exported as the README says
+    assert f"Using trainer 'SuPreMTrainer_smoke' from: {trainers_dir()}" in out
     raw = json.loads((workdir / "nnUNet_raw" / "Dataset500_AbdomenAtlas1_1" / "dataset.json").read_text())
     assert raw["partial_labels"]["groups"]  # the hospitals' missing masks became the manifest
     model = workdir / "nnUNet_results" / "Dataset500_AbdomenAtlas1_1" / "SuPreMTrainer_smoke__nnUNetPlans_suprem__3d_fullres"
@@ -80,8 +85,10 @@ def test_c_totalsegmentator_finetune_from_the_pretrained_model(workdir):
     model = workdir / "nnUNet_results" / name / "SuPreMFinetuneTrainer_smoke__nnUNetPlans_transfer__3d_fullres"
     log = next((model / "fold_all").glob("training_log_*.txt")).read_text()
     assert "Pre-trained weights: " in log and "100.0% of the encoder loaded" in log
-    summary = json.loads((workdir / "nnUNet_results" / name / "test_predictions" / "evaluation" / "summary.json")
-                         .read_text())
+    evaluation = workdir / "nnUNet_results" / name / "test_predictions" / "evaluation"
+    assert {p.name for p in evaluation.iterdir()} == {"per_case.csv", "per_class.csv", "summary.json",
+                                                      "dice_boxplot.png"}
+    summary = json.loads((evaluation / "summary.json").read_text())
     assert set(summary["mean"]) == {"spleen", "kidney_right", "kidney_left", "liver", "stomach"}
     assert len(summary["metric_per_case"]) == 3  # meta.csv's test cases
 
@@ -90,8 +97,20 @@ def test_d_released_suprem_unet(workdir):
     out = run_example("released_suprem_unet.sh", workdir)
     assert "100.0% of the encoder loaded" in out
     name = "Dataset530_SuPreMTarget"
+    model = workdir / "nnUNet_results" / name / "SuPreMFinetuneTrainer_smoke__nnUNetPlans_suprem_unet__3d_fullres"
+    log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
+    assert "nnunet_suprem.architectures.suprem_unet3d.SuPreMUNet3D has no deep supervision" in log
+    assert "Weight transfer:" in log and "100.0% of the encoder loaded" in log
+    assert "  loaded      down_tr64.ops.0.conv1.weight" in log and "  loaded      up_tr64.ops.1.bn1.running_var" in log
+    # predictions come back on each test image's own grid and orientation
+    images = sorted((workdir / "nnUNet_raw" / name / "imagesTs").glob("*_0000.nii.gz"))
     predictions = workdir / "nnUNet_results" / name / "test_predictions_suprem_unet"
-    assert len(list(predictions.glob("*.nii.gz"))) == 3
+    assert len(images) == 3 and len(list(predictions.glob("*.nii.gz"))) == 3
+    for image in images:
+        prediction = nibabel.load(predictions / image.name.replace("_0000.nii.gz", ".nii.gz"))
+        original = nibabel.load(image)
+        assert prediction.shape == original.shape and np.allclose(prediction.affine, original.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2, 3, 4}
 
 
 def test_e_direct_inference_and_table3_evaluation(workdir):

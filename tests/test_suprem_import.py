@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli, command, nnunet_folders, run, subprocess_env
+from conftest import cli, nnunet_folders, run, subprocess_env
 from nnunet_suprem.architectures import supports_deep_supervision
 from nnunet_suprem.architectures.suprem_unet3d import SuPreMUNet3D
 from nnunet_suprem.cli import main
-from nnunet_suprem.nnunet_env import trainers_dir
 from nnunet_suprem.synth import hospitals_from_args, write_nnunet_dataset
 from nnunet_suprem.transfer.checkpoint import read_checkpoint
 
@@ -242,27 +241,6 @@ def test_bad_checkpoints_fail_clearly_before_planning(target, tmp_path, monkeypa
                  *SMALL]) == 2
     assert re.search(expected, capsys.readouterr().err)
     assert not (Path(target["folders"]["nnUNet_preprocessed"]) / NAME / f"{case}.json").exists()
-
-
-def test_finetune_and_predict_through_the_nnunet_cli(target, imported, tmp_path):
-    env = {**target["env"], "nnUNet_extTrainer": str(trainers_dir()), "nnUNet_n_proc_DA": "0"}
-    trainer = "SuPreMFinetuneTrainer_smoke"
-    run(command("nnUNetv2_train", str(DATASET), "3d_fullres", "0", "-p", PLANS, "-tr", trainer,
-                "-pretrained_weights", str(imported["weights"]), "-device", "cpu"), env)
-    output = Path(env["nnUNet_results"]) / NAME / f"{trainer}__{PLANS}__3d_fullres"
-    log = next((output / "fold_0").glob("training_log_*.txt")).read_text()
-    assert f"{CLASS_NAME} has no deep supervision" in log
-    assert "Weight transfer:" in log and "100.0% of the encoder loaded" in log
-    assert "  loaded      down_tr64.ops.0.conv1.weight" in log and "  loaded      up_tr64.ops.1.bn1.running_var" in log
-    assert (output / "fold_0" / "checkpoint_final.pth").is_file()
-
-    images = Path(target["folders"]["nnUNet_raw"]) / NAME / "imagesTs"
-    run(command("nnUNetv2_predict", "-i", str(images), "-o", str(tmp_path / "pred"), "-d", str(DATASET), "-c",
-                "3d_fullres", "-f", "0", "-p", PLANS, "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"), env)
-    for image in images.glob("*_0000.nii.gz"):
-        prediction = nibabel.load(tmp_path / "pred" / image.name.replace("_0000.nii.gz", ".nii.gz"))
-        original = nibabel.load(image)
-        assert prediction.shape == original.shape and np.allclose(prediction.affine, original.affine, atol=1e-4)
 
 
 MONAI_RELEASES = {  # arch: (parameters of the release, key prefix in the release, a small valid patch)
