@@ -51,8 +51,8 @@ fi
 say "merge into AbdomenAtlas 1.1's taxonomy (images are referenced, not copied)"
 nnunet-suprem merge "${SOURCES[@]}" -d $DATASET --name PartialLabelUnion
 
-say "stock nnU-Net planning and preprocessing"
-nnUNetv2_plan_and_preprocess -d $DATASET -c 3d_fullres
+say "stock nnU-Net planning and preprocessing, after its integrity check (it follows the referenced images)"
+nnUNetv2_plan_and_preprocess -d $DATASET -c 3d_fullres --verify_dataset_integrity
 
 say "pre-train with the partial-label loss"
 nnUNetv2_train $DATASET 3d_fullres 0 -tr $TRAINER -device "$DEVICE"

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from nnunet_suprem.fileio import write_json
+from nnunet_suprem.fileio import atomic_path, write_json
 from nnunet_suprem.nnunet_env import with_ext_trainers
 
 DEFAULT_OUT = "suprem_demo"
@@ -77,6 +77,8 @@ class Step:
 
 
 class Demo:
+    """The demo's commands for one budget and output folder, running them, and the final report."""
+
     def __init__(self, out: Path, budget: Budget, device: str, folds: int):
         self.out, self.budget, self.device, self.folds = out, budget, device, folds
         self.raw = out / "nnUNet_raw"
@@ -198,7 +200,8 @@ class Demo:
         """The Dice table (also written to OUT/results.md) and OUT/learning_curves.png."""
         per_fold = [json.loads((self.evaluation(f) / "summary.json").read_text()) for f in range(self.folds)]
         table = dice_table(per_fold, self.describe(), set(SEEN_CLASSES.split(",")))
-        (self.out / "results.md").write_text(table + "\n")
+        with atomic_path(self.out / "results.md") as tmp:
+            Path(tmp).write_text(table + "\n")
         figure = self.out / "learning_curves.png"
         plot_learning_curves({arm: [self.learning_curve(arm, f) for f in range(self.folds)] for arm in ARMS},
                              figure, f"Fine-tuning on the target, {TRAIN_CASES} training cases")
@@ -302,8 +305,6 @@ def plot_learning_curves(curves: dict[str, list[list[float]]], path: Path, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from nnunet_suprem.fileio import atomic_path
 
     with plt.style.context("default"):  # nnU-Net's progress plots change seaborn's global style
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -12,6 +12,13 @@ from typing import Iterator
 import SimpleITK as sitk
 
 
+def _file_mode() -> int:
+    """Permissions of a newly created file under the current umask (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``path`` (same suffixes) and move it into place on success.
@@ -25,6 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; the result gets the mode any new file would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

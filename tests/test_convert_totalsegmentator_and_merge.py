@@ -123,12 +123,7 @@ def test_merge_relabels_and_records_partial_labels(two_sources, nnunet_env, tmp_
     assert np.array_equal(labels == dataset["labels"]["postcava"], sitk.GetArrayFromImage(p.mask("postcava")) == 1)
     assert np.array_equal(labels == dataset["labels"]["aorta"], sitk.GetArrayFromImage(p.mask("aorta")) == 1)
     assert not (labels == dataset["labels"]["kidney_left"]).any()  # not annotated in that source
-    env = subprocess_env(nnunet_env)
-    run(command("nnUNetv2_plan_and_preprocess", "-d", "50", "-c", "3d_fullres", "--verify_dataset_integrity",
-                "-np", "2"), env)
-    preprocessed = Path(nnunet_env["nnUNet_preprocessed"]) / "Dataset050_Merged"
-    assert json.loads((preprocessed / "dataset.json").read_text())["partial_labels"] == dataset["partial_labels"]
-    assert len(list((preprocessed / "nnUNetPlans_3d_fullres").glob("*.b2nd"))) >= 6
+    # nnU-Net's integrity check and preprocessing of a merged dataset: tests/test_examples_and_demo.py (example b)
 
 
 def test_merge_errors_name_the_problem(two_sources, nnunet_env, tmp_path):

@@ -75,6 +75,10 @@ def test_b_merge_partial_label_datasets(workdir):
     annotated = sorted((sorted(g["annotated"]) for g in groups.values()), key=len)
     assert annotated[0] == ["spleen"] and len(annotated[1]) == 9 and "bladder" not in annotated[1]
     assert len(groups) == 2  # the AMOS-like cases annotate every merged class: no group needed
+    assert not (workdir / "nnUNet_raw" / "Dataset510_PartialLabelUnion" / "imagesTr").exists()  # referenced
+    preprocessed = workdir / "nnUNet_preprocessed" / "Dataset510_PartialLabelUnion"
+    assert json.loads((preprocessed / "dataset.json").read_text())["partial_labels"] == merged["partial_labels"]
+    assert len(list((preprocessed / "nnUNetPlans_3d_fullres").glob("*_seg.b2nd"))) == 6
     model = workdir / "nnUNet_results" / "Dataset510_PartialLabelUnion" / "SuPreMTrainer_smoke__nnUNetPlans__3d_fullres"
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
 
