@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nnunet_suprem.fileio import atomic_path, write_json
-from nnunet_suprem.nnunet_env import with_ext_trainers
+from nnunet_suprem.nnunet_env import dataset_name, with_ext_trainers
 
 DEFAULT_OUT = "suprem_demo"
 SETTINGS_FILE = "demo.json"
@@ -34,6 +34,8 @@ SOURCES = {  # simulated public datasets: dataset ID, hospital, the classes it a
 }
 PRETRAIN_ID, PRETRAIN_NAME = 610, "DemoPretrain"
 TARGET_ID, TARGET_NAME = 620, "DemoNovel"
+DATASET_FOLDERS = {PRETRAIN_ID: dataset_name(PRETRAIN_ID, PRETRAIN_NAME),
+                   TARGET_ID: dataset_name(TARGET_ID, TARGET_NAME)}
 # the target annotates classes the pre-training annotated (in another dataset's label values) and novel ones, like
 # SuPreM's TotalSegmentator organs group; the novel organs are in every pre-training image but never annotated there
 SEEN_CLASSES = "liver,lung_left,lung_right,aorta"
@@ -91,7 +93,7 @@ class Demo:
 
     @property
     def pretrained_folder(self) -> Path:
-        return self.model_folder(f"Dataset{PRETRAIN_ID}_{PRETRAIN_NAME}", self.budget.pretrain_trainer, "nnUNetPlans")
+        return self.model_folder(DATASET_FOLDERS[PRETRAIN_ID], self.budget.pretrain_trainer, "nnUNetPlans")
 
     def arm_trainer(self, arm: str) -> str:
         return self.budget.finetune_trainer if arm == "pretrained" else self.budget.scratch_trainer
@@ -129,8 +131,8 @@ class Demo:
                   "--folds", str(self.folds), "--seed", "0", "--overwrite"]),
         ]
         checkpoint = str(self.pretrained_folder / "fold_0" / "checkpoint_final.pth")
-        test_images = str(self.raw / f"Dataset{TARGET_ID}_{TARGET_NAME}" / "imagesTs")
-        test_labels = str(self.raw / f"Dataset{TARGET_ID}_{TARGET_NAME}" / "labelsTs")
+        test_images = str(self.raw / DATASET_FOLDERS[TARGET_ID] / "imagesTs")
+        test_labels = str(self.raw / DATASET_FOLDERS[TARGET_ID] / "labelsTs")
         for fold in range(self.folds):
             for arm in ARMS:
                 weights = ["-pretrained_weights", checkpoint] if arm == "pretrained" else []
@@ -150,12 +152,11 @@ class Demo:
 
     def training_step(self, title: str, dataset_id: int, trainer: str, plans: str, fold: int,
                       extra: Sequence[str] = ()) -> Step:
-        dataset = f"Dataset{dataset_id}_{PRETRAIN_NAME if dataset_id == PRETRAIN_ID else TARGET_NAME}"
         return Step(f"{title}: {trainer}",
                     ["nnUNetv2_train", str(dataset_id), "3d_fullres", str(fold), "-tr", trainer, "-p", plans,
                      "-device", self.device, *extra],
                     epochs=trainer_epochs(trainer),
-                    results_folder=self.model_folder(dataset, trainer, plans) / f"fold_{fold}")
+                    results_folder=self.model_folder(DATASET_FOLDERS[dataset_id], trainer, plans) / f"fold_{fold}")
 
     # --- running ----------------------------------------------------------------------------------------------
     def environment(self) -> dict[str, str]:
@@ -216,7 +217,7 @@ class Demo:
     def learning_curve(self, arm: str, fold: int) -> list[float]:
         from nnunet_suprem.transfer.checkpoint import load_weights_only
 
-        folder = self.model_folder(f"Dataset{TARGET_ID}_{TARGET_NAME}", self.arm_trainer(arm), TARGET_PLANS)
+        folder = self.model_folder(DATASET_FOLDERS[TARGET_ID], self.arm_trainer(arm), TARGET_PLANS)
         checkpoint = load_weights_only(folder / f"fold_{fold}" / "checkpoint_final.pth")
         return [float(v) for v in checkpoint["logging"]["mean_fg_dice"]]
 
