@@ -1,22 +1,83 @@
-"""Small file helpers shared by every writer: atomic writes and NIfTI read/write via SimpleITK."""
+"""Small file helpers shared by every reader and writer of user data.
+
+- names from user data and the output paths built from them (``check_name``, ``path_inside``);
+- atomic writes (temporary name beside the target, then rename);
+- NIfTI integrity: every image is fully decoded before it is accepted (``check_image_file``),
+  because SimpleITK zero-fills a truncated gzip stream and reads NaN as 0 without a word.
+"""
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import shutil
 import tempfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import SimpleITK as sitk
 
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+_CHUNK = 1 << 22  # bytes decoded at a time by check_image_file
 
-def _file_mode() -> int:
-    """Permissions of a newly created file under the current umask (0666 minus the umask)."""
+
+def check_text(value: object, what: str, source: str | os.PathLike) -> str:
+    """``value`` if it is a non-empty string without control characters; else ValueError naming ``source``."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{source}: {what} {value!r} is not a non-empty string")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{source}: {what} {value!r} contains control characters")
+    return value
+
+
+def check_name(name: object, what: str, source: str | os.PathLike) -> str:
+    """``name`` if it is safe as one file-name component; else ValueError naming ``source``.
+
+    Refused: what ``check_text`` refuses, hidden names (leading dot, so also ``.`` and ``..``)
+    and path separators.
+    """
+    check_text(name, what, source)
+    if name.startswith("."):
+        raise ValueError(f"{source}: {what} {name!r} starts with '.' (hidden names and '..' are not allowed)")
+    if "/" in name or "\\" in name:
+        raise ValueError(f"{source}: {what} {name!r} contains a path separator")
+    return name
+
+
+def check_file_ending(ending: object, source: str | os.PathLike) -> str:
+    """A dataset.json ``file_ending`` such as ``.nii.gz``: a dot, then letters and digits (ValueError otherwise)."""
+    if not (isinstance(ending, str) and ending.startswith(".") and len(ending) > 1
+            and all(part.isalnum() and part.isascii() for part in ending[1:].split("."))):
+        raise ValueError(f"{source}: file_ending {ending!r} is not an ending like '.nii.gz'")
+    return ending
+
+
+def path_inside(root: str | os.PathLike, *parts: str) -> Path:
+    """``root/part/...`` after checking that it resolves to a path inside ``root`` (ValueError otherwise)."""
+    root = Path(root)
+    path = root.joinpath(*parts)
+    resolved, base = path.resolve(), root.resolve()
+    if resolved == base or not resolved.is_relative_to(base):
+        raise ValueError(f"refusing to write {path}: it lies outside {root}")
+    return path
+
+
+def _new_mode(directory: bool = False) -> int:
+    """Permissions of a new file (0666) or folder (0777) under the current umask."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def _new_mode(directory: bool = False) -> int:
+    """Permissions of a new file (0666) or folder (0777) under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
 
 
 @contextmanager
@@ -32,7 +93,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; the result gets the mode any new file would
+        os.chmod(tmp, _new_mode())  # mkstemp makes 0600; the result gets the mode any new file would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -66,6 +127,7 @@ def staged_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
         raise FileExistsError(f"{final} already exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    os.chmod(staging, _new_mode(directory=True))  # mkdtemp makes 0700
     try:
         yield staging
     except BaseException:
@@ -83,3 +145,71 @@ def move_directory_into_place(staging: Path, final: Path) -> None:
         shutil.rmtree(retired)
     else:
         os.replace(staging, final)
+
+
+def read_header(path: str | os.PathLike) -> sitk.ImageFileReader:
+    """SimpleITK's reader of ``path`` after ReadImageInformation: size, spacing, origin, direction, no voxels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
+
+
+def check_single_volume(image: sitk.Image | sitk.ImageFileReader, path: str | os.PathLike) -> None:
+    """ValueError naming ``path`` unless ``image`` (or a header from ``read_header``) is 3D with one channel."""
+    channels = (image.GetNumberOfComponents() if isinstance(image, sitk.ImageFileReader)
+                else image.GetNumberOfComponentsPerPixel())
+    if image.GetDimension() != 3 or channels != 1:
+        raise ValueError(f"{path}: expected a 3D single-channel image, got {image.GetDimension()}D with "
+                         f"{channels} channel(s)")
+
+
+def check_image_file(path: str | os.PathLike) -> None:
+    """Decode all of a NIfTI file (``.nii``/``.nii.gz``); ValueError naming it when it is damaged.
+
+    Checked: a complete gzip stream with valid checksums, a NIfTI-1/2 header, at least as many
+    voxel bytes as the header promises, and no NaN or infinite voxel in floating-point data.
+    Other formats are left to their reader.
+    """
+    path = Path(path)
+    if not path.name.endswith(NIFTI_ENDINGS):
+        return
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as stream:
+            _check_nifti_stream(stream, path)
+    except EOFError:
+        raise ValueError(f"{path}: truncated (the gzip stream ends early)") from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(f"{path}: not a valid gzip file ({e})") from None
+
+
+def _check_nifti_stream(stream: io.BufferedIOBase, path: Path) -> None:
+    from nibabel.nifti1 import Nifti1Header
+    from nibabel.nifti2 import Nifti2Header
+
+    head = stream.read(540)
+    if len(head) < 348:
+        raise ValueError(f"{path}: {'empty' if not head else 'truncated'} ({len(head)} bytes, no complete NIfTI header)")
+    sizes = {int.from_bytes(head[:4], order) for order in ("little", "big")}
+    header_class = Nifti1Header if 348 in sizes else Nifti2Header if 540 in sizes else None
+    if header_class is None or (header_class is Nifti2Header and len(head) < 540):
+        raise ValueError(f"{path}: not a NIfTI file (no NIfTI-1/2 header)")
+    header = header_class.from_fileobj(io.BytesIO(head), check=False)
+    if bytes(header["magic"]).rstrip(b"\0") not in (b"n+1", b"n+2"):
+        raise ValueError(f"{path}: not a single-file NIfTI image (magic {bytes(header['magic'])!r})")
+    dtype = header.get_data_dtype()
+    offset = int(header["vox_offset"])
+    expected = offset + int(np.prod(header.get_data_shape(), dtype=np.int64)) * dtype.itemsize
+    check_finite = dtype.kind in "fc"
+    start, buffer, pending = 0, head, b""
+    while buffer:
+        end = start + len(buffer)
+        if check_finite and end > offset and start < expected:
+            data = pending + buffer[max(offset - start, 0):expected - start]
+            usable = len(data) - len(data) % dtype.itemsize
+            if not np.isfinite(np.frombuffer(data, dtype, count=usable // dtype.itemsize)).all():
+                raise ValueError(f"{path}: holds NaN or infinite voxel values")
+            pending = data[usable:]
+        start, buffer = end, stream.read(_CHUNK)
+    if start < expected:
+        raise ValueError(f"{path}: truncated ({max(start - offset, 0)} of {expected - offset} voxel bytes)")

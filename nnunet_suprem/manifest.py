@@ -55,12 +55,19 @@ def annotated_classes_by_case(dataset_json: Mapping) -> dict[str, frozenset[str]
     manifest = dataset_json.get(MANIFEST_KEY)
     if manifest is None:
         return None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"dataset.json '{MANIFEST_KEY}': unknown format {manifest.get('format')!r}, "
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"dataset.json '{MANIFEST_KEY}': unknown format "
+                         f"{manifest.get('format') if isinstance(manifest, dict) else manifest!r}, "
                          f"expected {MANIFEST_FORMAT!r}")
     known = set(foreground_labels(dataset_json))
     by_case: dict[str, frozenset[str]] = {}
-    for group, entry in manifest["groups"].items():
+    groups = manifest.get("groups")
+    if not isinstance(groups, dict):
+        raise ValueError(f"dataset.json '{MANIFEST_KEY}': 'groups' must be an object of groups")
+    for group, entry in groups.items():
+        if not (isinstance(entry, dict) and _strings(entry.get("annotated")) and _strings(entry.get("cases"))):
+            raise ValueError(f"dataset.json '{MANIFEST_KEY}' group {group!r}: expected "
+                             "{\"annotated\": [class names], \"cases\": [case identifiers]}")
         annotated = frozenset(entry["annotated"])
         unknown = sorted(annotated - known)
         if unknown:
@@ -71,3 +78,7 @@ def annotated_classes_by_case(dataset_json: Mapping) -> dict[str, frozenset[str]
                 raise ValueError(f"dataset.json '{MANIFEST_KEY}': case {case!r} is listed in more than one group")
             by_case[case] = annotated
     return by_case
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)

@@ -68,8 +68,9 @@ def dataset_folder_name(dataset_id: int) -> str:
 
     try:
         return maybe_convert_to_dataset_name(dataset_id)
-    except RuntimeError as e:
-        raise ValueError(f"dataset {dataset_id}: {e}") from e
+    except RuntimeError:
+        folders = ", ".join(f"{v}={os.environ.get(v)}" for v in NNUNET_PATH_VARIABLES)
+        raise ValueError(f"dataset {dataset_id}: no dataset with this ID in {folders}") from None
 
 
 def datasets_with_id(dataset_id: int) -> list[str]:

@@ -261,5 +261,5 @@ def totalsegmentator_version(class_names: Iterable[str]) -> str:
         return "v2"
     if v1:
         raise ValueError(f"mixed TotalSegmentator releases: v1-only classes {v1} and v2-only classes {v2}")
-    raise ValueError("cannot tell the TotalSegmentator release: none of the classes only v1 "
-                     f"({sorted(_TS_V1_ONLY)}) or only v2 ({sorted(_TS_V2_ONLY)}) has is present")
+    raise ValueError("cannot tell the TotalSegmentator release: no class that exists only in v1 "
+                     f"({sorted(_TS_V1_ONLY)}) or only in v2 ({sorted(_TS_V2_ONLY)}) is present")

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Sequence
 
 from nnunet_suprem.convert.cases import CaseResult, Problem, convert_label_map_case, convert_mask_case
-from nnunet_suprem.convert.driver import CaseJob, Conversion, add_common_arguments, no_ct_result, run_conversion
+from nnunet_suprem.convert.driver import CaseJob, Conversion, add_common_arguments, run_conversion, skipped_case
 from nnunet_suprem.convert.staging import DatasetStaging
+from nnunet_suprem.fileio import check_name
 from nnunet_suprem.taxonomy import ABDOMENATLAS_1_0, ABDOMENATLAS_1_1, canonical_name, label_dict
 
 VERSIONS = {"1.0": ABDOMENATLAS_1_0, "1.1": ABDOMENATLAS_1_1}
 COMBINED_LABELS = "combined_labels.nii.gz"
+MASKS = "segmentations"
 
 
 def select_classes(requested: Sequence[str] | None, taxonomy: Sequence[str], what: str) -> list[str]:
@@ -34,11 +36,18 @@ def select_classes(requested: Sequence[str] | None, taxonomy: Sequence[str], wha
 
 
 def mask_files(folder: Path, classes: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
-    """``{class: mask file}`` for the wanted classes in ``folder`` (matched by canonical name), and unused names."""
+    """``{class: mask file}`` for the wanted classes in ``folder`` (matched by canonical name), and unused names.
+
+    Hidden files (e.g. macOS ``._liver.nii.gz``) are unused; a name with control characters is a ValueError.
+    """
     wanted = {canonical_name(c): c for c in classes}
     found: dict[str, Path] = {}
     unused = []
     for path in sorted(folder.glob("*.nii*")) if folder.is_dir() else []:
+        if path.name.startswith("."):
+            unused.append(path.name)
+            continue
+        check_name(path.name, "mask file name", folder)
         name = wanted.get(canonical_name(path.name))
         if name is None:
             unused.append(path.name)
@@ -60,37 +69,58 @@ def add_case_folder(conversion: Conversion, folder: Path, classes: list[str], te
     """Add ``<folder>/ct.nii.gz`` + ``segmentations/`` as a job (or as skipped); return unused mask names."""
     ct = find_ct(folder)
     if ct is None:
-        conversion.skipped.append(no_ct_result(folder.name, folder))
+        conversion.skipped.append(skipped_case(folder.name, folder, "no ct.nii.gz in the case folder"))
+        return []
+    if not (folder / MASKS).is_dir():
+        conversion.skipped.append(skipped_case(folder.name, folder, f"no {MASKS}/ folder: the case annotates nothing"))
         return []
     try:
-        masks, unused = mask_files(folder / "segmentations", classes)
+        masks, unused = mask_files(folder / MASKS, classes)
     except ValueError as e:
         conversion.skipped.append(CaseResult(folder.name, problems=[Problem(str(folder), str(e), True)]))
         return []
+    if not masks:
+        conversion.skipped.append(skipped_case(folder.name, folder / MASKS,
+                                               "no mask of the selected classes: the case annotates nothing"))
+        return unused
     convert = functools.partial(convert_mask_case, folder.name, ct, masks, conversion.labels)
-    conversion.jobs.append(CaseJob(folder.name, convert, test))
+    conversion.jobs.append(CaseJob(folder.name, convert, (ct, *masks.values()), str(folder), test))
     return unused
 
 
 def case_folders(src: Path) -> list[Path]:
+    """The case folders in ``src``: sub-folders whose names do not start with '.' (see ``left_out_entries``)."""
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a folder")
     return sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def left_out_entries(src: Path) -> list[CaseResult]:
+    """Entries of ``src`` that look like case folders but are not converted: hidden folders, dangling links."""
+    left_out = []
+    for path in sorted(src.iterdir()):
+        if path.is_symlink() and not path.exists():
+            left_out.append(skipped_case(path.name, path, "dangling symbolic link"))
+        elif path.is_dir() and path.name.startswith("."):
+            left_out.append(skipped_case(path.name, path, "hidden folder (its name starts with '.'), not converted"))
+    return left_out
+
+
 def plan_abdomenatlas(src: Path, classes: list[str], combined_labels: bool) -> Conversion:
     """Scan ``src`` and describe the conversion (no file is written)."""
-    conversion = Conversion([], label_dict(classes))
+    folders = case_folders(src)
+    conversion = Conversion([], label_dict(classes), skipped=left_out_entries(src))
     unused: set[str] = set()
-    for folder in case_folders(src):
+    for folder in folders:
         if not combined_labels:
             unused.update(add_case_folder(conversion, folder, classes))
         elif (ct := find_ct(folder)) is None:
-            conversion.skipped.append(no_ct_result(folder.name, folder))
+            conversion.skipped.append(skipped_case(folder.name, folder, "no ct.nii.gz in the case folder"))
         else:
             value_map = {v: conversion.labels.get(c, 0) for v, c in enumerate(ABDOMENATLAS_1_0, start=1)}
+            labels = folder / COMBINED_LABELS
             conversion.jobs.append(CaseJob(folder.name, functools.partial(
-                convert_label_map_case, folder.name, ct, folder / COMBINED_LABELS, value_map, classes)))
+                convert_label_map_case, folder.name, ct, labels, value_map, classes), (ct, labels), str(folder)))
     if not conversion.jobs and not conversion.skipped:
         raise FileNotFoundError(f"{src} holds no case folders (expected <case>/ct.nii.gz and <case>/segmentations/)")
     if unused:

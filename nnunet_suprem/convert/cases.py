@@ -1,6 +1,8 @@
 """Validate one case (a CT plus per-class binary masks or a combined label map) and write it in nnU-Net format.
 
 Rules, applied to every converter:
+- every NIfTI file is fully decoded first (``fileio.check_image_file``): truncated, damaged
+  and NaN-holding files are fatal problems naming the file;
 - the CT must be a readable 3D single-channel image; masks must have its size exactly and
   its spacing, origin and direction within ``GEOMETRY_TOLERANCE``; the label map is written
   with the CT's exact geometry;
@@ -22,7 +24,7 @@ from typing import Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_suprem.fileio import atomic_path, write_image
+from nnunet_suprem.fileio import atomic_path, check_image_file, check_single_volume, read_header, write_image
 
 GEOMETRY_TOLERANCE = 1e-4  # absolute, in mm (spacing, origin) and direction-cosine units
 
@@ -53,31 +55,49 @@ def label_dtype(max_value: int) -> type:
     return np.uint8 if max_value <= np.iinfo(np.uint8).max else np.uint16
 
 
-def geometry_mismatch(reference: sitk.Image, image: sitk.Image) -> str | None:
+Grid = sitk.Image | sitk.ImageFileReader  # an image, or a reader after ReadImageInformation (same getters)
+
+
+def geometry_mismatch(reference: Grid, image: Grid) -> str | None:
     """Why ``image`` is not on ``reference``'s voxel grid, or None."""
     if image.GetSize() != reference.GetSize():
         return f"size {image.GetSize()} != CT size {reference.GetSize()}"
     for what in ("Spacing", "Origin", "Direction"):
-        a, b = (np.asarray(getattr(im, f"Get{what}")()) for im in (image, reference))
+        a, b = (getattr(im, f"Get{what}")() for im in (image, reference))
         if not np.allclose(a, b, rtol=0, atol=GEOMETRY_TOLERANCE):
-            return f"{what.lower()} {tuple(np.round(a, 5))} != CT {what.lower()} {tuple(np.round(b, 5))}"
+            return f"{what.lower()} {_rounded(a)} != CT {what.lower()} {_rounded(b)}"
     return None
 
 
-def _read(path: Path, result: CaseResult) -> sitk.Image | None:
+def _rounded(values) -> tuple[float, ...]:
+    return tuple(round(float(v), 5) for v in values)
+
+
+def _read(path: Path, result: CaseResult, header_only: bool = False) -> Grid | None:
+    """The 3D image at ``path`` (its header alone with ``header_only``) after a full integrity check, or None."""
     try:
-        image = sitk.ReadImage(str(path))
+        check_image_file(path)
+        image = read_header(path) if header_only else sitk.ReadImage(str(path))
+        check_single_volume(image, path)
+    except ValueError as e:
+        result.problems.append(Problem(str(path), str(e).removeprefix(f"{path}: "), True))
+        return None
     except RuntimeError as e:
         result.problems.append(Problem(str(path), f"unreadable: {str(e).strip().splitlines()[-1]}", True))
-        return None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        result.problems.append(Problem(str(path), f"expected a 3D single-channel image, got {image.GetDimension()}D "
-                                                  f"with {image.GetNumberOfComponentsPerPixel()} channel(s)", True))
         return None
     return image
 
 
-def _read_on_grid(path: Path, ct: sitk.Image, result: CaseResult) -> sitk.Image | None:
+def _read_ct(ct_path: Path, result: CaseResult) -> Grid | None:
+    """The CT: only its header when it is copied byte for byte (already .nii.gz), else the image to re-encode."""
+    return _read(ct_path, result, header_only=_copied_as_is(ct_path))
+
+
+def _copied_as_is(ct_path: Path) -> bool:
+    return ct_path.name.endswith(".nii.gz")
+
+
+def _read_on_grid(path: Path, ct: Grid, result: CaseResult) -> sitk.Image | None:
     image = _read(path, result)
     if image is None:
         return None
@@ -116,17 +136,19 @@ def _foreground(path: Path, array: np.ndarray, result: CaseResult) -> _Foregroun
     return _Foreground(tuple(box), array[tuple(box)] != 0, int(count))
 
 
-def _write_image(ct_path: Path, ct: sitk.Image, image_out: Path) -> None:
-    if ct_path.name.endswith(".nii.gz"):
-        with atomic_path(image_out) as tmp:  # already in the output format: copy the bytes
+def _write_image(ct_path: Path, ct: Grid, image_out: Path) -> None:
+    if _copied_as_is(ct_path):
+        with atomic_path(image_out) as tmp:  # already in the output format (and fully checked): copy the bytes
             shutil.copyfile(ct_path, tmp)
     else:
         write_image(ct, image_out)
 
 
-def _write_labels(label_array: np.ndarray, ct: sitk.Image, label_out: Path) -> None:
+def _write_labels(label_array: np.ndarray, ct: Grid, label_out: Path) -> None:
     labels = sitk.GetImageFromArray(label_array)
-    labels.CopyInformation(ct)
+    labels.SetSpacing(ct.GetSpacing())
+    labels.SetOrigin(ct.GetOrigin())
+    labels.SetDirection(ct.GetDirection())
     write_image(labels, label_out)
 
 
@@ -134,7 +156,7 @@ def convert_mask_case(case: str, ct_path: Path, masks: Mapping[str, Path], label
                       image_out: Path, label_out: Path) -> CaseResult:
     """Combine per-class binary masks (``{class: file}``, a subset of ``labels``) into one label map."""
     result = CaseResult(case)
-    ct = _read(ct_path, result)
+    ct = _read_ct(ct_path, result)
     if ct is None:
         return result
     foreground: dict[str, _Foreground] = {}
@@ -169,7 +191,7 @@ def convert_label_map_case(case: str, ct_path: Path, label_path: Path, value_map
                            annotated: list[str], image_out: Path, label_out: Path) -> CaseResult:
     """Relabel a combined label map (``{source value: output value}``; unlisted non-zero values are an error)."""
     result = CaseResult(case)
-    ct = _read(ct_path, result)
+    ct = _read_ct(ct_path, result)
     label_image = None if ct is None else _read_on_grid(label_path, ct, result)
     if label_image is None:
         return result

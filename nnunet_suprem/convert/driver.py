@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from nnunet_suprem.convert.cases import CaseResult, Problem
-from nnunet_suprem.convert.staging import DatasetStaging
-from nnunet_suprem.fileio import write_json
+from nnunet_suprem.convert.staging import DatasetStaging, source_fingerprint
+from nnunet_suprem.fileio import check_name, write_json
 from nnunet_suprem.jobs import default_num_processes, map_with_progress
 from nnunet_suprem.manifest import MANIFEST_KEY, build_manifest
 from nnunet_suprem.nnunet_env import CANONICAL_READER
@@ -23,10 +23,24 @@ class ConversionError(ValueError):
 
 @dataclass(frozen=True)
 class CaseJob:
-    """One case to convert: ``convert(image_out, label_out)`` writes it and returns its result."""
+    """One case to convert: ``convert(image_out, label_out)`` writes it and returns its result.
+
+    ``case`` comes from user data (a folder name, a dataset.json key): it is checked before
+    anything is written, and a bad one is reported against ``origin``.
+    """
     case: str
     convert: Callable[[Path, Path], CaseResult]
+    sources: tuple[Path, ...]  # every file the conversion reads; a change makes a resumed run convert it again
+    origin: str  # where the case comes from: its folder, or the dataset.json that lists it
     test: bool = False  # goes to imagesTs/labelsTs
+    dataset_entry: dict | None = None  # dataset.json "dataset" entry, for datasets that reference their images
+    writes_image: bool = True  # False: only the label map is written (the entry references the image)
+
+    def outputs(self, file_ending: str) -> list[str]:
+        """Files this case puts in the dataset, relative to its folder."""
+        images, labels = ("imagesTs", "labelsTs") if self.test else ("imagesTr", "labelsTr")
+        return [*([f"{images}/{self.case}_0000{file_ending}"] if self.writes_image else []),
+                f"{labels}/{self.case}{file_ending}"]
 
 
 @dataclass
@@ -41,14 +55,31 @@ class Conversion:
     reader: str | None = CANONICAL_READER  # dataset.json overwrite_image_reader_writer (None: nnU-Net's default)
 
 
-def _run_job(job: CaseJob, staging: DatasetStaging, file_ending: str) -> dict:
-    images, labels = ("imagesTs", "labelsTs") if job.test else ("imagesTr", "labelsTr")
-    result = job.convert(staging.path / images / f"{job.case}_0000{file_ending}",
-                         staging.path / labels / f"{job.case}{file_ending}")
-    info = {**result.to_json(), "test": job.test}
+def _run_job(job_and_sources: tuple[CaseJob, dict], staging: DatasetStaging, file_ending: str) -> dict:
+    job, sources = job_and_sources
+    paths = [staging.output_path(relative) for relative in job.outputs(file_ending)]
+    result = job.convert(paths[0], paths[-1])
+    info = {**result.to_json(), "test": job.test, "sources": sources}
     if result.converted:
         staging.record(job.case, info)
     return info
+
+
+def _check_case_names(jobs: list[CaseJob]) -> tuple[list[CaseJob], list[CaseResult]]:
+    """Jobs whose case identifier is a safe, unique file name, and a skipped result for each other one."""
+    valid, invalid, seen = [], [], set()
+    for job in jobs:
+        try:
+            check_name(job.case, "case identifier", job.origin)
+            if job.case in seen:
+                raise ValueError(f"{job.origin}: case identifier {job.case!r} occurs twice")
+        except ValueError as e:
+            invalid.append(CaseResult(repr(job.case), problems=[Problem(job.origin, str(e).removeprefix(
+                f"{job.origin}: "), True)]))
+            continue
+        seen.add(job.case)
+        valid.append(job)
+    return valid, invalid
 
 
 def partial_label_groups(results: list[dict], labels: Mapping[str, int],
@@ -78,15 +109,21 @@ def run_conversion(conversion: Conversion, staging: DatasetStaging, source: str,
     """Convert every job not finished yet, write dataset.json and the report, and move the dataset into place."""
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
-    finished = staging.finished_cases()
-    todo = [job for job in conversion.jobs if job.case not in finished]
+    jobs, invalid = _check_case_names(conversion.jobs)
+    sources = {job.case: source_fingerprint(job.sources) for job in jobs}
+    finished = staging.finished_cases(sources)
+    staging.remove_files_except({f for job in jobs if job.case in finished for f in job.outputs(file_ending)})
+    todo = [(job, sources[job.case]) for job in jobs if job.case not in finished]
     if finished:
-        print(f"resuming: {len(finished)} of {len(conversion.jobs)} cases were converted by an earlier run")
+        print(f"resuming: {len(finished)} of {len(jobs)} cases were converted by an earlier run with the same sources")
     new = map_with_progress(functools.partial(_run_job, staging=staging, file_ending=file_ending), todo,
                             num_processes, desc=f"converting {staging.name}")
-    results = [*finished.values(), *new, *({**s.to_json(), "test": False} for s in conversion.skipped)]
+    skipped_early = [{**s.to_json(), "test": False} for s in (*conversion.skipped, *invalid)]
+    results = sorted([*finished.values(), *new, *skipped_early], key=lambda r: r["case"])
+    for r in results:
+        r.pop("sources", None)
     converted = [r for r in results if not any(p["fatal"] for p in r["problems"])]
-    skipped = [r["case"] for r in results if r not in converted]
+    skipped = [r["case"] for r in results if any(p["fatal"] for p in r["problems"])]
     problems = [{"case": r["case"], **p} for r in results for p in r["problems"]]
     training = [r for r in converted if not r["test"]]
     groups = partial_label_groups(training, conversion.labels, conversion.sources)
@@ -107,11 +144,16 @@ def run_conversion(conversion: Conversion, staging: DatasetStaging, source: str,
     if not training:
         raise ConversionError(f"no training case could be converted from {source}; see {staging.path / REPORT_NAME}")
 
-    extra = {**(dataset_json_extra or {}), **({MANIFEST_KEY: build_manifest(groups)} if groups else {})}
+    published = {r["case"] for r in converted}
+    entries = {job.case: job.dataset_entry for job in jobs if job.dataset_entry is not None and
+               job.case in published and not job.test}
+    extra = {**(dataset_json_extra or {}), **({"dataset": entries} if entries else {}),
+             **({MANIFEST_KEY: build_manifest(groups)} if groups else {})}
     generate_dataset_json(str(staging.path), channel_names=conversion.channel_names, labels=conversion.labels,
                           num_training_cases=len(training), file_ending=file_ending, dataset_name=staging.name,
                           converted_by="nnunet-suprem", overwrite_image_reader_writer=conversion.reader, **extra)
-    return staging.commit()
+    expected = {f for job in jobs if job.case in published for f in job.outputs(file_ending)}
+    return staging.commit(expected | {"dataset.json", REPORT_NAME})
 
 
 def _print_summary(report: dict) -> None:
@@ -123,9 +165,9 @@ def _print_summary(report: dict) -> None:
         print(f"  ... {len(report['problems']) - 20} more in {REPORT_NAME}")
 
 
-def no_ct_result(case: str, folder: Path) -> CaseResult:
-    """The result of a case folder without a CT (reported and skipped)."""
-    return CaseResult(case, problems=[Problem(str(folder), "no ct.nii.gz in the case folder", True)])
+def skipped_case(case: str, origin: str | Path, problem: str) -> CaseResult:
+    """The result of a case that cannot be converted at all (reported and skipped)."""
+    return CaseResult(case, problems=[Problem(str(origin), problem, True)])
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:

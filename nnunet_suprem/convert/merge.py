@@ -25,9 +25,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from nnunet_suprem.convert.cases import CaseResult, Problem
-from nnunet_suprem.convert.driver import CaseJob, Conversion, add_common_arguments, run_conversion
+from nnunet_suprem.convert.driver import CaseJob, Conversion, add_common_arguments, run_conversion, skipped_case
 from nnunet_suprem.convert.staging import DatasetStaging
-from nnunet_suprem.fileio import atomic_path
+from nnunet_suprem.fileio import (NIFTI_ENDINGS, atomic_path, check_file_ending, check_image_file, check_name,
+                                  check_single_volume, check_text, read_header)
 from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels
 from nnunet_suprem.nnunet_env import CANONICAL_READER, raw_root
 from nnunet_suprem.taxonomy import TAXONOMIES, canonical_name, in_taxonomy_order, label_dict
@@ -46,6 +47,10 @@ def load_mapping_file(path: str | Path | None) -> dict[str, dict[str, str | None
         raise ValueError(f"--map {path}: {e}") from e
     if not isinstance(mapping, dict) or not all(isinstance(v, dict) for v in mapping.values()):
         raise ValueError(f"--map {path}: expected {{\"*\" or source: {{label: class | null | \"ignore\"}}}}")
+    for source, labels in mapping.items():
+        for label, target in labels.items():
+            if target is not None:
+                check_text(target, f"target of {source!r}/{label!r}", f"--map {path}")
     return mapping
 
 
@@ -56,17 +61,37 @@ class Source:
         from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
         from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-        name = dataset if str(dataset).startswith("Dataset") else convert_id_to_dataset_name(int(dataset))
+        dataset = str(dataset)
+        if dataset.isdigit():
+            try:
+                dataset = convert_id_to_dataset_name(int(dataset))
+            except RuntimeError:
+                raise FileNotFoundError(f"no dataset with ID {dataset} in $nnUNet_raw ({raw_folder})") from None
+        name = check_name(dataset, "source dataset", "merge")
+        if not (name.startswith("Dataset") and name[7:10].isdigit() and name[10:11] == "_" and name[11:]):
+            raise ValueError(f"merge: source {name!r} is neither a dataset ID nor a DatasetXXX_Name folder name")
         self.folder = raw_folder / name
-        if not (self.folder / "dataset.json").is_file():
-            raise FileNotFoundError(f"{self.folder / 'dataset.json'} not found (is {name} in $nnUNet_raw?)")
+        json_file = self.folder / "dataset.json"
+        if not json_file.is_file():
+            raise FileNotFoundError(f"{json_file} not found (is {name} in $nnUNet_raw?)")
         self.name = name
-        self.id = name[len("Dataset"):len("Dataset") + 3]
-        self.dataset_json = json.loads((self.folder / "dataset.json").read_text())
-        if any(not isinstance(v, int) for v in self.dataset_json["labels"].values()):
-            raise ValueError(f"{self.folder / 'dataset.json'}: region-based labels cannot be merged")
-        self.files = get_filenames_of_train_images_and_targets(str(self.folder), self.dataset_json)
-        self.prefix = name.split("_", 1)[1]
+        self.id = name[7:10]
+        try:
+            self.dataset_json = json.loads(json_file.read_text())
+            labels, _ = self.dataset_json["labels"], self.dataset_json["channel_names"]
+            check_file_ending(self.dataset_json["file_ending"], json_file)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{json_file}: not a usable nnU-Net dataset.json ({e})") from None
+        if not isinstance(labels, dict) or any(not isinstance(v, int) for v in labels.values()):
+            raise ValueError(f"{json_file}: region-based labels cannot be merged")
+        for label in labels:
+            check_text(label, "label name", json_file)
+        try:
+            self.files = get_filenames_of_train_images_and_targets(str(self.folder), self.dataset_json)
+        except (OSError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{json_file}: cannot list its cases ({type(e).__name__}: {e})") from None
+        self.json_file = json_file
+        self.prefix = name[11:]
 
     def label_targets(self, mapping: Mapping[str, Mapping], targets: Sequence[str] | None) -> dict[str, str | None]:
         """``{source label: target class | None (drop) | "ignore"}``; raises listing what cannot be mapped."""
@@ -90,17 +115,27 @@ class Source:
         return result
 
 
-def relabel_case(case: str, source_label: str, dataset_json: dict, lut: np.ndarray, annotated: list[str],
-                 image_out: Path, label_out: Path) -> CaseResult:
+def relabel_case(case: str, source_label: str, images: list[str], dataset_json: dict, lut: np.ndarray,
+                 annotated: list[str], image_out: Path, label_out: Path) -> CaseResult:
     """Write ``lut[source label map]`` with nnU-Net's reader/writer for the source's file format.
 
-    ``image_out`` is unused: merged datasets reference the source images.
+    The source ``images`` are fully checked, not copied: ``image_out`` is unused, merged
+    datasets reference the source images.
     """
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     result = CaseResult(case, annotated)
-    rw = determine_reader_writer_from_dataset_json(dataset_json, source_label, verbose=False)()
+    for file in (*images, source_label):
+        try:
+            check_image_file(file)
+            if file.endswith(NIFTI_ENDINGS):  # nnU-Net would read a 4D file as several channels
+                check_single_volume(read_header(file), file)
+        except ValueError as e:
+            result.problems.append(Problem(file, str(e).removeprefix(f"{Path(file)}: "), True))
+    if not result.converted:
+        return result
     try:
+        rw = determine_reader_writer_from_dataset_json(dataset_json, source_label, verbose=False)()
         seg, properties = rw.read_seg(source_label)
     except Exception as e:  # nnU-Net's readers raise whatever their library raises
         result.problems.append(Problem(source_label, f"unreadable: {e}", True))
@@ -122,10 +157,10 @@ def merge_datasets(sources: Sequence[str | int], dataset_id: int, name: str, tax
     """Merge raw datasets into ``$nnUNet_raw/DatasetXXX_name``; returns its path."""
     if len(set(map(str, sources))) != len(sources):
         raise ValueError(f"a source is listed twice: {list(sources)}")
+    mapping = load_mapping_file(mapping_file)
     root = raw_root()
     loaded = [Source(s, root) for s in sources]
     _check_compatible(loaded)
-    mapping = load_mapping_file(mapping_file)
     targets = None if taxonomy == "union" else TAXONOMIES[taxonomy]
     label_targets = {s.name: s.label_targets(mapping, targets) for s in loaded}
     used = {t for m in label_targets.values() for t in m.values() if t not in (DROP, IGNORE)}
@@ -144,7 +179,6 @@ def merge_datasets(sources: Sequence[str | int], dataset_id: int, name: str, tax
     conversion = Conversion([], labels, channel_names=loaded[0].dataset_json["channel_names"],
                             reader=CANONICAL_READER if reorient else loaded[0].dataset_json.get(
                                 "overwrite_image_reader_writer"))
-    dataset_entries = {}
     staging = DatasetStaging(dataset_id, name, {
         "converter": "merge", "sources": [str(s.folder) for s in loaded], "taxonomy": taxonomy,
         "map": mapping}, overwrite)
@@ -155,17 +189,25 @@ def merge_datasets(sources: Sequence[str | int], dataset_id: int, name: str, tax
         source_annotated = annotated_classes_by_case(source.dataset_json) or {}
         for case, files in sorted(source.files.items()):
             merged_case = f"{prefix}_{case}"
+            try:
+                check_name(case, "case identifier", source.json_file)
+            except ValueError as e:
+                conversion.skipped.append(skipped_case(repr(merged_case), source.json_file,
+                                                       str(e).removeprefix(f"{source.json_file}: ")))
+                continue
             own = source_annotated.get(case, foreground_labels(source.dataset_json))
             annotated = [c for c in classes if c in {targets_of[l] for l in own}]
             conversion.sources[merged_case] = prefix
-            conversion.jobs.append(CaseJob(merged_case, functools.partial(
-                relabel_case, merged_case, files["label"], source.dataset_json, lut, annotated)))
-            dataset_entries[merged_case] = {
-                "images": [os.path.relpath(i, staging.final) for i in files["images"]],
-                "label": f"labelsTr/{merged_case}{file_ending}"}
+            entry = {"images": [os.path.relpath(i, staging.final) for i in files["images"]],
+                     "label": f"labelsTr/{merged_case}{file_ending}"}
+            conversion.jobs.append(CaseJob(
+                merged_case, functools.partial(relabel_case, merged_case, files["label"], files["images"],
+                                               source.dataset_json, lut, annotated),
+                (Path(files["label"]), *map(Path, files["images"])), f"{source.json_file} case {case!r}",
+                dataset_entry=entry, writes_image=False))
     conversion.notes.append(f"label mapping: {label_targets}")
     return run_conversion(conversion, staging, ", ".join(s.name for s in loaded), num_processes, strict,
-                          {"dataset": dataset_entries}, file_ending)
+                          file_ending=file_ending)
 
 
 def _check_compatible(sources: list[Source]) -> None:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunet_suprem.convert.abdomenatlas import add_case_folder, case_folders, select_classes
+from nnunet_suprem.convert.abdomenatlas import MASKS, add_case_folder, case_folders, left_out_entries, select_classes
 from nnunet_suprem.convert.driver import Conversion, add_common_arguments, run_conversion
 from nnunet_suprem.convert.staging import DatasetStaging
 from nnunet_suprem.nnunet_env import CANONICAL_READER
@@ -60,22 +60,34 @@ def few_shot_subset(cases: Sequence[str], n: int, seed: int) -> list[str]:
     return sorted(sorted(cases)[i] for i in order[:n])
 
 
+def detect_release(src: Path, folders: Sequence[Path]) -> str:
+    """``v1`` or ``v2``, from the mask file names of all case folders (ValueError when they do not tell)."""
+    mask_names = {p.name for f in folders for p in (f / MASKS).glob("*.nii*")}
+    if not mask_names:
+        raise FileNotFoundError(f"{src} holds no <case>/{MASKS}/ folders with masks")
+    try:
+        return totalsegmentator_version(mask_names)
+    except ValueError as e:
+        raise ValueError(f"{src}: {e}; name the release with --release v1|v2") from None
+
+
 def convert_totalsegmentator(src: str | Path, dataset_id: int, group: str, name: str | None = None,
                              classes: Sequence[str] | None = None, train_cases: int | None = None, seed: int = 0,
                              num_processes: int = 1, overwrite: bool = False, strict: bool = False,
-                             keep_orientation: bool = False) -> Path:
-    """Convert a TotalSegmentator release into ``$nnUNet_raw/DatasetXXX_name``; returns its path."""
+                             keep_orientation: bool = False, release: str | None = None) -> Path:
+    """Convert a TotalSegmentator release into ``$nnUNet_raw/DatasetXXX_name``; returns its path.
+
+    ``release`` (``v1``/``v2``) overrides the detection from mask file names, e.g. for a copy
+    that keeps only some classes' masks.
+    """
     src = Path(src).resolve()
     folders = case_folders(src)
-    mask_names = next((sorted(p.name for p in (f / "segmentations").glob("*.nii*"))
-                       for f in folders if (f / "segmentations").is_dir()), None)
-    if mask_names is None:
-        raise FileNotFoundError(f"{src} holds no <case>/segmentations/ folders")
-    version = totalsegmentator_version(mask_names)
+    version = release or detect_release(src, folders)
     selected = select_classes(classes, group_classes(group, version), f"TotalSegmentator {version} {group}")
     splits = read_splits(src / "meta.csv") if (src / "meta.csv").is_file() else {}
 
-    conversion = Conversion([], label_dict(selected), notes=[f"TotalSegmentator {version}, group {group}"],
+    conversion = Conversion([], label_dict(selected), skipped=left_out_entries(src),
+                            notes=[f"TotalSegmentator {version}, group {group}"],
                             reader=None if keep_orientation else CANONICAL_READER)
     training = [f.name for f in folders if splits.get(f.name, "train") != "test"]
     keep = set(few_shot_subset(training, train_cases, seed) if train_cases is not None else training)
@@ -108,7 +120,9 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--classes", nargs="+", help="convert only these classes of the group")
     p.add_argument("--train-cases", type=int, help="keep a reproducible random subset of N training cases")
     p.add_argument("--seed", type=int, default=0, help="seed of the --train-cases subset (default: 0)")
+    p.add_argument("--release", choices=sorted(CLASSES),
+                   help="the TotalSegmentator release (default: detected from the mask file names)")
     add_common_arguments(p)
     p.set_defaults(func=lambda a: print(convert_totalsegmentator(
         a.src, a.dataset_id, a.group, a.name, a.classes, a.train_cases, a.seed, num_processes=a.num_processes,
-        overwrite=a.overwrite, strict=a.strict, keep_orientation=a.keep_orientation)))
+        overwrite=a.overwrite, strict=a.strict, keep_orientation=a.keep_orientation, release=a.release)))

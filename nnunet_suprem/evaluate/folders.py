@@ -17,13 +17,13 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from nnunet_suprem.convert.abdomenatlas import case_folders, mask_files
+from nnunet_suprem.convert.abdomenatlas import MASKS, case_folders, mask_files
 from nnunet_suprem.convert.cases import GEOMETRY_TOLERANCE
 from nnunet_suprem.evaluate.labels import DEFAULT_FILE_ENDING, parse_label_spec, read_dataset_json
 from nnunet_suprem.evaluate.metrics import Box
+from nnunet_suprem.fileio import check_image_file, check_single_volume
 from nnunet_suprem.taxonomy import canonical_name
 
-MASKS = "segmentations"
 MASK_ENDINGS = (".nii.gz", ".nii")
 IMAGE_ENDINGS = (*MASK_ENDINGS, ".mha", ".nrrd")
 
@@ -71,13 +71,12 @@ def check_same_grid(a: Geometry, a_path: Path, b: Geometry, b_path: Path) -> Non
 
 
 def _read(path: Path) -> tuple[np.ndarray, Geometry]:
+    check_image_file(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise ValueError(f"{path}: unreadable ({str(e).strip().splitlines()[-1]})") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{path}: expected a 3D single-channel image, got {image.GetDimension()}D with "
-                         f"{image.GetNumberOfComponentsPerPixel()} channel(s)")
+    check_single_volume(image, path)
     array = sitk.GetArrayFromImage(image)
     if array.dtype.kind == "f":
         if not np.array_equal(array, np.round(array)):

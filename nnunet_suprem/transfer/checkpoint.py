@@ -71,9 +71,12 @@ def load_weights_only(path: str | os.PathLike) -> object:
         with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        objects = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+        if not objects:  # not a pickle of objects: random bytes, another format
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or not a .pth file?)") from e
         raise ValueError(f"{path}: refusing to load: the file holds Python objects other than weights, so it cannot "
-                         f"be read with torch.load(weights_only=True) ({str(e).splitlines()[0]}). Re-save only the "
-                         f"state dict (torch.save(model.state_dict(), ...)) from a trusted environment.") from e
+                         f"be read with torch.load(weights_only=True) ({objects[0].split(' was not')[0]}). Re-save "
+                         f"only the state dict (torch.save(model.state_dict(), ...)) from a trusted environment.") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:  # OSError: e.g. a zip cut mid-record
         raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or not a .pth file?): "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
