@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_suprem.architectures.suprem_unet3d import BatchStatisticsNorm3d, SuPreMUNet3D
+from nnunet_suprem.training.finetune_trainer import set_requires_grad
 
 WORLD = 2
 
@@ -64,3 +65,32 @@ def _normalisation_worker(rank: int) -> None:
 
 def test_ddp_outputs_equal_single_process(tmp_path):
     spawn(_normalisation_worker, tmp_path)
+
+
+# ---------------------------------------------------------------- freezing pre-trained layers
+def _freezing_worker(rank: int) -> None:
+    torch.manual_seed(0)
+    network = nnunet_ddp(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+    body, head = network.module[0], network.module[2]
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(rank))  # each rank its own data
+
+    def step() -> None:
+        network.zero_grad(set_to_none=True)
+        network(x).square().sum().backward()
+
+    def same_on_every_rank(grad: torch.Tensor) -> bool:
+        gathered = [torch.empty_like(grad) for _ in range(WORLD)]
+        dist.all_gather(gathered, grad)
+        return all(torch.equal(g, grad) for g in gathered)
+
+    network = set_requires_grad(network, body.parameters(), False)
+    for _ in range(2):  # a reducer still expecting the body's gradients fails at the second step
+        step()
+        assert body.weight.grad is None and same_on_every_rank(head.weight.grad)
+    network = set_requires_grad(network, body.parameters(), True)
+    step()
+    assert same_on_every_rank(body.weight.grad) and same_on_every_rank(head.weight.grad)  # averaged again
+
+
+def test_ddp_freezing_and_unfreezing(tmp_path):
+    spawn(_freezing_worker, tmp_path)
