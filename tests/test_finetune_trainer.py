@@ -95,6 +95,48 @@ def test_unfreezing_clears_momentum_gathered_while_frozen(make_trainer, tmp_path
     assert not any(p in trainer.optimizer.state for p in pretrained_group["params"])
 
 
+def small_batch(trainer, size: int = 16) -> dict:
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 3, (2, 1, size, size, size), generator=g).float()
+    return {"data": torch.randn((2, 1, size, size, size), generator=g), "keys": ["hospA_0000", "hospA_0001"],
+            "target": [torch.nn.functional.interpolate(target, scale_factor=s, mode="nearest")
+                       for s in trainer._get_deep_supervision_scales()]}
+
+
+def test_frozen_layers_stay_out_of_gradient_clipping(make_trainer, tmp_path):
+    """While frozen, the heads take the step of a network whose pre-trained layers do not require gradients."""
+    steps = {}
+    for run_as in ("trainer", "reference", "lr 0 only"):
+        torch.manual_seed(0)  # the same fresh heads in every run
+        trainer = make_trainer(cls=SuPreMFinetuneTrainer)
+        if run_as == "trainer":
+            suprem_style_checkpoint(trainer, tmp_path / "suprem.pth")
+        trainer.load_pretrained_weights(str(tmp_path / "suprem.pth"))
+        marginal = trainer.loss.loss.loss
+        marginal.weight_ce = marginal.weight_dice = 100  # a gradient norm above nnU-Net's clipping norm (12)
+        pretrained = {n: p for n, p in trainer.network.named_parameters() if n in trainer.pretrained_keys}
+        if run_as == "trainer":
+            trainer.on_train_epoch_start()  # epoch 0: frozen
+        else:
+            trainer.lr_scheduler.step(0)
+            for p in pretrained.values():
+                p.requires_grad_(run_as == "lr 0 only")
+        before = {n: p.detach().clone() for n, p in pretrained.items()}
+        trainer.train_step(small_batch(trainer))
+        steps[run_as] = {n: p.detach().clone() for n, p in trainer.network.named_parameters() if n not in pretrained}
+        assert all(torch.equal(p, before[n]) for n, p in pretrained.items())
+        if run_as == "trainer":
+            assert all(p.grad is None for p in pretrained.values())
+            trainer.current_epoch = trainer.head_epochs  # unfrozen: every layer requires gradients again
+            trainer.on_train_epoch_start()
+            assert all(p.requires_grad for p in trainer.network.parameters())
+    assert steps["trainer"].keys() == steps["reference"].keys()
+    for name, value in steps["reference"].items():
+        assert torch.equal(steps["trainer"][name], value), name
+    # had the frozen layers' gradients entered the clipping norm, the heads' step would have been shorter
+    assert not all(torch.equal(steps["lr 0 only"][n], v) for n, v in steps["reference"].items())
+
+
 def test_stock_cli_finetunes_from_a_foreign_checkpoint_and_resumes(planned_phantom_dataset, make_trainer, tmp_path):
     env = {**planned_phantom_dataset["env"], "nnUNet_extTrainer": str(trainers_dir()), "nnUNet_n_proc_DA": "0",
            "nnUNet_results": str(tmp_path / "results")}

@@ -8,7 +8,7 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss, merge_unannotated
+from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss, exclusion_per_case, merge_unannotated
 
 C = 5
 IGNORE = C  # nnU-Net's convention: ignore label = highest label + 1
@@ -208,40 +208,59 @@ def test_exclusion_term_off():
     logits, target = make_batch(3, (8, 8, 8), seed=4)
     base = marginal_loss(True)(logits, target, PARTIAL)
     assert torch.equal(marginal_loss(True, exclusion_weight=0.)(logits, target, PARTIAL), base)
-    # identical annotations in every case: no class is known to be excluded, the term vanishes
-    same = PARTIAL[[0, 0, 0]]
-    assert torch.equal(marginal_loss(True, exclusion_weight=1.)(logits, target, same),
-                       marginal_loss(True)(logits, target, same))
+    # every class annotated in every case: no class is excluded, the term vanishes
+    full = torch.ones_like(PARTIAL)
+    assert torch.equal(marginal_loss(True, exclusion_weight=1.)(logits, target, full),
+                       marginal_loss(True)(logits, target, full))
+
+
+def exclusion_term(logits, target, annotated, ignore_label=None, batch_dice=False):
+    """The exclusion term's contribution to the loss (weight 1)."""
+    return (marginal_loss(batch_dice, ignore_label, exclusion_weight=1.)(logits, target, annotated)
+            - marginal_loss(batch_dice, ignore_label)(logits, target, annotated))
 
 
 @pytest.mark.parametrize('ignore_label', [None, IGNORE], ids=['no_ignore', 'ignore'])
 def test_exclusion_term_value_and_direction(ignore_label):
     logits, target = make_batch(3, (8, 8, 8), ignore_label=ignore_label, seed=4)
-    w = 0.5
-    term = (marginal_loss(False, ignore_label, exclusion_weight=w)(logits, target, PARTIAL)
-            - marginal_loss(False, ignore_label)(logits, target, PARTIAL)) / w
+    term = exclusion_term(logits, target, PARTIAL, ignore_label)
 
-    excluded = PARTIAL.any(0, keepdim=True) & ~PARTIAL  # {3}, {1, 4}, {2, 3}
     labels = target[:, 0].long()
     p = torch.softmax(logits.detach(), 1)
-    selected, values = [], []
+    selected, per_case = [], []
     for b in range(3):
+        excluded = ~PARTIAL[b]  # every class of the dataset that case b does not annotate
         lab = torch.where(labels[b] == IGNORE, 0, labels[b])
         sel = (lab > 0) & PARTIAL[b][lab]  # voxels labelled with a class annotated in case b
         selected.append(sel)
-        values.append(-torch.log(1 - p[b, excluded[b]].sum(0))[sel])
-    expected = torch.cat(values).mean()
+        per_case.append(-torch.log(1 - p[b, excluded].sum(0))[sel].mean())
+    expected = torch.stack(per_case).mean()  # each case counts once, whatever its foreground volume
     assert expected > 0
     assert torch.allclose(term, expected, atol=1e-10, rtol=0)
 
     grad, = torch.autograd.grad(term, logits)
     for b in range(3):
-        g_ex = grad[b, excluded[b]]
+        g_ex = grad[b, ~PARTIAL[b]]
         assert (g_ex[:, selected[b]] > 0).all()  # gradient descent lowers the excluded logits ...
         assert (g_ex[:, ~selected[b]] == 0).all()  # ... only where a mutually exclusive class is annotated
+        assert (grad[b, PARTIAL[b]] <= 0).all()  # ... and raises the others
     stepped = torch.softmax(logits.detach() - 50 * grad, 1)
     for b in range(3):
-        assert (stepped[b, excluded[b]].sum(0)[selected[b]] < p[b, excluded[b]].sum(0)[selected[b]]).all()
+        assert (stepped[b, ~PARTIAL[b]].sum(0)[selected[b]] < p[b, ~PARTIAL[b]].sum(0)[selected[b]]).all()
+
+
+@pytest.mark.parametrize('batch_dice', [True, False], ids=['batch_dice', 'case_dice'])
+def test_exclusion_term_of_a_case_does_not_depend_on_its_batch(batch_dice):
+    """Case 0 alone, or with a partner that annotates other classes: the same value (the mean over the cases)."""
+    logits, target = make_batch(2, (8, 8, 8), seed=7)
+    annotated = PARTIAL[[0, 1]]
+    alone = [exclusion_term(logits[[b]], target[[b]], annotated[[b]], batch_dice=batch_dice) for b in (0, 1)]
+    assert alone[0] > 0 and alone[1] > 0
+    together = exclusion_term(logits, target, annotated, batch_dice=batch_dice)
+    assert torch.allclose(together, (alone[0] + alone[1]) / 2, atol=1e-10, rtol=0)
+    labels = torch.where(annotated.gather(1, target[:, 0].long().flatten(1)).view(2, 8, 8, 8), target[:, 0].long(), 0)
+    per_case = exclusion_per_case(logits, labels, annotated)
+    assert torch.allclose(per_case, torch.stack(alone), atol=1e-10, rtol=0)
 
 
 def test_float16_logits_and_annotated_mask_conversion():
@@ -303,3 +322,62 @@ def _ddp_worker(rank: int, world: int, init_file: str):
 
 def test_ddp_batch_dice_gathers_across_ranks(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'dist_init')), nprocs=2, join=True)
+
+
+def _exclusion_worker(rank: int, world: int, init_file: str):
+    """One case per rank: each rank's exclusion term is its case's value, as in a batch of 1 or 2."""
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
+    try:
+        logits, target = make_batch(2, (8, 8, 8), seed=7)
+        annotated = PARTIAL[[0, 1]]
+        alone = exclusion_term(logits[[rank]], target[[rank]], annotated[[rank]], batch_dice=True)
+        weighted = marginal_loss(True, ddp=True, exclusion_weight=1.)(logits[[rank]], target[[rank]],
+                                                                      annotated[[rank]])
+        mine = weighted - marginal_loss(True, ddp=True)(logits[[rank]], target[[rank]], annotated[[rank]])
+        assert alone > 0 and torch.allclose(mine, alone, atol=1e-10, rtol=0)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_exclusion_term_is_per_case(tmp_path):
+    mp.spawn(_exclusion_worker, args=(2, str(tmp_path / 'dist_init')), nprocs=2, join=True)
+
+
+def _collectives_per_step(loss, *args) -> int:
+    """all_gather and all_reduce calls of one forward and backward pass of ``loss(*args)``."""
+    calls = []
+    originals = dist.all_gather, dist.all_reduce
+    dist.all_gather = lambda *a, **k: calls.append('all_gather') or originals[0](*a, **k)
+    dist.all_reduce = lambda *a, **k: calls.append('all_reduce') or originals[1](*a, **k)
+    try:
+        loss(*args).backward()
+    finally:
+        dist.all_gather, dist.all_reduce = originals
+    return len(calls)
+
+
+def _collectives_worker(rank: int, world: int, init_file: str):
+    """Deep supervision under DDP: one collective per step more than nnU-Net's loss (the batch's annotated classes)."""
+    from nnunet_suprem.training.suprem_trainer import BatchAnnotatedLoss
+
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(rank)
+        target = torch.randint(0, C, (2, 1, 16, 16, 16), generator=g).float()
+        targets = [target, target[..., ::2, ::2, ::2], target[..., ::4, ::4, ::4]]
+        outputs = [torch.randn(2, C, *t.shape[2:], generator=g).requires_grad_() for t in targets]
+        weights = [4 / 7, 2 / 7, 1e-6]  # nnU-Net's weights under DDP without torch.compile: every output is used
+        for batch_dice in (True, False):
+            stock = _collectives_per_step(DeepSupervisionWrapper(nnunet_loss(batch_dice, ddp=True), weights),
+                                          outputs, targets)
+            ours = BatchAnnotatedLoss(DeepSupervisionWrapper(marginal_loss(batch_dice, ddp=True), weights), True)
+            ours.annotated = DDP_ANNOTATED[2 * rank:2 * rank + 2]
+            assert _collectives_per_step(ours, outputs, targets) == stock + batch_dice
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_annotation_mask_is_gathered_once_per_step(tmp_path):
+    mp.spawn(_collectives_worker, args=(2, str(tmp_path / 'dist_init')), nprocs=2, join=True)

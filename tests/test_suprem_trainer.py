@@ -7,7 +7,7 @@ import torch
 
 from nnunet_suprem.training.laterality import LateralMirrorTransform
 from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
-from nnunet_suprem.training.suprem_trainer import BatchAnnotatedLoss
+from nnunet_suprem.training.suprem_trainer import BatchAnnotatedLoss, SuPreMTrainer_smoke
 
 
 def test_manifest_selects_the_marginal_loss_and_masks(make_trainer):
@@ -21,6 +21,17 @@ def test_manifest_selects_the_marginal_loss_and_masks(make_trainer):
                                                                   "kidney_right"}
     log = open(trainer.log_file).read()
     assert "partial-label manifest found, 3 case(s)" in log
+
+
+@pytest.mark.parametrize("nnunet_compiles", [True, False])
+def test_marginal_loss_is_compiled_when_nnunet_compiles(make_trainer, monkeypatch, nnunet_compiles):
+    """nnU-Net compiles its network and Dice loss when ``_do_i_compile()`` says so (CUDA, nnUNet_compile not off)."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, *args, **kwargs: compiled.append(module) or module)
+    monkeypatch.setattr(SuPreMTrainer_smoke, "_do_i_compile", lambda self: nnunet_compiles)
+    trainer = make_trainer()
+    assert any(m is trainer.network for m in compiled) == nnunet_compiles
+    assert any(m is trainer.loss.loss.loss for m in compiled) == nnunet_compiles
 
 
 def test_without_manifest_it_is_nnunet(make_trainer):

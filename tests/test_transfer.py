@@ -2,6 +2,7 @@
 import copy
 import json
 import pickle
+import re
 
 import pytest
 import torch
@@ -114,7 +115,7 @@ def test_different_depth_is_a_clear_error(target, tmp_path):
         transfer_checkpoint(read_checkpoint(path), dest, labels)
     message = str(error.value)
     assert str(path) in message and "of the target network's encoder would load" in message
-    assert "checkpoint (" in message and "plan-transfer" in message
+    assert "encoder.stages.3.0.convs.0.conv.weight: not in the checkpoint" in message and "plan-transfer" in message
 
 
 def test_encoder_only_takes_the_encoder_under_all_its_names(target, tmp_path):
@@ -227,3 +228,43 @@ def read_checkpoint_from_state(state_dict):
     from nnunet_suprem.transfer.checkpoint import Checkpoint
 
     return Checkpoint("in-memory", dict(state_dict), "plain state dict")
+
+
+def plain_unet(strides: list, seed: int) -> torch.nn.Module:
+    """A small nnU-Net PlainConvUNet (features capped at 16, so the deep stages all have the same shapes)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    torch.manual_seed(seed)
+    n = len(strides)
+    return PlainConvUNet(1, n, [min(4 * 2 ** i, 16) for i in range(n)], torch.nn.Conv3d, 3, strides, 1, 3, 1,
+                         conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"affine": True},
+                         nonlin=torch.nn.LeakyReLU, deep_supervision=True)
+
+
+def test_decoder_stages_transfer_between_equal_resolution_levels_only():
+    """6-stage source, 7-stage target: decoder index 0 is the deepest stage, so equal indices are other levels."""
+    iso, aniso = (2, 2, 2), (1, 2, 2)
+    target_strides = [(1, 1, 1), iso, iso, iso, iso, iso, aniso]  # decoder levels 0-5 from full resolution
+    dest = plain_unet(target_strides, seed=2)
+    for source_strides, loaded_levels in (([(1, 1, 1), iso, iso, iso, iso, iso], range(5)),
+                                          ([(1, 1, 1), iso, iso, aniso, iso, iso], range(2))):
+        source = plain_unet(source_strides, seed=1)
+        checkpoint = read_checkpoint_from_state(source.state_dict())
+        with pytest.raises(ValueError, match="of the target network's encoder would load"):
+            transfer_checkpoint(checkpoint, dest)  # the 90% encoder rule: the target's deepest stage is new
+        state, report = transfer_checkpoint(checkpoint, dest, min_encoder_fraction=0.5)
+        for level in range(6):
+            key, source_key = f"decoder.stages.{5 - level}.convs.0.conv.weight", \
+                f"decoder.stages.{4 - level}.convs.0.conv.weight"
+            if level in loaded_levels:
+                assert key in report.loaded and torch.equal(state[key], source.state_dict()[source_key])
+            else:
+                assert f"decoder stage at resolution level {level}" in report.skipped[key]
+                assert torch.equal(state[key], dest.state_dict()[key])
+        assert "the checkpoint's decoder has no such level" in report.skipped["decoder.stages.0.convs.0.conv.weight"]
+        assert source.state_dict()["decoder.stages.0.convs.0.conv.weight"].shape == \
+            dest.state_dict()["decoder.stages.0.convs.0.conv.weight"].shape  # the old index match took it
+        skipped_upsampling = [k for k in report.skipped if re.fullmatch(r"decoder\.transpconvs\.\d+\.weight", k)]
+        assert len(skipped_upsampling) == 6 - len(loaded_levels)
+    assert "upsampling strides from full resolution" in report.skipped["decoder.stages.3.convs.0.conv.weight"]
+    dest.load_state_dict(state)

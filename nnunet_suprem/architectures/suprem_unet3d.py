@@ -22,12 +22,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from nnunet_suprem.architectures.base import FixedTopologyNetwork
 
 
-
-class BatchStatisticsNorm3d(nn.BatchNorm3d):
+class BatchStatisticsNorm3d(_NormBase):
     """BatchNorm3d that always normalises with the statistics of the current batch, also in ``eval()``.
 
     This is SuPreM's (and Models Genesis') ``ContBatchNorm3d``: the released U-Net was trained and is used for
@@ -35,7 +35,15 @@ class BatchStatisticsNorm3d(nn.BatchNorm3d):
     running-statistics BatchNorm would change what the pre-trained layers compute. The running statistics are
     still updated in training (and kept under BatchNorm3d's key names, so the released keys load), but not in
     ``eval()``, so inference does not modify the network.
+
+    It derives from ``_NormBase`` (BatchNorm's parameters, buffers and state-dict versioning), not from
+    ``_BatchNorm``, so that ``SyncBatchNorm.convert_sync_batchnorm``, which nnU-Net applies before wrapping the
+    network in DDP, leaves it alone: under DDP each rank normalises with its own batch, as one GPU does.
     """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() != 5:
+            raise ValueError(f"expected 5D input (got {input.dim()}D input)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)

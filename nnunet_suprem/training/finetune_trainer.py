@@ -15,6 +15,7 @@ fine-tuning trainer is constructed, i.e. in every DDP worker too.
 from __future__ import annotations
 
 import weakref
+from typing import Iterable
 
 import torch
 from nnunetv2.run import run_training
@@ -56,6 +57,20 @@ def unwrap(network: nn.Module) -> nn.Module:
     return network
 
 
+def set_requires_grad(network: nn.Module, parameters: Iterable[nn.Parameter], requires_grad: bool) -> nn.Module:
+    """Set ``requires_grad`` of ``parameters`` (of ``network``); return the network to train from now on.
+
+    A DDP-wrapped network is wrapped anew: DDP's reducer registers the parameters that require gradients when it
+    is built, and would wait for gradients that no longer come (an error at the next step, unless
+    ``find_unused_parameters``, which costs a graph traversal per step) or not average those that now do.
+    """
+    for parameter in parameters:
+        parameter.requires_grad_(requires_grad)
+    if isinstance(network, DistributedDataParallel):
+        return DistributedDataParallel(network.module, device_ids=network.device_ids)
+    return network
+
+
 class SuPreMFinetuneTrainer(SuPreMTrainer):
     """Fine-tunes pre-trained weights: new heads first, then the whole network with a gentler rate for old layers.
 
@@ -65,7 +80,8 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
       loading is an error. The log lists every key as loaded, skipped or mismatched.
     - Schedule (SGD as nnU-Net, :func:`~nnunet_suprem.training.schedules.finetune_lr_factors`):
       pre-trained layers are frozen for ``head_epochs_fraction`` of the epochs (learning rate
-      0; only new layers train), then warm up linearly over ``warmup_epochs_fraction`` to
+      0 and no gradient, so nnU-Net's gradient clipping sees only the new layers), then warm up
+      linearly over ``warmup_epochs_fraction`` to
       ``pretrained_lr_scale`` times the new layers' rate. New layers follow nnU-Net's poly decay.
     - Laterality, partial labels and validation as :class:`SuPreMTrainer`.
     - Without ``-pretrained_weights`` every layer is new: nnU-Net's schedule, from scratch.
@@ -148,8 +164,17 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
         super().on_train_epoch_start()
         if self.pretrained_keys:
             lr = next(g["lr"] for g in self.optimizer.param_groups if g["pretrained"])
+            self._freeze_pretrained(lr == 0)
             self.print_to_log_file(f"Learning rate of pre-trained layers: {lr:.5g}"
                                    f"{' (frozen: training the new layers only)' if lr == 0 else ''}")
+
+    def _freeze_pretrained(self, frozen: bool) -> None:
+        """Pre-trained layers get no gradient while frozen: their gradients would enter nnU-Net's global gradient
+        clipping (norm 12) and shrink the new layers' steps. Under DDP the network is re-wrapped when this changes
+        (:func:`set_requires_grad`)."""
+        parameters = [p for g in self.optimizer.param_groups if g["pretrained"] for p in g["params"]]
+        if any(p.requires_grad == frozen for p in parameters):
+            self.network = set_requires_grad(self.network, parameters, not frozen)
 
 
 class SuPreMFinetuneTrainer_smoke(SuPreMFinetuneTrainer):

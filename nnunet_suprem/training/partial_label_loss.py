@@ -7,19 +7,28 @@ multi-organ segmentation"), the probabilities of background and of every class t
 summed into one "background or unannotated" channel before Dice and CE are computed. With every class annotated
 the loss is nnU-Net's DC_and_CE_loss with MemoryEfficientSoftDiceLoss.
 
-Deep supervision: nnU-Net's DeepSupervisionWrapper zips its arguments, so pass the (same) mask once per output:
-    loss(outputs, targets, [annotated] * len(outputs))
+Deep supervision: nnU-Net's DeepSupervisionWrapper zips its arguments, so pass the (same) masks once per output,
+with the batch Dice's classes computed once per step (one collective under DDP instead of one per output):
+    dice_classes = loss.batch_dice_classes(annotated)
+    wrapper(outputs, targets, [annotated] * len(outputs), [dice_classes] * len(outputs))
 """
 from typing import Optional
 
 import torch
 from nnunetv2.utilities.ddp_allgather import AllGatherGrad
-from torch import Tensor, nn
+from torch import Tensor, distributed as dist, nn
 
 
 def _per_voxel(mask: Tensor, ndim: int) -> Tensor:
     """[B, C] -> [B, C, 1, ..., 1] with ndim dimensions in total."""
     return mask.view(*mask.shape, *([1] * (ndim - mask.ndim)))
+
+
+def _with_background(annotated: Tensor) -> Tensor:
+    """A bool copy of the [B, C] annotation mask with column 0 (background) True."""
+    ann = annotated.to(dtype=torch.bool, copy=True)
+    ann[:, 0] = True
+    return ann
 
 
 def _dice_options(batch_dice: bool = False, do_bg: bool = True, smooth: float = 1., ddp: bool = True):
@@ -45,6 +54,31 @@ def merge_unannotated(logits: Tensor, annotated: Tensor) -> Tensor:
     return torch.cat((merged_bg, logp[:, 1:].masked_fill(group[:, 1:], float('-inf'))), 1)
 
 
+def exclusion_per_case(logits: Tensor, labels: Tensor, annotated: Tensor) -> Tensor:
+    """
+    Exclusion term of each case (Shi et al. 2021), a function of the case and its manifest entry alone.
+
+    Classes are mutually exclusive (one label per voxel). Where a case's target is a foreground class k that the
+    case annotates, the voxel is known to be k, so no other class is there. The marginal loss cannot say so for the
+    classes the case does not annotate: everywhere else they share the "background or unannotated" channel. This
+    term penalises them on those voxels: it is the mean, over the case's voxels labelled with an annotated
+    foreground class, of -log(1 - sum of p_u over the classes u of the dataset that the case does not annotate),
+    and 0 for a case that annotates every class or has no such voxel. It is computed exactly as
+    logsumexp(all logits) - logsumexp(logits of annotated classes and background), so no clamping is needed; the
+    gradient w.r.t. an excluded logit is its probability (> 0).
+
+    :param logits: [B, C, ...]
+    :param labels: [B, ...] with 0 for background, ignored voxels and classes the case does not annotate
+    :param annotated: bool [B, C], column 0 True
+    :return: [B], one value per case
+    """
+    excluded = _per_voxel(~annotated, logits.ndim)
+    voxels = labels > 0
+    penalty = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(excluded, float('-inf')), 1)
+    axes = tuple(range(1, labels.ndim))
+    return (penalty * voxels).sum(axes) / voxels.sum(axes).clamp_min(1)
+
+
 class MarginalDCandCELoss(nn.Module):
     def __init__(self, soft_dice_kwargs: dict, ce_kwargs: dict, weight_ce: float = 1, weight_dice: float = 1,
                  ignore_label: Optional[int] = None, exclusion_weight: float = 0.0):
@@ -56,7 +90,8 @@ class MarginalDCandCELoss(nn.Module):
         :param ce_kwargs: nn.CrossEntropyLoss kwargs that also exist for nn.NLLLoss (weight, reduction); the CE is
             computed as NLL on the marginal log-probabilities. ignore_index is set from ignore_label.
         :param ignore_label: voxels with this label are excluded from CE and Dice (as in nnU-Net)
-        :param exclusion_weight: weight of the exclusion term (see _exclusion); 0 disables it
+        :param exclusion_weight: weight of the exclusion term (:func:`exclusion_per_case`, averaged over the
+            cases of the batch as nnU-Net's CE averages over voxels); 0 disables it
         """
         super().__init__()
         if ignore_label is not None:
@@ -68,15 +103,30 @@ class MarginalDCandCELoss(nn.Module):
         self.ignore_label = ignore_label
         self.exclusion_weight = exclusion_weight
 
-    def forward(self, net_output: Tensor, target: Tensor, annotated: Tensor) -> Tensor:
+    def batch_dice_classes(self, annotated: Tensor) -> Optional[Tensor]:
+        """
+        With batch Dice, bool [C]: the classes some case of the batch annotates (of every rank's batch under DDP:
+        one all-reduce); None otherwise. Depends on the batch only: compute it once per step.
+        """
+        if not self.batch_dice:
+            return None
+        present = _with_background(annotated).any(0).int()
+        if self.ddp:
+            dist.all_reduce(present, op=dist.ReduceOp.MAX)
+        return present.bool()
+
+    def forward(self, net_output: Tensor, target: Tensor, annotated: Tensor,
+                dice_classes: Optional[Tensor] = None) -> Tensor:
         """
         :param net_output: logits [B, C, ...] (float16 is computed in float32)
         :param target: label map [B, 1, ...]. Labels of classes not annotated in a case count as merged background.
         :param annotated: bool [B, C], annotated[b, c] = class c is annotated in case b (column 0 is treated as True)
+        :param dice_classes: :meth:`batch_dice_classes` of ``annotated``, computed here when None
         """
         x = net_output.to(torch.promote_types(net_output.dtype, torch.float32))
-        ann = annotated.to(device=x.device, dtype=torch.bool, copy=True)
-        ann[:, 0] = True
+        ann = _with_background(annotated.to(x.device))
+        if self.batch_dice and dice_classes is None:
+            dice_classes = self.batch_dice_classes(ann)
 
         labels = target[:, 0].long()
         valid = None if self.ignore_label is None else labels != self.ignore_label
@@ -85,22 +135,22 @@ class MarginalDCandCELoss(nn.Module):
         labels = torch.where(ann.gather(1, labels.flatten(1)).view_as(labels), labels, 0)
 
         merged = merge_unannotated(x, ann)
-        dc_loss = self._dice(merged, labels, ann, valid) if self.weight_dice != 0 else 0
+        dc_loss = self._dice(merged, labels, ann, dice_classes, valid) if self.weight_dice != 0 else 0
         if self.weight_ce != 0 and (valid is None or valid.any()):
             ce_loss = self.nll(merged, labels if valid is None else torch.where(valid, labels, self.ignore_label))
         else:
             ce_loss = 0
         result = self.weight_ce * ce_loss + self.weight_dice * dc_loss
         if self.exclusion_weight > 0:
-            result = result + self.exclusion_weight * self._exclusion(x, labels, ann)
+            result = result + self.exclusion_weight * exclusion_per_case(x, labels, ann).mean()
         return result
 
-    def _dice(self, merged: Tensor, labels: Tensor, ann: Tensor, valid: Optional[Tensor]) -> Tensor:
+    def _dice(self, merged: Tensor, labels: Tensor, ann: Tensor, dice_classes: Optional[Tensor],
+              valid: Optional[Tensor]) -> Tensor:
         """
         nnU-Net's MemoryEfficientSoftDiceLoss on the marginal probabilities. Unannotated (case, class) pairs have
         zero prediction and reference, so they add nothing to the batch sums; they are left out of the mean: per
-        case (mean over annotated pairs) or, with batch_dice, a class counts if any case of the (gathered) batch
-        annotates it.
+        case (mean over annotated pairs) or, with batch_dice, a class counts if it is in ``dice_classes``.
         """
         first = 0 if self.do_bg else 1
         axes = tuple(range(2, merged.ndim))
@@ -110,7 +160,7 @@ class MarginalDCandCELoss(nn.Module):
             if valid is not None:
                 y_onehot *= valid[:, None]
             sum_gt = y_onehot.sum(axes, dtype=torch.float32)
-            counted = ann[:, first:].float()
+            counted = (dice_classes if self.batch_dice else ann)[..., first:].float()
         if valid is not None:
             x = x * valid[:, None]
         intersect = (x * y_onehot).sum(axes, dtype=torch.float32)
@@ -121,26 +171,9 @@ class MarginalDCandCELoss(nn.Module):
                 intersect = AllGatherGrad.apply(intersect).sum(0, dtype=torch.float32)
                 sum_pred = AllGatherGrad.apply(sum_pred).sum(0, dtype=torch.float32)
                 sum_gt = AllGatherGrad.apply(sum_gt).sum(0, dtype=torch.float32)
-                counted = AllGatherGrad.apply(counted).sum(0)
             intersect = intersect.sum(0, dtype=torch.float32)
             sum_pred = sum_pred.sum(0, dtype=torch.float32)
             sum_gt = sum_gt.sum(0, dtype=torch.float32)
-            counted = counted.sum(0).clamp_max(1)
 
         dc = (2 * intersect + self.smooth) / (sum_gt + sum_pred + float(self.smooth)).clamp_min(1e-8)
         return -(dc * counted).sum() / counted.sum().clamp_min(1)
-
-    @staticmethod
-    def _exclusion(x: Tensor, labels: Tensor, ann: Tensor) -> Tensor:
-        """
-        Exclusion term: classes annotated in another case of the (local) batch but not in case b are excluded in b;
-        where b's target is an annotated foreground class k, they are known to be absent (mutually exclusive with
-        k). Mean, over such voxels (ignored ones excluded) of cases with at least one excluded class, of
-        -log(1 - sum of p_excluded). It is computed exactly as logsumexp(all logits) - logsumexp(non-excluded
-        logits), so no clamping is needed; the gradient w.r.t. an excluded logit is its probability (> 0).
-        """
-        excluded = ann.any(0, keepdim=True) & ~ann
-        voxels = (labels > 0) & _per_voxel(excluded.any(1), labels.ndim)
-        kept = x.masked_fill(_per_voxel(excluded, x.ndim), float('-inf'))
-        penalty = torch.logsumexp(x, 1) - torch.logsumexp(kept, 1)
-        return (penalty * voxels).sum() / voxels.sum().clamp_min(1)

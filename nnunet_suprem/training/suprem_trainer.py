@@ -25,10 +25,12 @@ from nnunet_suprem.training.schedules import WarmupCosineLRScheduler
 
 
 class BatchAnnotatedLoss(nn.Module):
-    """Adapts a loss taking ``(output, target, annotated)`` to nnU-Net's ``loss(output, target)`` call.
+    """Adapts :class:`MarginalDCandCELoss` (alone or in nnU-Net's DeepSupervisionWrapper) to nnU-Net's
+    ``loss(output, target)`` call.
 
     The trainer sets ``annotated`` (bool [B, C]) for the current batch before each step, so
-    nnU-Net's own ``train_step``/``validation_step`` run unchanged.
+    nnU-Net's own ``train_step``/``validation_step`` run unchanged. The batch Dice's classes are
+    derived from it once per step (one collective under DDP), not once per deep-supervision output.
     """
 
     def __init__(self, loss: nn.Module, deep_supervision: bool):
@@ -40,9 +42,11 @@ class BatchAnnotatedLoss(nn.Module):
     def forward(self, output, target):
         if self.annotated is None:
             raise RuntimeError("BatchAnnotatedLoss: the trainer did not set the batch's annotated classes")
+        marginal = self.loss.loss if self.deep_supervision else self.loss
+        masks = (self.annotated, marginal.batch_dice_classes(self.annotated))
         if self.deep_supervision:
-            return self.loss(output, target, [self.annotated] * len(output))
-        return self.loss(output, target, self.annotated)
+            return self.loss(output, target, *([mask] * len(output) for mask in masks))
+        return self.loss(output, target, *masks)
 
 
 class SuPreMTrainer(nnUNetTrainer):
@@ -119,6 +123,8 @@ class SuPreMTrainer(nnUNetTrainer):
                                         "do_bg": False, "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=1,
                                        ignore_label=self.label_manager.ignore_label,
                                        exclusion_weight=self.exclusion_weight)
+        if self._do_i_compile():  # as nnU-Net compiles its Dice loss
+            marginal = torch.compile(marginal)
         partial = sum(1 for row in self.annotated_rows.values() if not row.all())
         self.print_to_log_file(f"SuPreMTrainer: partial-label manifest found, {partial} case(s) annotate only some "
                                f"classes; training with the marginal Dice + CE loss"
@@ -274,7 +280,8 @@ class SuPreMTrainer_40epochs_25iterations(SuPreMTrainer):
 
 
 class SuPreMTrainerExclusion(SuPreMTrainer):
-    """Adds the exclusion term: predicting a class on voxels labelled as another annotated class is penalised."""
+    """Adds the exclusion term: on voxels labelled with a class the case annotates, probability on the classes the
+    case does not annotate (per the manifest) is penalised (``partial_label_loss.exclusion_per_case``)."""
     exclusion_weight = 1.0
 
 

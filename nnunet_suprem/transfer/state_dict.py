@@ -9,6 +9,7 @@ under the first name, so a selection such as "encoder only" covers every alias.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Mapping
 
@@ -17,6 +18,9 @@ from torch import nn
 
 HEAD_MARKERS = (".seg_layers.",)
 """Key fragments of segmentation heads (nnU-Net's 1x1 output convolutions), re-initialised by default."""
+DECODER_STAGE = re.compile(r"^decoder\.(stages|transpconvs|seg_layers)\.(\d+)\.")
+"""Per-stage modules of nnU-Net's UNetDecoder (``decoder.encoder.*`` is the encoder); index 0 is the deepest."""
+TRANSPOSED_CONV = re.compile(r"^decoder\.transpconvs\.(\d+)\.weight$")
 
 
 @dataclass
@@ -81,6 +85,32 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return (weight.sum(dim=1, keepdim=True) / in_channels).expand(shape).clone()
 
 
+def decoder_upsampling(state: Mapping[str, torch.Tensor]) -> list[tuple[int, ...]]:
+    """Upsampling strides of an nnU-Net decoder's stages counted from the full-resolution end (entry ``l``: into
+    level ``l``, 0 = full resolution), read from its transposed convolutions (kernel = stride); [] without one."""
+    strides = {int(m.group(1)): tuple(v.shape[2:]) for k, v in state.items() if (m := TRANSPOSED_CONV.match(k))}
+    return [strides[i] for i in sorted(strides, reverse=True)]
+
+
+def decoder_source_key(key: str, source_up: list[tuple[int, ...]],
+                       target_up: list[tuple[int, ...]]) -> tuple[str | None, str]:
+    """The checkpoint key to fill target ``key`` from: ``(key, "")`` outside nnU-Net's decoder stages, else the
+    same module of the checkpoint's decoder stage at the same resolution level, counted from full resolution
+    (indices count from the deepest stage, so they differ between depths), or ``(None, reason)`` when the
+    checkpoint has no stage there or the upsampling strides from full resolution to that level differ."""
+    match = DECODER_STAGE.match(key)
+    if match is None or not target_up:
+        return key, ""
+    level = len(target_up) - 1 - int(match.group(2))
+    if level >= len(source_up):
+        return None, f"decoder stage at resolution level {level}: the checkpoint's decoder has no such level"
+    if source_up[:level + 1] != target_up[:level + 1]:
+        return None, (f"decoder stage at resolution level {level}: upsampling strides from full resolution "
+                      f"{source_up[:level + 1]} in the checkpoint, {target_up[:level + 1]} here")
+    index = len(source_up) - 1 - level
+    return f"decoder.{match.group(1)}.{index}.{key[match.end():]}", ""
+
+
 def _starts_with_any(key: str, prefixes: Iterable[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
@@ -98,14 +128,18 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
     - segmentation heads (``HEAD_MARKERS``, or under ``head_prefixes``) keep their fresh initialisation
       unless ``load_heads``.
     - ``pretrained_keys``: only these source keys count as pre-trained (None: all).
+    - nnU-Net decoder stages are matched by resolution level and structure (:func:`decoder_source_key`), not by
+      index.
 
     Returns the state dict (every name of the target, aliases included, so
     ``target.load_state_dict(state)`` is strict) and the report. Nothing is modified in place.
     """
+    source_up = decoder_upsampling(source)
     if pretrained_keys is not None:
         keep = set(pretrained_keys)
         source = {k: v for k, v in source.items() if k in keep}
     target_state = target.state_dict(keep_vars=True)
+    target_up = decoder_upsampling(target_state)
     state = {name: tensor.detach().clone() for name, tensor in target_state.items()}
     report = TransferReport()
     used: set[str] = set()
@@ -115,7 +149,8 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
         in_encoder = _starts_with_any(key, encoder_prefixes)
         if in_encoder and wanted.is_floating_point():
             encoder_total += wanted.numel()
-        present = [n for n in names if n in source]
+        candidates = [decoder_source_key(n, source_up, target_up) for n in names]
+        present = [k for k, _ in candidates if k in source]
         found = present[0] if present else None
         is_head = any(m in n for n in names for m in HEAD_MARKERS) or _starts_with_any(key, head_prefixes)
         if is_head and not load_heads:
@@ -125,7 +160,7 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
             report.skipped[key] = "outside the encoder (encoder-only transfer)"
             continue
         if found is None:
-            report.skipped[key] = "not in the checkpoint"
+            report.skipped[key] = next((why for k, why in candidates if k is None), "not in the checkpoint")
             continue
         value = source[found]
         if value.shape != wanted.shape:
