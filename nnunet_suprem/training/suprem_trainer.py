@@ -82,7 +82,7 @@ class SuPreMTrainer(nnUNetTrainer):
             self.enable_deep_supervision = False
             self.print_to_log_file(f"{self.configuration_manager.network_arch_class_name} has no deep supervision: "
                                    f"training its single output.")
-        self.left_right_axes: tuple[int, ...] = ()  # patch axes along the patient's left-right (any case; all if unknown)
+        self.left_right_axes: tuple[int, ...] = ()  # patch axes along left-right in any case (all: geometry unknown)
         self.lateral_swap: tuple[int, list[tuple[int, int]]] | None = None  # (axis, label pairs) to swap on flips
 
     def set_deep_supervision_enabled(self, enabled: bool):
@@ -170,7 +170,7 @@ class SuPreMTrainer(nnUNetTrainer):
 
     def _limit_lateral_rotation(self, rotation: tuple[float, float], dummy_2d: bool,
                                 initial_patch_size) -> tuple[tuple[float, float], np.ndarray]:
-        """nnU-Net's rotation, within ±30° in planes containing left-right (see ``laterality``); its initial patch size."""
+        """Rotation within ±30° in planes containing left-right (see ``laterality``) and its initial patch size."""
         patch_size = self.configuration_manager.patch_size
         limited = lateral_rotation(rotation, self.left_right_axes, rotation_planes(len(patch_size), dummy_2d))
         if limited == tuple(rotation):
