@@ -56,3 +56,41 @@ def test_dice(trainer, raw: Path, out: Path, device: torch.device) -> dict[str, 
     metrics = compute_metrics_on_folder(str(raw / "labelsTs"), str(out), None, SimpleITKIO(), ".nii.gz",
                                         list(labels.values()), num_processes=1)
     return {name: metrics["mean"][value]["Dice"] for name, value in labels.items()}
+
+
+def planned_source(dataset_id: int = 700, name: str = "Source") -> Path:
+    """Preprocessed folder of a tiny phantom dataset (2 RAS cases, 3d_fullres), made once per --out folder."""
+    folder = Path(os.environ["nnUNet_preprocessed"]) / f"Dataset{dataset_id:03d}_{name}"
+    if not (folder / "nnUNetPlans.json").is_file():
+        run("nnunet-suprem", "synth", "-d", str(dataset_id), "--name", name, "--hospitals", "hospB", "--cases", "2",
+            "-np", "1")
+        run("nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "3d_fullres", "-np", "1")
+    return folder
+
+
+def derived_dataset(source: Path, name: str, labels: dict[str, int] | None = None,
+                    patch_size: list[int] | None = None) -> tuple[Path, Path]:
+    """A preprocessed dataset ``name`` with ``source``'s plans (3d_fullres patch ``patch_size``), dataset.json
+    (``labels``) and fingerprint, and an empty data folder; returns (dataset folder, data folder)."""
+    plans = {**json.loads((source / "nnUNetPlans.json").read_text()), "dataset_name": name}
+    if patch_size is not None:
+        plans["configurations"]["3d_fullres"]["patch_size"] = patch_size
+    dataset_json = json.loads((source / "dataset.json").read_text())
+    if labels is not None:
+        dataset_json["labels"] = labels
+    folder = Path(os.environ["nnUNet_preprocessed"]) / name
+    data = folder / plans["configurations"]["3d_fullres"]["data_identifier"]
+    data.mkdir(parents=True, exist_ok=True)
+    (folder / "nnUNetPlans.json").write_text(json.dumps(plans, indent=2))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    (folder / "dataset_fingerprint.json").write_text((source / "dataset_fingerprint.json").read_text())
+    return folder, data
+
+
+def source_case(source: Path) -> tuple[Path, dict]:
+    """(file stem, properties) of the first preprocessed case of ``source``'s 3d_fullres data folder."""
+    from batchgenerators.utilities.file_and_folder_operations import load_pickle
+
+    plans = json.loads((source / "nnUNetPlans.json").read_text())
+    stem = sorted((source / plans["configurations"]["3d_fullres"]["data_identifier"]).glob("*.pkl"))[0]
+    return stem.with_suffix(""), load_pickle(str(stem))

@@ -9,7 +9,9 @@ from pathlib import Path
 import copy
 import json
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 NNUNET_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -97,3 +99,47 @@ def make_trainer(planned_phantom_dataset, monkeypatch, tmp_path):
         return trainer
 
     return make
+
+
+ANISOTROPIC_LABELS = {"background": 0, "kidney_left": 1, "kidney_right": 2, "vertebrae_L1": 3}
+
+
+def _anisotropic_case(rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image]:
+    """96 x 96 x 12 voxels of 1.5 x 1.5 x 5 mm (5 mm slices like clinical CT), LPS: x grows to the patient's left."""
+    shape, spacing, shift = (96, 96, 12), (1.5, 1.5, 5.0), rng.uniform(-5, 5, 3)
+    x, y, z = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s - d for n, s, d in zip(shape, spacing, shift)],
+                          indexing="ij")
+    ct = np.where((x / 65) ** 2 + (y / 50) ** 2 <= 1, 40.0, -1000.0)
+    labels = np.zeros(shape, dtype=np.uint8)
+    for name, centre_x, radii, hu in (("kidney_left", 40, (15, 15, 25), 160), ("kidney_right", -40, (15, 15, 25), 160),
+                                      ("vertebrae_L1", 0, (10, 10, np.inf), 500)):  # the vertebra marks the midline
+        inside = ((x - centre_x) / radii[0]) ** 2 + ((y - 15) / radii[1]) ** 2 + (z / radii[2]) ** 2 <= 1
+        ct[inside], labels[inside] = hu, ANISOTROPIC_LABELS[name]
+    ct += rng.normal(0, 20, shape)
+
+    def image(array: np.ndarray) -> sitk.Image:
+        result = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+        result.SetSpacing(spacing)
+        return result
+
+    return image(ct.astype(np.int16)), image(labels)
+
+
+@pytest.fixture(scope="session")
+def anisotropic_dataset(tmp_path_factory) -> dict[str, str]:
+    """Dataset901_Aniso: five anisotropic cases (kidneys either side of a vertebra), planned and preprocessed by
+    nnU-Net for 2d and 3d_fullres; returns the nnU-Net folders."""
+    folders = nnunet_folders(tmp_path_factory.mktemp("anisotropic"))
+    raw = Path(folders["nnUNet_raw"]) / "Dataset901_Aniso"
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        ct, labels = _anisotropic_case(rng)
+        sitk.WriteImage(ct, str(raw / "imagesTr" / f"aniso_{i:03d}_0000.nii.gz"))
+        sitk.WriteImage(labels, str(raw / "labelsTr" / f"aniso_{i:03d}.nii.gz"))
+    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": ANISOTROPIC_LABELS,
+                                                  "numTraining": 5, "file_ending": ".nii.gz"}))
+    run(command("nnUNetv2_plan_and_preprocess", "-d", "901", "-c", "2d", "3d_fullres", "-np", "2"),
+        subprocess_env(folders))
+    return folders

@@ -1,15 +1,19 @@
-"""Left/right handling: label pairs, the left-right array axis from nnU-Net's own readers, the mirror transform."""
+"""Left/right handling: label pairs, the left-right array axis from nnU-Net's own readers, the mirror transform,
+the rotation limit."""
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from nnunetv2.imageio.nibabel_reader_writer import NibabelIOWithReorient
-from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReorient
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO, SimpleITKIOWithReorient
+from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
 
 from nnunet_suprem.phantom import PHANTOM_CLASSES, Hospital, case_rng, synthesize_case
 from nnunet_suprem.taxonomy import label_dict
-from nnunet_suprem.training.laterality import (LateralMirrorTransform, lateral_label_pairs, left_right_axis,
-                                               patch_axis, swap_labels)
+from nnunet_suprem.training.laterality import (MAX_LATERAL_ROTATION, LateralMirrorTransform, lateral_directions,
+                                               lateral_label_pairs, lateral_rotation, left_right_axis, patch_axis,
+                                               rotation_planes, swap_labels)
 
 LABELS = label_dict(PHANTOM_CLASSES)
 
@@ -24,7 +28,7 @@ def test_label_pairs():
 
 
 @pytest.mark.parametrize("orientation", ["LPS", "RAS", "SLP", "ASR", "RPI"])
-@pytest.mark.parametrize("reader", [SimpleITKIO, NibabelIOWithReorient])
+@pytest.mark.parametrize("reader", [SimpleITKIO, SimpleITKIOWithReorient, NibabelIO, NibabelIOWithReorient])
 def test_left_right_axis_from_nnunet_readers(tmp_path, orientation, reader):
     """The axis found from nnU-Net's properties is the one along which the two kidneys lie apart."""
     hospital = Hospital("h", (36, 30, 26), (9.0, 10.0, 12.0), orientation)
@@ -32,12 +36,41 @@ def test_left_right_axis_from_nnunet_readers(tmp_path, orientation, reader):
     path = tmp_path / "labels.nii.gz"
     sitk.WriteImage(phantom.labels, str(path))
     seg, properties = reader().read_seg(str(path))
-    axis, sign = left_right_axis(properties)
+    _assert_kidneys_apart_along(seg, left_right_axis(properties))
+
+
+def _assert_kidneys_apart_along(seg: np.ndarray, left_right: tuple[int, int]) -> None:
+    axis, sign = left_right
     left = np.argwhere(seg[0] == PHANTOM_CLASSES.index("kidney_left") + 1).mean(0)
     right = np.argwhere(seg[0] == PHANTOM_CLASSES.index("kidney_right") + 1).mean(0)
     separation = left - right
     assert int(np.argmax(np.abs(separation))) == axis, (separation, axis)
     assert np.sign(separation[axis]) == sign  # the index grows towards the left kidney when sign is +1
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAS", "LAS"])
+@pytest.mark.parametrize("ending", [".nii.gz", ".mha"])
+def test_left_right_axis_of_2d_simpleitk_images(tmp_path, orientation, ending):
+    """2D images: SimpleITKIO stores a 2x2 direction; its x is the patient's left-right as in 3D."""
+    hospital = Hospital("h", (36, 30, 26), (9.0, 10.0, 12.0), orientation)
+    labels = synthesize_case(hospital, case_rng(1, hospital, 0)).labels
+    kidneys = sitk.GetArrayViewFromImage(labels) == PHANTOM_CLASSES.index("kidney_left") + 1
+    path = tmp_path / f"slice{ending}"
+    sitk.WriteImage(labels[:, :, int(np.argmax(kidneys.sum((1, 2))))], str(path))  # the axial slice with most kidney
+    seg, properties = SimpleITKIO().read_seg(str(path))
+    assert np.shape(properties["sitk_stuff"]["direction"]) == (4,) and seg.shape[1] == 1
+    _assert_kidneys_apart_along(seg, left_right_axis(properties))
+
+
+def test_readers_without_geometry_leave_left_right_unknown(tmp_path):
+    import tifffile
+    from skimage import io
+
+    io.imsave(tmp_path / "slice.png", np.zeros((8, 6), dtype=np.uint8), check_contrast=False)
+    tifffile.imwrite(tmp_path / "volume.tif", np.zeros((4, 8, 6), dtype=np.uint8), photometric="minisblack")
+    for reader, name in ((NaturalImage2DIO, "slice.png"), (Tiff3DIO, "volume.tif")):
+        _, properties = reader().read_seg(str(tmp_path / name))
+        assert left_right_axis(properties) is None, reader.__name__
 
 
 def test_patch_axis_follows_transpose_and_2d_slicing():
@@ -62,10 +95,44 @@ def test_lateral_mirror_swaps_pairs_only_when_flipping_that_axis():
     assert torch.equal(swap_labels(torch.tensor([3, 4, 5, -1]), [(3, 4)]), torch.tensor([4, 3, 5, -1]))
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.float32])
+def test_swap_labels_is_exact_for_35_pairs(dtype):
+    """TotalSegmentator-sized: 35 pairs among 80 labels, nnU-Net's -1 padding; every voxel maps to its partner."""
+    pairs = [(1 + 2 * i, 2 + 2 * i) for i in range(35)]
+    partner = {a: b for pair in pairs for a, b in (pair, pair[::-1])}
+    seg = torch.randint(-1, 80, (24, 20, 16)).to(dtype)
+    expected = torch.tensor([partner.get(int(v), int(v)) for v in seg.flatten()]).reshape(seg.shape).to(dtype)
+    swapped = swap_labels(seg, pairs)
+    assert swapped.dtype == dtype and torch.equal(swapped, expected)
+    assert torch.equal(swap_labels(swapped, pairs), seg)
+    assert torch.equal(swap_labels(torch.full((3,), 77, dtype=dtype), pairs), torch.full((3,), 77, dtype=dtype))
+
+
+def test_rotation_is_limited_in_planes_containing_left_right():
+    full = (-np.pi, np.pi)
+    assert rotation_planes(3, False) == ((1, 2), (0, 2), (0, 1))
+    assert rotation_planes(3, True) == ((1, 2),) and rotation_planes(2, False) == ((0, 1),)
+    limited = (-MAX_LATERAL_ROTATION, MAX_LATERAL_ROTATION)
+    assert np.isclose(MAX_LATERAL_ROTATION, np.pi / 6)
+    assert lateral_rotation(full, (2,), rotation_planes(3, True)) == limited  # axial slices of anisotropic CT
+    assert lateral_rotation(full, (1,), rotation_planes(2, False)) == limited  # 2D configuration
+    assert lateral_rotation(full, (0,), rotation_planes(3, True)) == full  # left-right across the slices
+    assert lateral_rotation(full, (), rotation_planes(2, False)) == full  # no lateral classes / sagittal 2D slices
+    small = (-0.2, 0.2)  # nnU-Net's ±15 degrees for elongated 2D patches stays
+    assert lateral_rotation(small, (0, 1), rotation_planes(2, False)) == small
+
+
+def test_lateral_directions_over_cases():
+    assert lateral_directions([(2, -1), (2, -1), (2, 1)], (0, 1, 2), 3) == {(2, -1), (2, 1)}
+    assert lateral_directions([(2, -1), (0, 1)], (0, 1, 2), 2) == {(1, -1)}  # axis 0 is the 2D slicing axis
+    assert lateral_directions([(2, -1), None], (0, 1, 2), 3) is None
+
+
 def test_when_mirroring_may_swap_labels():
     from nnunet_suprem.training.laterality import lateral_mirroring_blocker
 
     assert lateral_mirroring_blocker({(2, -1)}, [], True) is None
+    assert "geometry of some cases is unknown" in lateral_mirroring_blocker(None, [], True)
     assert "differ in which way" in lateral_mirroring_blocker({(2, -1), (2, 1)}, [], True)
     assert "axis differs" in lateral_mirroring_blocker({(2, 1), (0, 1)}, [], True)
     assert "no partner" in lateral_mirroring_blocker({(2, 1)}, ["kidney_left"], True)

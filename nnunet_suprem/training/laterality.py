@@ -6,8 +6,10 @@ label, teaching the network that left and right are the same. Here:
 
 - the left-right axis of nnU-Net's arrays, and which way it points, is derived per case from
   the image geometry nnU-Net stores in the preprocessed properties (``sitk_stuff.direction``,
-  LPS, for SimpleITKIO; ``nibabel_stuff.reoriented_affine``, RAS, for NibabelIO and
-  NibabelIOWithReorient) and mapped through the plans' ``transpose_forward``;
+  LPS, for SimpleITKIO, 2D images included; ``nibabel_stuff.reoriented_affine``, RAS, for
+  NibabelIOWithReorient, ``nibabel_stuff.original_affine`` for NibabelIO) and mapped through the
+  plans' ``transpose_forward``. Readers that store no geometry (NaturalImage2DIO, Tiff3DIO) leave
+  it unknown: any axis may be left-right, so there is no mirroring at all;
 - when all cases agree on both, training mirrors along that axis with
   :class:`LateralMirrorTransform`, which swaps the label values of every left/right pair
   whenever it flips that axis (the network then learns laterality from position, as in every
@@ -15,7 +17,10 @@ label, teaching the network that left and right are the same. Here:
   them), a mirrored case would look like a real case of the other orientation with the
   opposite labels, so there is no mirroring along left-right at all; the network learns
   laterality from anatomical context. ``NibabelIOWithReorient`` makes every case RAS;
-- test-time mirroring along that axis is switched off (``inference_allowed_mirroring_axes``).
+- test-time mirroring along that axis is switched off (``inference_allowed_mirroring_axes``);
+- rotations in a plane that contains the left-right axis stay within nnU-Net's isotropic ±30°:
+  a rotation by 90° or more carries left organs to the right, and 180° is a flip of both in-plane
+  axes that no label swap follows.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ import torch
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 
 from nnunet_suprem.taxonomy import laterality_partner
+
+MAX_LATERAL_ROTATION = float(np.deg2rad(30))  # nnU-Net's rotation range for isotropic 3D patches
 
 
 def lateral_label_pairs(labels: Mapping[str, int]) -> tuple[list[tuple[int, int]], list[str]]:
@@ -42,24 +49,28 @@ def lateral_label_pairs(labels: Mapping[str, int]) -> tuple[list[tuple[int, int]
     return sorted(pairs), sorted(unpaired)
 
 
-def left_right_axis(properties: Mapping) -> tuple[int, int]:
+def left_right_axis(properties: Mapping) -> tuple[int, int] | None:
     """``(array axis, sign)`` of the patient's left-right in nnU-Net's reader order (before ``transpose_forward``).
 
     ``sign`` is +1 when the index grows towards the patient's left, -1 towards the right. Two
-    cases with different signs show the anatomy mirrored relative to each other.
+    cases with different signs show the anatomy mirrored relative to each other. None when the
+    reader stored no geometry (NaturalImage2DIO, Tiff3DIO).
     """
     if "sitk_stuff" in properties:
-        axes = np.reshape(properties["sitk_stuff"]["direction"], (3, 3))  # columns: index axes in LPS (+x = left)
+        direction = np.asarray(properties["sitk_stuff"]["direction"], dtype=float)
+        size = round(np.sqrt(direction.size))  # 2D images have a 2x2 direction, 4D ones 4x4
+        axes = direction.reshape(size, size)[:3, :3]  # columns: index axes in LPS (+x = left)
         towards_left = 1
     elif "nibabel_stuff" in properties:
-        axes = np.asarray(properties["nibabel_stuff"]["reoriented_affine"])[:3, :3]  # columns: axes in RAS (+x = right)
+        stuff = properties["nibabel_stuff"]
+        affine = stuff.get("reoriented_affine", stuff["original_affine"])  # NibabelIOWithReorient / NibabelIO
+        axes = np.asarray(affine)[:3, :3]  # columns: index axes in RAS (+x = right)
         towards_left = -1
     else:
-        raise ValueError(f"cannot tell the left-right axis: the properties hold neither sitk_stuff nor nibabel_stuff "
-                         f"(keys: {sorted(properties)})")
+        return None
     index_axis = int(np.argmax(np.abs(axes[0])))
     sign = towards_left * int(np.sign(axes[0, index_axis]))
-    return 2 - index_axis, sign  # both readers return arrays as [z, y, x] of the image index
+    return 2 - index_axis, sign  # every reader returns arrays as [z, y, x] of the image index ([1, y, x] in 2D)
 
 
 def patch_axis(array_axis: int, transpose_forward: Sequence[int], patch_dim: int) -> int | None:
@@ -68,13 +79,33 @@ def patch_axis(array_axis: int, transpose_forward: Sequence[int], patch_dim: int
     return axis if axis >= 0 else None
 
 
-def lateral_mirroring_blocker(directions: set[tuple[int, int]], unpaired: list[str], symmetric: bool) -> str | None:
+def lateral_directions(orientations: Iterable[tuple[int, int] | None], transpose_forward: Sequence[int],
+                       patch_dim: int) -> set[tuple[int, int]] | None:
+    """The (patch axis, sign) of left-right over all cases; None when some case's geometry is unknown.
+
+    Cases whose left-right axis is the slicing axis of 2D patches contribute nothing.
+    """
+    directions = set()
+    for orientation in orientations:
+        if orientation is None:
+            return None
+        axis = patch_axis(orientation[0], transpose_forward, patch_dim)
+        if axis is not None:
+            directions.add((axis, orientation[1]))
+    return directions
+
+
+def lateral_mirroring_blocker(directions: set[tuple[int, int]] | None, unpaired: list[str],
+                              symmetric: bool) -> str | None:
     """Why mirroring along left-right cannot swap labels consistently, or None when it can.
 
-    ``directions``: the (patch axis, sign) of left-right over all cases; ``unpaired``: lateral
-    classes without a partner label; ``symmetric``: every case annotates both or neither side of
-    each pair.
+    ``directions``: the (patch axis, sign) of left-right over all cases, None when some case's
+    geometry is unknown; ``unpaired``: lateral classes without a partner label; ``symmetric``:
+    every case annotates both or neither side of each pair.
     """
+    if directions is None:
+        return ("the image geometry of some cases is unknown (their reader, e.g. NaturalImage2DIO or Tiff3DIO, "
+                "stores no direction or affine), so any axis may be left-right")
     if len({axis for axis, _ in directions}) > 1:
         return f"the left-right axis differs between cases ({sorted(directions)})"
     if len(directions) > 1:
@@ -87,13 +118,35 @@ def lateral_mirroring_blocker(directions: set[tuple[int, int]], unpaired: list[s
     return None
 
 
+def rotation_planes(patch_dim: int, dummy_2d: bool) -> tuple[tuple[int, int], ...]:
+    """The planes (pairs of patch axes) in which nnU-Net's SpatialTransform rotates training patches."""
+    if patch_dim == 2:
+        return ((0, 1),)
+    if dummy_2d:
+        return ((1, 2),)  # each slice along axis 0 is rotated in-plane
+    return ((1, 2), (0, 2), (0, 1))
+
+
+def lateral_rotation(rotation: tuple[float, float], left_right_axes: Iterable[int],
+                     planes: Iterable[tuple[int, int]]) -> tuple[float, float]:
+    """nnU-Net's rotation range (radians), limited to ±30° when a rotated plane contains a left-right axis."""
+    left_right_axes = set(left_right_axes)
+    if not any(left_right_axes & set(plane) for plane in planes):
+        return rotation
+    low, high = rotation
+    return max(low, -MAX_LATERAL_ROTATION), min(high, MAX_LATERAL_ROTATION)
+
+
 def swap_labels(segmentation: torch.Tensor, pairs: Iterable[tuple[int, int]]) -> torch.Tensor:
-    """Exchange the two label values of every pair."""
-    swapped = segmentation.clone()
+    """Exchange the two label values of every pair: one table look-up per voxel, dtype kept."""
+    low, high = (int(v) for v in torch.aminmax(segmentation))
+    table = torch.arange(low, high + 1)
     for a, b in pairs:
-        swapped[segmentation == a] = b
-        swapped[segmentation == b] = a
-    return swapped
+        if low <= a <= high:
+            table[a - low] = b
+        if low <= b <= high:
+            table[b - low] = a
+    return table.to(segmentation.dtype)[segmentation.long() - low]
 
 
 class LateralMirrorTransform(MirrorTransform):

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from batchgenerators.utilities.file_and_folder_operations import join, load_pickle
+from batchgenerators.utilities.file_and_folder_operations import join
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
@@ -16,8 +18,9 @@ from torch import autocast, nn
 
 from nnunet_suprem.architectures import supports_deep_supervision
 from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels, group_of_case
-from nnunet_suprem.training.laterality import (LateralMirrorTransform, lateral_label_pairs,
-                                               lateral_mirroring_blocker, left_right_axis, patch_axis)
+from nnunet_suprem.training.case_geometry import dataset_orientations
+from nnunet_suprem.training.laterality import (LateralMirrorTransform, lateral_directions, lateral_label_pairs,
+                                               lateral_mirroring_blocker, lateral_rotation, rotation_planes)
 from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
 from nnunet_suprem.training.partial_validation import hard_counts_per_case, restrict_summary_file
 from nnunet_suprem.training.sampling import source_repeats, source_shares
@@ -83,7 +86,7 @@ class SuPreMTrainer(nnUNetTrainer):
             self.enable_deep_supervision = False
             self.print_to_log_file(f"{self.configuration_manager.network_arch_class_name} has no deep supervision: "
                                    f"training its single output.")
-        self.left_right_axes: tuple[int, ...] = ()  # patch axes along the patient's left-right (any case)
+        self.left_right_axes: tuple[int, ...] = ()  # patch axes along left-right in any case (all: geometry unknown)
         self.lateral_swap: tuple[int, list[tuple[int, int]]] | None = None  # (axis, label pairs) to swap on flips
 
     def set_deep_supervision_enabled(self, enabled: bool):
@@ -137,8 +140,11 @@ class SuPreMTrainer(nnUNetTrainer):
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self._configure_laterality(mirror_axes)
-        self.inference_allowed_mirroring_axes = tuple(a for a in mirror_axes if a not in self.left_right_axes)
+        self._configure_laterality(mirror_axes or ())
+        rotation, initial_patch_size = self._limit_lateral_rotation(rotation, dummy_2d, initial_patch_size)
+        # nnU-Net stores None, not (), when no axis may be mirrored: its predictor takes max() of the axes
+        self.inference_allowed_mirroring_axes = tuple(a for a in mirror_axes or ()
+                                                      if a not in self.left_right_axes) or None
         return rotation, dummy_2d, initial_patch_size, mirror_axes
 
     def _configure_laterality(self, mirror_axes: tuple[int, ...]) -> None:
@@ -147,29 +153,45 @@ class SuPreMTrainer(nnUNetTrainer):
         if not pairs and not unpaired:
             return
         folder = self.preprocessed_dataset_folder
-        directions = set()
-        for case in self.dataset_class.get_identifiers(folder):
-            axis, sign = left_right_axis(load_pickle(join(folder, f"{case}.pkl")))
-            axis = patch_axis(axis, self.plans_manager.transpose_forward, len(self.configuration_manager.patch_size))
-            if axis is not None and axis in mirror_axes:
-                directions.add((axis, sign))
-        self.left_right_axes = tuple(sorted({axis for axis, _ in directions}))
-        if not self.left_right_axes:
+        cases = infer_dataset_class(folder).get_identifiers(folder)
+        orientations = dataset_orientations(folder, cases, self.print_to_log_file)
+        patch_dim = len(self.configuration_manager.patch_size)
+        directions = lateral_directions(orientations.values(), self.plans_manager.transpose_forward, patch_dim)
+        self.left_right_axes = tuple(range(patch_dim)) if directions is None \
+            else tuple(sorted({axis for axis, _ in directions}))
+        mirrored = None if directions is None else {(a, sign) for a, sign in directions if a in mirror_axes}
+        if mirrored == set():
             return
         symmetric = self.annotated_rows is None or all(row[a] == row[b] for row in self.annotated_rows.values()
                                                         for a, b in pairs)
-        blocker = lateral_mirroring_blocker(directions, unpaired, symmetric)
+        blocker = lateral_mirroring_blocker(mirrored, unpaired, symmetric)
         if blocker is None:
-            self.lateral_swap = (self.left_right_axes[0], pairs)
-            self.print_to_log_file(f"Laterality: mirroring along the left-right axis {self.left_right_axes[0]} swaps "
+            (axis, _), = mirrored
+            self.lateral_swap = (axis, pairs)
+            self.print_to_log_file(f"Laterality: mirroring along the left-right axis {axis} swaps "
                                    f"{len(pairs)} left/right label pair(s); test-time mirroring along it is off.")
         else:
-            self.print_to_log_file(f"Laterality: no mirroring along left-right axes {self.left_right_axes} in "
-                                   f"training or inference because {blocker}.")
+            self.print_to_log_file(f"Laterality: left-right mirroring is off (no mirroring along axes "
+                                   f"{self.left_right_axes} in training or inference) because {blocker}.")
+
+    def _limit_lateral_rotation(self, rotation: tuple[float, float], dummy_2d: bool,
+                                initial_patch_size) -> tuple[tuple[float, float], np.ndarray]:
+        """Rotation within ±30° in planes containing left-right (see ``laterality``) and its initial patch size."""
+        patch_size = self.configuration_manager.patch_size
+        limited = lateral_rotation(rotation, self.left_right_axes, rotation_planes(len(patch_size), dummy_2d))
+        if limited == tuple(rotation):
+            return rotation, initial_patch_size
+        self.print_to_log_file(f"Laterality: rotations in planes containing the left-right axis stay within "
+                               f"±{np.rad2deg(limited[1]):.0f} degrees (nnU-Net: ±{np.rad2deg(rotation[1]):.0f}), so "
+                               f"left organs stay on the left.")
+        initial_patch_size = get_patch_size(patch_size, limited, limited, limited, (0.85, 1.25))
+        if dummy_2d:
+            initial_patch_size[0] = patch_size[0]
+        return limited, initial_patch_size
 
     def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                 do_dummy_2d_data_aug, *args, **kwargs):
-        allowed = tuple(a for a in mirror_axes if self.lateral_swap is not None or a not in self.left_right_axes)
+        allowed = tuple(a for a in mirror_axes or () if self.lateral_swap is not None or a not in self.left_right_axes)
         transforms = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, allowed,
                                                      do_dummy_2d_data_aug, *args, **kwargs)
         if self.lateral_swap is not None:

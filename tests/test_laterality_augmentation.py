@@ -1,0 +1,68 @@
+"""Left organs stay on the left through nnU-Net's real data loader and training transforms, on anisotropic CT.
+
+With 5 mm slices nnU-Net's 3d_fullres turns on ``do_dummy_2d_data_aug`` and rotates each slice by up to
+±180°, as it does for near-square 2D patches; a 180° rotation moves the left kidney to the patient's right
+with its label unchanged. SuPreMTrainer keeps such rotations within ±30° and swaps labels when it mirrors.
+"""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ANISOTROPIC_LABELS as LABELS
+
+
+def _trainer(cls, configuration: str, folders: dict[str, str]):
+    preprocessed = f"{folders['nnUNet_preprocessed']}/Dataset901_Aniso"
+    plans = json.loads(open(f"{preprocessed}/nnUNetPlans.json").read())
+    dataset_json = json.loads(open(f"{preprocessed}/dataset.json").read())
+    trainer = cls({**copy.deepcopy(plans), "continue_training": False}, configuration, 0, dataset_json,
+                  device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def _kidney_left_voxels_right_of_midline(trainer, left_right_axis: int, batches: int) -> tuple[int, int]:
+    """(kidney_left voxels on the patient's right of the vertebra, samples showing both) over training batches."""
+    loader, _ = trainer.get_dataloaders()
+    wrong = samples = 0
+    for _ in range(batches):
+        for sample in next(loader)["target"][0][:, 0]:
+            vertebra = torch.nonzero(sample == LABELS["vertebrae_L1"])[:, left_right_axis].float()
+            kidney = torch.nonzero(sample == LABELS["kidney_left"])[:, left_right_axis].float()
+            if len(vertebra) and len(kidney):
+                samples += 1
+                wrong += int((kidney < vertebra.mean()).sum())  # index grows towards the patient's left (LPS)
+    return wrong, samples
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_kidney_left_stays_left_through_nnunet_augmentation(anisotropic_dataset, configuration, monkeypatch):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_suprem.training.suprem_trainer import SuPreMTrainer_smoke
+
+    for name, value in anisotropic_dataset.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    np.random.seed(0)
+    torch.manual_seed(0)
+    stock = _trainer(nnUNetTrainer, configuration, anisotropic_dataset)
+    stock_rotation, dummy_2d, *_ = stock.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert dummy_2d == (configuration == "3d_fullres")  # the anisotropic case this test is about
+    assert stock_rotation[1] == pytest.approx(np.pi)
+
+    ours = _trainer(SuPreMTrainer_smoke, configuration, anisotropic_dataset)
+    rotation, *_ = ours.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert rotation == pytest.approx((-np.pi / 6, np.pi / 6))
+    axis = len(ours.configuration_manager.patch_size) - 1  # x (left-right) is the last axis of nnU-Net's arrays
+    assert ours.lateral_swap[0] == axis and ours.left_right_axes == (axis,)
+    log = open(ours.log_file).read()
+    assert "Laterality: rotations in planes containing the left-right axis stay within ±30 degrees" in log
+
+    wrong, samples = _kidney_left_voxels_right_of_midline(ours, axis, batches=12)
+    assert samples >= 12 and wrong == 0
+    stock_wrong, stock_samples = _kidney_left_voxels_right_of_midline(stock, axis, batches=12)
+    assert stock_samples >= 12 and stock_wrong > 0  # nnU-Net's mirroring and 180° rotations move it to the right
