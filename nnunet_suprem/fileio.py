@@ -189,7 +189,8 @@ def _check_nifti_stream(stream: io.BufferedIOBase, path: Path) -> None:
 
     head = stream.read(540)
     if len(head) < 348:
-        raise ValueError(f"{path}: {'empty' if not head else 'truncated'} ({len(head)} bytes, no complete NIfTI header)")
+        state = "empty" if not head else "truncated"
+        raise ValueError(f"{path}: {state} ({len(head)} bytes, no complete NIfTI header)")
     sizes = {int.from_bytes(head[:4], order) for order in ("little", "big")}
     header_class = Nifti1Header if 348 in sizes else Nifti2Header if 540 in sizes else None
     if header_class is None or (header_class is Nifti2Header and len(head) < 540):

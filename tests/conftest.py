@@ -1,6 +1,7 @@
 """Shared fixtures: temporary nnU-Net folders and a planned phantom dataset for end-to-end tests."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -45,6 +46,16 @@ def run(command: list[str], env: dict[str, str], timeout: float = 600) -> subpro
 def command(name: str, *args: str) -> list[str]:
     """A console script (nnUNetv2_train, nnunet-suprem, ...) installed next to this interpreter."""
     return [str(Path(sys.executable).parent / name), *args]
+
+
+def tree_digest(folder: Path) -> str:
+    """SHA-256 over every path below ``folder`` and every file's bytes (equal digests: identical trees)."""
+    digest = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        digest.update(str(p.relative_to(folder)).encode())
+        if p.is_file():
+            digest.update(p.read_bytes())
+    return digest.hexdigest()
 
 
 def cli(*args: str) -> list[str]:

@@ -1,5 +1,4 @@
 """convert-abdomenatlas on phantoms in the real layout, hand-built bad cases, and the real CT."""
-import hashlib
 import json
 import shutil
 import subprocess
@@ -10,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 import nnunet_suprem.convert.abdomenatlas as abdomenatlas
-from conftest import cli, command, run, subprocess_env
+from conftest import cli, command, run, subprocess_env, tree_digest
 from nnunet_suprem.convert.abdomenatlas import convert_abdomenatlas
 from nnunet_suprem.convert.driver import ConversionError
 from nnunet_suprem.manifest import annotated_classes_by_case
@@ -33,15 +32,6 @@ def _write_like(array, reference_path, path, spacing=None):
         image.SetSpacing(spacing)
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), True)
-
-
-def _tree_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        digest.update(str(p.relative_to(folder)).encode())
-        if p.is_file():
-            digest.update(p.read_bytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture
@@ -80,9 +70,9 @@ def atlas_with_bad_cases(tmp_path) -> Path:
 
 def test_good_and_bad_cases(nnunet_env, atlas_with_bad_cases):
     src = atlas_with_bad_cases
-    before = _tree_digest(src)
+    before = tree_digest(src)
     out = convert_abdomenatlas(src, 5, "Atlas", num_processes=2)
-    assert _tree_digest(src) == before  # the source is never modified
+    assert tree_digest(src) == before  # the source is never modified
 
     dataset = json.loads((out / "dataset.json").read_text())
     assert list(dataset["labels"]) == ["background", *ABDOMENATLAS_1_1]

@@ -4,7 +4,6 @@ Every converter, ``merge`` and ``evaluate`` get the same table of damaged files 
 several points, zero bytes, wrong magic, NaN, 4D); each damaged case must be reported by its
 file and never published.
 """
-import hashlib
 import json
 import multiprocessing
 import os
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import cli, command, run, subprocess_env
+from conftest import cli, command, run, subprocess_env, tree_digest
 from nnunet_suprem.cli import main
 from nnunet_suprem.convert.abdomenatlas import convert_abdomenatlas
 from nnunet_suprem.convert.totalsegmentator import convert_totalsegmentator
@@ -93,15 +92,6 @@ def _assert_reported_not_published(report: dict, damaged: dict[str, Path], datas
         assert DAMAGE[case.split("-", 1)[1]][1] in problems[0]["problem"], (case, problems)
     published = {p.name.split(".")[0].removesuffix("_0000") for p in dataset.rglob("*.nii.gz")}
     assert not published & set(damaged)
-
-
-def _tree_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        digest.update(str(p.relative_to(folder)).encode())
-        if p.is_file():
-            digest.update(p.read_bytes())
-    return digest.hexdigest()
 
 
 def _atlas(src: Path, cases: int = 1) -> Path:
@@ -300,7 +290,7 @@ def _clean_conversion(src: Path, tmp_path: Path, monkeypatch) -> str:
     raw.mkdir()
     with monkeypatch.context() as m:
         m.setenv("nnUNet_raw", str(raw))
-        return _tree_digest(convert_abdomenatlas(src, 69, "Fixed"))
+        return tree_digest(convert_abdomenatlas(src, 69, "Fixed"))
 
 
 @pytest.mark.parametrize("fix", ["repair the mask", "delete the mask"])
@@ -320,7 +310,7 @@ def test_resume_converts_again_cases_whose_sources_changed(nnunet_env, tmp_path,
         spleen.unlink()
         assert main(arguments) == 0  # the deleted mask's labels are not published
     dataset = Path(nnunet_env["nnUNet_raw"]) / "Dataset069_Fixed"
-    assert _tree_digest(dataset) == _clean_conversion(src, tmp_path, monkeypatch)
+    assert tree_digest(dataset) == _clean_conversion(src, tmp_path, monkeypatch)
 
 
 def _convert_in_child(src: str) -> None:
@@ -340,7 +330,7 @@ def test_conversion_killed_at_random_moments_resumes_to_the_clean_result(nnunet_
     child.join()
     duration = time.perf_counter() - start
     assert child.exitcode == 0
-    clean = _tree_digest(clean_raw / "Dataset070_Killed")
+    clean = tree_digest(clean_raw / "Dataset070_Killed")
 
     rng, kills, trial = random.Random(13), 0, 0
     while kills < 40:
@@ -359,7 +349,7 @@ def test_conversion_killed_at_random_moments_resumes_to_the_clean_result(nnunet_
         if not (raw / "Dataset070_Killed").exists():
             _convert_in_child(str(src))
         assert [p.name for p in raw.iterdir()] == ["Dataset070_Killed"], f"trial {trial}"
-        assert _tree_digest(raw / "Dataset070_Killed") == clean, f"trial {trial}"
+        assert tree_digest(raw / "Dataset070_Killed") == clean, f"trial {trial}"
         shutil.rmtree(raw)
 
 

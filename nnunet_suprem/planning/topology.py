@@ -35,7 +35,8 @@ def fit_patch_size(spacing: Sequence[float], median_shape: Sequence[float], divi
     if too_small:
         raise ValueError("the target images are smaller than the pre-trained network's downsampling (median image "
                          f"size after resampling; {'; '.join(too_small)}): every patch axis must be a multiple of "
-                         f"{tuple(divisors)}. Use a finer --spacing or a pre-trained configuration with fewer stages.")
+                         f"{tuple(int(d) for d in divisors)}. Use a finer --spacing or a pre-trained configuration "
+                         "with fewer stages.")
     patch = [int(np.ceil(p / d)) * d for p, d in zip(initial_patch_size(spacing, median), divisors)]
     while not fits(tuple(patch)):
         reducible = [i for i, d in enumerate(divisors) if patch[i] > d]
