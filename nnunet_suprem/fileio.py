@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
@@ -172,22 +171,66 @@ def check_image_file(path: str | os.PathLike) -> None:
     Other formats are left to their reader.
     """
     path = Path(path)
+    if path.name.endswith(NIFTI_ENDINGS):
+        _decode_nifti(path, keep=False)
+
+
+Grid = sitk.Image | sitk.ImageFileReader  # an image, or a header from read_header: the same geometry getters
+
+
+def read_image_array(path: str | os.PathLike) -> tuple[np.ndarray, Grid]:
+    """The voxels of ``path`` (SimpleITK's array order, [z, y, x]) and its geometry, checked as by
+    ``check_image_file``. NIfTI files are decoded once (SimpleITK reads only their header)."""
+    path = Path(path)
     if not path.name.endswith(NIFTI_ENDINGS):
-        return
+        image = sitk.ReadImage(str(path))
+        return sitk.GetArrayFromImage(image), image
+    header, data = _decode_nifti(path, keep=True)
+    grid = read_header(path)
+    array = np.frombuffer(data, header.get_data_dtype(), count=int(np.prod(grid.GetSize()))).reshape(
+        grid.GetSize()[::-1])
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    slope, intercept = header.get_slope_inter()  # (None, None) when the header asks for no scaling
+    if slope is not None and (slope, intercept or 0) != (1, 0):
+        array = array * slope + (intercept or 0)
+    return array, grid
+
+
+def _gunzip(raw: io.BufferedIOBase, path: Path) -> Iterator[bytes]:
+    """The decompressed chunks of a (multi-member) gzip file; zlib checks each member's CRC and length."""
+    decompressor, started = zlib.decompressobj(31), False
     try:
-        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as stream:
-            _check_nifti_stream(stream, path)
-    except EOFError:
-        raise ValueError(f"{path}: truncated (the gzip stream ends early)") from None
-    except (gzip.BadGzipFile, zlib.error) as e:
+        while compressed := raw.read(_CHUNK):
+            started = True
+            while compressed:
+                if output := decompressor.decompress(compressed):
+                    yield output
+                compressed = b""
+                if decompressor.eof and decompressor.unused_data:  # another gzip member follows
+                    compressed, decompressor = decompressor.unused_data, zlib.decompressobj(31)
+    except zlib.error as e:
         raise ValueError(f"{path}: not a valid gzip file ({e})") from None
+    if started and not decompressor.eof:
+        raise ValueError(f"{path}: truncated (the gzip stream ends early)")
 
 
-def _check_nifti_stream(stream: io.BufferedIOBase, path: Path) -> None:
+def _decode_nifti(path: Path, keep: bool):
+    """Decode and check a NIfTI file (see ``check_image_file``); with ``keep``, return its header and voxel bytes."""
+    with open(path, "rb") as raw:
+        chunks = _gunzip(raw, path) if path.name.endswith(".gz") else iter(lambda: raw.read(_CHUNK), b"")
+        return _check_nifti_stream(chunks, path, keep)
+
+
+def _check_nifti_stream(chunks: Iterator[bytes], path: Path, keep: bool):
     from nibabel.nifti1 import Nifti1Header
     from nibabel.nifti2 import Nifti2Header
 
-    head = stream.read(540)
+    pieces, size = [], 0
+    while size < 540 and (chunk := next(chunks, b"")):
+        pieces.append(chunk)
+        size += len(chunk)
+    head = b"".join(pieces)  # no copy when one chunk holds the header (the usual case)
     if len(head) < 348:
         state = "empty" if not head else "truncated"
         raise ValueError(f"{path}: {state} ({len(head)} bytes, no complete NIfTI header)")
@@ -195,22 +238,30 @@ def _check_nifti_stream(stream: io.BufferedIOBase, path: Path) -> None:
     header_class = Nifti1Header if 348 in sizes else Nifti2Header if 540 in sizes else None
     if header_class is None or (header_class is Nifti2Header and len(head) < 540):
         raise ValueError(f"{path}: not a NIfTI file (no NIfTI-1/2 header)")
-    header = header_class.from_fileobj(io.BytesIO(head), check=False)
+    header = header_class.from_fileobj(io.BytesIO(head[:540]), check=False)
     if bytes(header["magic"]).rstrip(b"\0") not in (b"n+1", b"n+2"):
         raise ValueError(f"{path}: not a single-file NIfTI image (magic {bytes(header['magic'])!r})")
     dtype = header.get_data_dtype()
     offset = int(header["vox_offset"])
     expected = offset + int(np.prod(header.get_data_shape(), dtype=np.int64)) * dtype.itemsize
     check_finite = dtype.kind in "fc"
+    voxels: list[memoryview] = []
     start, buffer, pending = 0, head, b""
     while buffer:
         end = start + len(buffer)
-        if check_finite and end > offset and start < expected:
-            data = pending + buffer[max(offset - start, 0):expected - start]
-            usable = len(data) - len(data) % dtype.itemsize
-            if not np.isfinite(np.frombuffer(data, dtype, count=usable // dtype.itemsize)).all():
-                raise ValueError(f"{path}: holds NaN or infinite voxel values")
-            pending = data[usable:]
-        start, buffer = end, stream.read(_CHUNK)
+        if end > offset and start < expected:
+            data = memoryview(buffer)[max(offset - start, 0):expected - start]
+            if keep:
+                voxels.append(data)
+            if check_finite:
+                data = pending + data if pending else data
+                usable = len(data) - len(data) % dtype.itemsize
+                if not np.isfinite(np.frombuffer(data, dtype, count=usable // dtype.itemsize)).all():
+                    raise ValueError(f"{path}: holds NaN or infinite voxel values")
+                pending = bytes(data[usable:])
+        start, buffer = end, next(chunks, b"")
     if start < expected:
         raise ValueError(f"{path}: truncated ({max(start - offset, 0)} of {expected - offset} voxel bytes)")
+    if keep:
+        return header, voxels[0] if len(voxels) == 1 else b"".join(voxels)
+    return None

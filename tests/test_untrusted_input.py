@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -22,7 +23,7 @@ from conftest import cli, command, run, subprocess_env, tree_digest
 from nnunet_suprem.cli import main
 from nnunet_suprem.convert.abdomenatlas import convert_abdomenatlas
 from nnunet_suprem.convert.totalsegmentator import convert_totalsegmentator
-from nnunet_suprem.fileio import path_inside, write_image, write_json
+from nnunet_suprem.fileio import path_inside, read_image_array, write_image, write_json
 from nnunet_suprem.synth import hospitals_from_args, write_abdomenatlas_dataset
 from test_convert_totalsegmentator_and_merge import write_raw
 
@@ -42,6 +43,13 @@ def _zero_bytes(path: Path) -> None:
 
 def _wrong_magic(path: Path) -> None:
     path.write_bytes(random.Random(0).randbytes(path.stat().st_size))
+
+
+def _flipped_byte(path: Path) -> None:
+    """One corrupted byte inside the compressed data: only the gzip checksum (or the inflater) notices."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    path.write_bytes(bytes(data))
 
 
 def _nan(path: Path) -> None:
@@ -65,6 +73,7 @@ DAMAGE = {  # kind: (damage function, words the report must contain)
     "truncated_99": (_truncate(0.99), "truncated"),
     "zero_bytes": (_zero_bytes, "empty"),
     "wrong_magic": (_wrong_magic, "not a valid gzip file"),
+    "flipped_byte": (_flipped_byte, "not a valid gzip file"),
     "nan": (_nan, "NaN"),
     "four_d": (_four_d, "4D"),
 }
@@ -180,6 +189,21 @@ def test_evaluate_names_a_damaged_prediction(tmp_path, capsys, kind):
     error = _error_line(capsys.readouterr().err, "evaluate")
     assert str(pred / "b.nii.gz") in error and DAMAGE[kind][1] in error
     assert not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", ">i2", "uint16", "float32", "float64"])
+def test_the_single_decode_reader_matches_simpleitk(tmp_path, dtype):
+    """Masks and label maps are decoded once by our checked reader: same voxels and geometry as SimpleITK's."""
+    array = (np.random.default_rng(0).random((11, 9, 7)) * 100).astype(dtype)
+    image = nib.Nifti1Image(array, np.diag([-0.8, 0.7, 5.0, 1.0]))
+    image.header.set_slope_inter(*((2.0, 5.0) if dtype == ">i2" else (1.0, 0.0)))
+    for ending in (".nii.gz", ".nii"):
+        nib.save(image, tmp_path / f"x{ending}")
+        voxels, grid = read_image_array(tmp_path / f"x{ending}")
+        reference = sitk.ReadImage(str(tmp_path / f"x{ending}"))
+        assert np.allclose(voxels, sitk.GetArrayFromImage(reference)) and voxels.shape == (7, 9, 11)
+        assert (grid.GetSpacing(), grid.GetOrigin(), grid.GetDirection()) == \
+            (reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection())
 
 
 def test_all_nan_prediction_is_an_error_not_an_empty_one(tmp_path, capsys):

@@ -24,7 +24,8 @@ from typing import Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_suprem.fileio import atomic_path, check_image_file, check_single_volume, read_header, write_image
+from nnunet_suprem.fileio import (Grid, atomic_path, check_image_file, check_single_volume, read_header,
+                                  read_image_array, write_image)
 
 GEOMETRY_TOLERANCE = 1e-4  # absolute, in mm (spacing, origin) and direction-cosine units
 
@@ -55,9 +56,6 @@ def label_dtype(max_value: int) -> type:
     return np.uint8 if max_value <= np.iinfo(np.uint8).max else np.uint16
 
 
-Grid = sitk.Image | sitk.ImageFileReader  # an image, or a reader after ReadImageInformation (same getters)
-
-
 def geometry_mismatch(reference: Grid, image: Grid) -> str | None:
     """Why ``image`` is not on ``reference``'s voxel grid, or None."""
     if image.GetSize() != reference.GetSize():
@@ -73,39 +71,43 @@ def _rounded(values) -> tuple[float, ...]:
     return tuple(round(float(v), 5) for v in values)
 
 
-def _read(path: Path, result: CaseResult, header_only: bool = False) -> Grid | None:
-    """The 3D image at ``path`` (its header alone with ``header_only``) after a full integrity check, or None."""
-    try:
-        check_image_file(path)
-        image = read_header(path) if header_only else sitk.ReadImage(str(path))
-        check_single_volume(image, path)
-    except ValueError as e:
-        result.problems.append(Problem(str(path), str(e).removeprefix(f"{path}: "), True))
-        return None
-    except RuntimeError as e:
-        result.problems.append(Problem(str(path), f"unreadable: {str(e).strip().splitlines()[-1]}", True))
-        return None
-    return image
+def _problem(path: Path, error: Exception) -> Problem:
+    """The fatal problem of a file that could not be read (our checks raise ValueError, SimpleITK RuntimeError)."""
+    if isinstance(error, ValueError):
+        return Problem(str(path), str(error).removeprefix(f"{path}: "), True)
+    return Problem(str(path), f"unreadable: {str(error).strip().splitlines()[-1]}", True)
 
 
 def _read_ct(ct_path: Path, result: CaseResult) -> Grid | None:
-    """The CT: only its header when it is copied byte for byte (already .nii.gz), else the image to re-encode."""
-    return _read(ct_path, result, header_only=_copied_as_is(ct_path))
+    """The CT after a full integrity check: only its header when it is copied byte for byte (already .nii.gz),
+    else the image to re-encode."""
+    try:
+        check_image_file(ct_path)
+        ct = read_header(ct_path) if _copied_as_is(ct_path) else sitk.ReadImage(str(ct_path))
+        check_single_volume(ct, ct_path)
+    except (ValueError, RuntimeError) as e:
+        result.problems.append(_problem(ct_path, e))
+        return None
+    return ct
 
 
 def _copied_as_is(ct_path: Path) -> bool:
     return ct_path.name.endswith(".nii.gz")
 
 
-def _read_on_grid(path: Path, ct: Grid, result: CaseResult) -> sitk.Image | None:
-    image = _read(path, result)
-    if image is None:
+def _read_on_grid(path: Path, ct: Grid, result: CaseResult) -> np.ndarray | None:
+    """The voxels of a mask or label map on the CT's grid (decoded once, fully checked), or None."""
+    try:
+        array, grid = read_image_array(path)
+        check_single_volume(grid, path)
+    except (ValueError, RuntimeError) as e:
+        result.problems.append(_problem(path, e))
         return None
-    mismatch = geometry_mismatch(ct, image)
+    mismatch = geometry_mismatch(ct, grid)
     if mismatch:
         result.problems.append(Problem(str(path), mismatch, True))
         return None
-    return image
+    return array
 
 
 @dataclass
@@ -163,7 +165,7 @@ def convert_mask_case(case: str, ct_path: Path, masks: Mapping[str, Path], label
     for name in labels:
         if name in masks:
             mask = _read_on_grid(masks[name], ct, result)
-            found = None if mask is None else _foreground(masks[name], sitk.GetArrayViewFromImage(mask), result)
+            found = None if mask is None else _foreground(masks[name], mask, result)
             if found is not None:
                 foreground[name] = found
     if not result.converted:
@@ -192,10 +194,9 @@ def convert_label_map_case(case: str, ct_path: Path, label_path: Path, value_map
     """Relabel a combined label map (``{source value: output value}``; unlisted non-zero values are an error)."""
     result = CaseResult(case)
     ct = _read_ct(ct_path, result)
-    label_image = None if ct is None else _read_on_grid(label_path, ct, result)
-    if label_image is None:
+    array = None if ct is None else _read_on_grid(label_path, ct, result)
+    if array is None:
         return result
-    array = sitk.GetArrayViewFromImage(label_image)
     if array.dtype.kind == "f":
         if not np.array_equal(array, np.round(array)):
             result.problems.append(Problem(str(label_path), "label map has non-integer values", True))

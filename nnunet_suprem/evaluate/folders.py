@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from nnunet_suprem.convert.abdomenatlas import MASKS, case_folders, mask_files
 from nnunet_suprem.convert.cases import GEOMETRY_TOLERANCE
 from nnunet_suprem.evaluate.labels import DEFAULT_FILE_ENDING, parse_label_spec, read_dataset_json
 from nnunet_suprem.evaluate.metrics import Box
-from nnunet_suprem.fileio import check_image_file, check_single_volume
+from nnunet_suprem.fileio import Grid, check_single_volume, read_image_array
 from nnunet_suprem.taxonomy import canonical_name
 
 MASK_ENDINGS = (".nii.gz", ".nii")
@@ -56,7 +55,7 @@ class Segmentation:
         return self.grid[1][::-1]
 
 
-def geometry(image: sitk.Image) -> Geometry:
+def geometry(image: Grid) -> Geometry:
     """Size, spacing, origin and direction of ``image``."""
     return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
 
@@ -71,13 +70,11 @@ def check_same_grid(a: Geometry, a_path: Path, b: Geometry, b_path: Path) -> Non
 
 
 def _read(path: Path) -> tuple[np.ndarray, Geometry]:
-    check_image_file(path)
     try:
-        image = sitk.ReadImage(str(path))
+        array, image = read_image_array(path)  # fully decoded and checked
     except RuntimeError as e:
         raise ValueError(f"{path}: unreadable ({str(e).strip().splitlines()[-1]})") from None
     check_single_volume(image, path)
-    array = sitk.GetArrayFromImage(image)
     if array.dtype.kind == "f":
         if not np.array_equal(array, np.round(array)):
             raise ValueError(f"{path}: segmentation has non-integer values")
