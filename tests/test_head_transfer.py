@@ -2,6 +2,7 @@
 a pre-trained model against its transfer at zero fine-tuning iterations on held-out phantom cases."""
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -62,6 +63,10 @@ def test_carry_rows_copies_rows_and_nothing_else():
         carry_rows(torch.zeros(6, 3), target, {0: 0})
     with pytest.raises(ValueError, match="do not fit"):
         carry_rows(source, target, {4: 0})
+    # novel rows from the background row, biases lowered by log(k + 1) for k novel rows
+    assert carry_rows(source, target, {0: 0, 2: 5}, background_row=0).tolist() == [[0, 1], [0, 1], [10, 11], [0, 1]]
+    bias = carry_rows(torch.arange(6.), -torch.ones(4), {0: 1, 2: 5}, background_row=0)
+    assert torch.allclose(bias, torch.tensor([1, 1 - math.log(3), 5, 1 - math.log(3)]))
 
 
 def unet(classes: int, seed: int) -> torch.nn.Module:
@@ -84,7 +89,7 @@ def test_every_deep_supervision_head_carries_the_known_rows_and_outputs_match_ex
     source, target = unet(len(SOURCE), seed=1), unet(len(TARGET) - 1, seed=2)
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
     checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)
-    state, report = transfer_checkpoint(checkpoint, target, TARGET)
+    state, report = transfer_checkpoint(checkpoint, target, TARGET, novel_rows="init")
     assert len(heads(target)) == 6 and set(report.rows_carried) == set(heads(target))  # 3 outputs x (weight, bias)
     assert all(k not in report.loaded and k not in report.skipped for k in heads(target))
     assert report.rows_carried["decoder.seg_layers.0.weight"] == "rows [0, 1, 2, 4] from checkpoint rows " \
@@ -93,7 +98,7 @@ def test_every_deep_supervision_head_carries_the_known_rows_and_outputs_match_ex
                                       "Right Kidney": "kidney_right", "liver": "liver"}
     assert report.new_classes == ["heart", "kidney"] and not report.unused and not report.mismatched
     assert report.head == ("4 of 6 output rows carried: background, inferior_vena_cava <- postcava, "
-                           "Right Kidney <- kidney_right, liver; new: heart, kidney")
+                           "Right Kidney <- kidney_right, liver; new (from the network's initialisation): heart, kidney")
     lines = report.lines()
     assert f"Head transfer: {report.head}" in lines and "6 with output rows carried" in lines[0]
     assert any(line.startswith("  rows        decoder.seg_layers.2.bias  (rows [0, 1, 2, 4]") for line in lines)
@@ -110,6 +115,27 @@ def test_every_deep_supervision_head_carries_the_known_rows_and_outputs_match_ex
     assert len(got) == 3
     for e, g in zip(expected, got):  # every deep-supervision output: the carried classes' logits are unchanged
         assert torch.equal(g[:, list(CARRIED)], e[:, list(CARRIED.values())])
+
+
+def test_novel_rows_from_the_background_keep_every_prediction_of_the_pretrained_model():
+    source = unet(len(SOURCE), seed=1)
+    with torch.no_grad():  # a confident background row, as after pre-training
+        source.decoder.seg_layers[-1].bias[0] += 2
+    labels = {"background": 0, "heart": 1, "aorta": 2, "left kidney": 3, "trachea": 4, "kidney_right": 5,
+              "liver": 6, "inferior_vena_cava": 7}  # every class of the checkpoint, in another order, and 2 novel
+    target = unet(len(labels), seed=2)
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)
+    state, report = transfer_checkpoint(checkpoint, target, labels)
+    assert report.head.endswith("new (from the background row, bias - log(k+1)): heart, trachea")
+    for key in heads(target):
+        assert torch.equal(state[key][[1, 4]], state[key][[0, 0]] - (math.log(3) if key.endswith("bias") else 0))
+    target.load_state_dict(state)
+    to_source = torch.tensor([0, 0, 1, 2, 0, 3, 4, 5])  # target row -> checkpoint row (novel rows: background)
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        for e, g in zip(source(x), target(x)):
+            assert torch.equal(to_source[g.argmax(1)], e.argmax(1))  # the same segmentation, in other values
+            assert (g[:, [1, 4]] < g[:, [0]]).all()
 
 
 def test_a_head_whose_rows_are_all_known_is_pretrained_and_off_means_fresh():
@@ -150,7 +176,7 @@ def test_labels_from_the_model_folder_and_through_a_weights_file(tmp_path):
                model / "fold_0" / "checkpoint_final.pth")  # no init_args: the model folder's dataset.json tells
     checkpoint = read_checkpoint(model / "fold_0" / "checkpoint_final.pth")
     assert checkpoint.labels == SOURCE and checkpoint.extra["labels_from"] == str(model / "dataset.json")
-    state, report = transfer_checkpoint(checkpoint, target, TARGET)
+    state, report = transfer_checkpoint(checkpoint, target, TARGET, novel_rows="init")
     target.load_state_dict(state)
     write_nnunet_weights(tmp_path / "w.pth", target, state, report, checkpoint, TARGET)
 
@@ -159,7 +185,7 @@ def test_labels_from_the_model_folder_and_through_a_weights_file(tmp_path):
     assert set(heads(target)) <= written.pretrained_keys
     again = unet(len(TARGET) - 1, seed=3)
     fresh = again.state_dict()
-    state2, report2 = transfer_checkpoint(written, again, TARGET)
+    state2, report2 = transfer_checkpoint(written, again, TARGET, novel_rows="init")
     assert report2.carried_classes == {n: n for n in report.carried_classes} and report2.new_classes == ["heart",
                                                                                                          "kidney"]
     for key in heads(again):
@@ -184,7 +210,8 @@ def test_transfer_weights_cli_reports_rows_and_no_head_transfer(planned_phantom_
     args = [str(model / "fold_0" / "checkpoint_final.pth"), "-d", "1", "-c", "3d_fullres"]
     result = run(cli("transfer-weights", *args, "-o", str(tmp_path / "w.pth")), env)
     assert ("Head transfer: 4 of 17 output rows carried: background, kidney_right <- right kidney, liver <- Liver, "
-            "postcava <- Inferior Vena Cava; new: aorta, gall_bladder, kidney_left, pancreas, spleen") in result.stdout
+            "postcava <- Inferior Vena Cava; new (from the background row, bias - log(k+1)): aorta, gall_bladder, "
+            "kidney_left, pancreas, spleen") in result.stdout
     assert "  rows        decoder.seg_layers.0.weight  (rows [0, 4, 5, 7] from checkpoint rows [0, 4, 3, 2]" \
         in result.stdout
     weights = torch.load(tmp_path / "w.pth", weights_only=True)
@@ -197,3 +224,112 @@ def test_transfer_weights_cli_reports_rows_and_no_head_transfer(planned_phantom_
     off = torch.load(tmp_path / "off.pth", weights_only=True)
     assert off["nnunet_suprem_transfer"]["pretrained_rows"] == []
     assert not any(".seg_layers." in k for k in off["nnunet_suprem_transfer"]["pretrained_keys"])
+
+
+def train_briefly(network, cases, iterations: int = 100, seed: int = 0) -> None:
+    """Adam on whole preprocessed volumes (cross-entropy + soft Dice): a pre-trained model in seconds."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    network.decoder.deep_supervision = False
+    network.train()
+    optimizer = torch.optim.Adam(network.parameters(), 1e-2)
+    images, labels = cases
+    for _ in range(iterations):
+        pick = torch.randperm(len(images), generator=generator)[:2]
+        logits, target = network(images[pick]), labels[pick]
+        probabilities = logits.softmax(1)
+        onehot = torch.nn.functional.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
+        overlap = (probabilities * onehot).sum((0, 2, 3, 4))
+        total = probabilities.sum((0, 2, 3, 4)) + onehot.sum((0, 2, 3, 4))
+        loss = torch.nn.functional.cross_entropy(logits, target) + 1 - ((2 * overlap + 1e-5) / (total + 1e-5))[1:].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    network.eval()
+
+
+def preprocessed_cases(folder, identifiers, multiple: int):
+    """(images [n, 1, *shape], labels [n, *shape]) of preprocessed cases, zero-padded to a multiple of ``multiple``."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    dataset = nnUNetDatasetBlosc2(str(folder), identifiers)
+    loaded = [tuple(np.asarray(a) for a in dataset.load_case(i)[:2]) for i in identifiers]
+    shape = [-(-max(d.shape[axis + 1] for d, _ in loaded) // multiple) * multiple for axis in range(3)]
+    images, labels = torch.zeros(len(loaded), 1, *shape), torch.zeros(len(loaded), *shape, dtype=torch.long)
+    for i, (data, seg) in enumerate(loaded):
+        region = tuple(slice(0, n) for n in data.shape[1:])
+        images[(i, 0, *region)] = torch.from_numpy(data[0]).float()
+        labels[(i, *region)] = torch.from_numpy(np.maximum(seg[0], 0)).long()  # -1 outside the body mask
+    return images, labels
+
+
+def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    total = prediction.sum() + reference.sum()
+    return 1.0 if total == 0 else 2 * float((prediction & reference).sum()) / float(total)
+
+
+def test_zero_iterations_after_transfer_predict_seen_classes_as_the_pretrained_model(planned_phantom_dataset,
+                                                                                     tmp_path):
+    """The issue's test: the transferred model, not fine-tuned at all, segments the classes the checkpoint knows
+    (other names and label values in the target) on held-out cases with Dice within 0.02 of the pre-trained model."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_suprem.transfer.apply import build_network_from_plans
+
+    raw = planned_phantom_dataset["raw"]
+    preprocessed = raw.parents[1] / "nnUNet_preprocessed" / raw.name
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    source_json = json.loads((preprocessed / "dataset.json").read_text())
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = [min(8 * 2 ** i, 32) for i in range(arch["n_stages"])]  # narrow: seconds to train
+    torch.manual_seed(0)
+    pretrained = build_network_from_plans(plans, source_json, "3d_fullres")
+    training = sorted(p.stem for p in (preprocessed / "nnUNetPlans_3d_fullres").glob("*.pkl")
+                      if not p.stem.startswith("hospB"))  # hospB annotates 4 classes only
+    multiple = int(np.prod([s[0] for s in arch["strides"]]))
+    train_briefly(pretrained, preprocessed_cases(preprocessed / "nnUNetPlans_3d_fullres", training, multiple))
+    model = tmp_path / "Dataset001_SynthCT" / "Pretrained__nnUNetPlans__3d_fullres"
+    (model / "fold_0").mkdir(parents=True)
+    torch.save({"network_weights": pretrained.state_dict(), "init_args": {"dataset_json": source_json}},
+               model / "fold_0" / "checkpoint_final.pth")
+
+    seen = {"liver": "Liver", "postcava": "inferior_vena_cava", "lung_left": "lung (left)",
+            "kidney_left": "left kidney", "lung_right": "lung_right"}  # pre-training name -> target name
+    target_json = copy.deepcopy(source_json)
+    target_json["labels"] = {"background": 0, "heart": 1, "Liver": 2, "inferior_vena_cava": 3, "lung (left)": 4,
+                             "trachea": 5, "left kidney": 6, "lung_right": 7}
+    torch.manual_seed(1)
+    transferred = build_network_from_plans(plans, target_json, "3d_fullres")
+    state, report = transfer_checkpoint(read_checkpoint(model / "fold_0" / "checkpoint_final.pth"), transferred,
+                                        target_json["labels"])
+    transferred.load_state_dict(state)
+    assert report.carried_classes == {"background": "background", **{t: s for s, t in seen.items()}}
+    assert report.new_classes == ["heart", "trachea"]
+
+    plans_manager = PlansManager(plans)
+    reader = plans_manager.image_reader_writer_class()
+    scores = {}
+    for name, network, dataset_json in (("pretrained", pretrained, source_json),
+                                        ("transferred", transferred, target_json)):
+        network.decoder.deep_supervision = False
+        predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
+                                    device=torch.device("cpu"), allow_tqdm=False)
+        predictor.manual_initialization(network, plans_manager, plans_manager.get_configuration("3d_fullres"),
+                                        [network.state_dict()], dataset_json, "nnUNetTrainer", None)
+        labels = dataset_json["labels"]
+        for image in sorted((raw / "imagesTs").glob("*_0000.nii.gz")):
+            case = image.name.removesuffix("_0000.nii.gz")
+            data, properties = reader.read_images([str(image)])
+            prediction = predictor.predict_single_npy_array(data, properties)
+            reference = reader.read_seg(str(raw / "labelsTs" / f"{case}.nii.gz"))[0][0]
+            for source_name, target_name in seen.items():
+                value = labels[source_name if name == "pretrained" else target_name]
+                scores.setdefault(name, {}).setdefault(source_name, []).append(
+                    dice(prediction == value, reference == source_json["labels"][source_name]))
+    pretrained_dice = {c: float(np.mean(v)) for c, v in scores["pretrained"].items()}
+    transferred_dice = {c: float(np.mean(v)) for c, v in scores["transferred"].items()}
+    print("held-out Dice, pre-trained:", pretrained_dice, "transferred:", transferred_dice)
+    assert min(pretrained_dice[c] for c in ("liver", "lung_left", "lung_right")) > 0.6  # the comparison means something
+    for name in seen:
+        assert abs(transferred_dice[name] - pretrained_dice[name]) <= 0.02, name

@@ -28,11 +28,13 @@ def encoder_prefixes(network: nn.Module) -> tuple[tuple[str, ...], tuple[str, ..
     return encoder + tuple(p for p in stem if p not in encoder), stem
 
 
-def head_plan(checkpoint: Checkpoint, target_labels: dict | None, head_transfer: bool = True) -> tuple[bool, HeadRows]:
+def head_plan(checkpoint: Checkpoint, target_labels: dict | None, head_transfer: bool = True,
+              novel_rows: str = "background") -> tuple[bool, HeadRows]:
     """(load the heads whole, which output rows to carry) for a checkpoint and the target's labels.
 
     Heads are taken whole when both label sets are identical (and every row of the checkpoint's head is
-    pre-trained); otherwise the rows of classes both know are carried (:func:`match_head_rows`). With
+    pre-trained); otherwise the rows of classes both know are carried (:func:`match_head_rows`; ``novel_rows``:
+    how the others start, see :mod:`nnunet_suprem.transfer.head`). With
     ``head_transfer`` off, or labels unknown on either side, every head is re-initialised; the note says why.
     """
     if not head_transfer:
@@ -47,25 +49,26 @@ def head_plan(checkpoint: Checkpoint, target_labels: dict | None, head_transfer:
         return True, HeadRows(carried={n: n for n in names}, target_count=len(names), source_count=len(names),
                               note="labels identical to the checkpoint's: heads loaded whole")
     try:
-        return False, match_head_rows(checkpoint.labels, target_labels, known)
+        return False, match_head_rows(checkpoint.labels, target_labels, known, novel_rows)
     except HeadTransferRefused as e:
         return False, HeadRows(note=f"refused: {e}")
 
 
 def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_labels: dict[str, int] | None = None,
                         encoder_only: bool = False, min_encoder_fraction: float = DEFAULT_MIN_ENCODER_FRACTION,
-                        head_transfer: bool = True) -> tuple[dict, TransferReport]:
+                        head_transfer: bool = True, novel_rows: str = "background") -> tuple[dict, TransferReport]:
     """Fill ``network``'s state from ``checkpoint`` (nothing is loaded yet; call ``load_state_dict``).
 
     Segmentation heads (nnU-Net's ``seg_layers``, every deep-supervision output, or a network's ``key_to_head``)
     are taken whole when both sides predict the same labels; otherwise, with ``head_transfer``, the output rows of
     the background and of every target class the checkpoint knows (same canonical name; label values may differ)
-    are carried and only the novel classes' rows keep the network's initialisation (:func:`head_plan`). An
+    are carried; the novel classes' rows start from the background row (``novel_rows="background"``) or keep the
+    network's initialisation (``"init"``) (:func:`head_plan`). An
     encoder-only transfer takes no head. Raises ValueError when less than ``min_encoder_fraction`` of the encoder
     would load.
     """
     encoder, stem = encoder_prefixes(network)
-    load_heads, head = head_plan(checkpoint, target_labels, head_transfer and not encoder_only)
+    load_heads, head = head_plan(checkpoint, target_labels, head_transfer and not encoder_only, novel_rows)
     if encoder_only and head_transfer:
         head.note = "encoder-only transfer"
     state, report = transfer_state(checkpoint.state_dict, network, encoder_prefixes=encoder, stem_prefixes=stem,

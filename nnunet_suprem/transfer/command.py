@@ -41,8 +41,8 @@ def add_subparser(subparsers) -> None:
                     "`nnUNetv2_train -pretrained_weights` accepts. Segmentation heads are taken whole when the labels are "
                     "identical; otherwise the output rows of the background and of every target class the checkpoint "
                     "knows (same canonical name or synonym, e.g. postcava = inferior_vena_cava; label values may "
-                    "differ) are carried and only the novel classes' rows are new. A different number of input "
-                    "channels adapts the first convolution.")
+                    "differ) are carried; the novel classes' rows start as a lowered copy of the background row "
+                    "(--novel-rows). A different number of input channels adapts the first convolution.")
     p.add_argument("checkpoint", help="pre-trained weights file (.pth)")
     p.add_argument("-d", dest="dataset_id", required=True, help="target dataset name or ID (planned)")
     p.add_argument("-p", dest="plans", default="nnUNetPlans", help="target plans identifier (default: nnUNetPlans)")
@@ -51,6 +51,10 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--encoder-only", action="store_true", help="take only the encoder; the decoder starts fresh")
     p.add_argument("--no-head-transfer", action="store_true",
                    help="re-initialise every segmentation head, even for classes the checkpoint knows")
+    p.add_argument("--novel-rows", choices=("background", "init"), default="background",
+                   help="how the output rows of classes the checkpoint does not know start: 'background' (default) "
+                        "a copy of the background row with the bias lowered by log(k+1), so the seen classes are "
+                        "predicted exactly as before; 'init': the network's own random initialisation")
     p.add_argument("--min-encoder-fraction", type=float, default=DEFAULT_MIN_ENCODER_FRACTION,
                    help=f"refuse when less of the encoder would load (default: {DEFAULT_MIN_ENCODER_FRACTION})")
     p.add_argument("--seed", type=int, default=0, help="seed for the freshly initialised layers (default: 0)")
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     network = build_network_from_plans(plans, dataset_json, args.configuration)
     state, report = transfer_checkpoint(checkpoint, network, dataset_json["labels"], args.encoder_only,
-                                        args.min_encoder_fraction, head_transfer=not args.no_head_transfer)
+                                        args.min_encoder_fraction, head_transfer=not args.no_head_transfer, novel_rows=args.novel_rows)
     network.load_state_dict(state)
     write_nnunet_weights(output, network, state, report, checkpoint, dataset_json["labels"])
     lines = report.lines()

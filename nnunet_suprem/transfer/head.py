@@ -9,7 +9,16 @@ timm's ``load_pretrained`` / MONAI's ``copy_model_state``:
 
 - :func:`output_rows`: class name -> output row of an nnU-Net ``labels`` entry;
 - :func:`match_head_rows`: which target row comes from which checkpoint row (a :class:`HeadRows`);
-- :func:`carry_rows`: a target head tensor with those rows taken from the checkpoint's.
+- :func:`carry_rows`: a target head tensor with those rows taken from the checkpoint's, and the novel rows
+  initialised.
+
+Novel rows (``NOVEL_ROWS``): ``"background"`` (the default) starts them as copies of the carried background row
+with the bias lowered by ``log(k + 1)`` for ``k`` novel classes (Cermelli et al., "Modeling the Background for
+Incremental Learning in Semantic Segmentation", CVPR 2020): the novel classes were background to the pre-trained
+model, they start as a share of it, and since their logits stay below the background's, the argmax, i.e. the
+prediction of every seen class, is exactly the pre-trained model's until fine-tuning moves them. ``"init"`` keeps
+the network's own initialisation (nnU-Net's He init, zero bias); random rows can then win the argmax where the
+pre-trained model is not confident (measured: a seen class's held-out Dice 0.81 -> 0.32 at zero iterations).
 
 Rules (each refusal is a note in the transfer report; the heads are then re-initialised as before):
 
@@ -23,6 +32,7 @@ Rules (each refusal is a note in the transfer report; the heads are then re-init
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Collection, Mapping
 
@@ -32,6 +42,8 @@ from nnunet_suprem.taxonomy import match_classes
 
 IGNORE_LABEL = "ignore"
 BACKGROUND = "background"
+NOVEL_ROWS = ("background", "init")
+"""How novel classes' output rows start: from the background row (default) or as the network initialised them."""
 
 
 class HeadTransferRefused(ValueError):
@@ -76,6 +88,15 @@ class HeadRows:
     target_count: int = 0
     note: str = ""
     """How it was decided (why nothing is carried, when nothing is)."""
+    novel_rows: str = "background"
+    """How the new rows start (``NOVEL_ROWS``)."""
+
+    @property
+    def background_row(self) -> int | None:
+        """Target row the new rows start from (``novel_rows="background"``), or None (network initialisation)."""
+        if self.novel_rows != "background" or BACKGROUND not in self.carried:
+            return None
+        return next(t for t, name in zip(sorted(self.rows), self.carried) if name == BACKGROUND)
 
     @property
     def complete(self) -> bool:
@@ -84,13 +105,16 @@ class HeadRows:
 
 
 def match_head_rows(source_labels: Mapping[str, object], target_labels: Mapping[str, object],
-                    source_known: Collection[str] | None = None) -> HeadRows:
+                    source_known: Collection[str] | None = None, novel_rows: str = "background") -> HeadRows:
     """Match the target's output rows to the checkpoint's by canonical class name.
 
     ``source_known``: checkpoint classes whose rows hold pre-trained values (None: all); the others are not
-    carried (a weights file written by ``transfer-weights`` whose head has new rows). Raises
+    carried (a weights file written by ``transfer-weights`` whose head has new rows). ``novel_rows``: how the new
+    rows start (``NOVEL_ROWS``). Raises
     :class:`HeadTransferRefused` when either label set cannot be matched (see the module doc).
     """
+    if novel_rows not in NOVEL_ROWS:
+        raise ValueError(f"novel_rows must be one of {NOVEL_ROWS}, not {novel_rows!r}")
     source_rows, target_rows = output_rows(source_labels), output_rows(target_labels)
     source_names = [n for n in source_rows if n != BACKGROUND and (source_known is None or n in source_known)]
     target_names = [n for n in target_rows if n != BACKGROUND]
@@ -98,7 +122,7 @@ def match_head_rows(source_labels: Mapping[str, object], target_labels: Mapping[
         matches = match_classes(target_names, source_names)
     except ValueError as e:
         raise HeadTransferRefused(str(e)) from None
-    result = HeadRows(source_count=len(source_rows), target_count=len(target_rows))
+    result = HeadRows(source_count=len(source_rows), target_count=len(target_rows), novel_rows=novel_rows)
     background_known = BACKGROUND in source_rows and (source_known is None or BACKGROUND in source_known)
     if BACKGROUND not in target_rows or not background_known or not any(matches.values()):
         result.new = sorted(target_rows, key=target_rows.get)
@@ -116,11 +140,14 @@ def match_head_rows(source_labels: Mapping[str, object], target_labels: Mapping[
     return result
 
 
-def carry_rows(source: torch.Tensor, target: torch.Tensor, rows: Mapping[int, int]) -> torch.Tensor:
+def carry_rows(source: torch.Tensor, target: torch.Tensor, rows: Mapping[int, int],
+               background_row: int | None = None) -> torch.Tensor:
     """``target`` (not modified) with ``target[t] = source[s]`` for every ``t: s`` of ``rows``.
 
-    Works for any per-output-row tensor (convolution weights ``[out, in, *k]``, biases ``[out]``); raises
-    ValueError when the rows' shapes differ or a row is out of range.
+    With ``background_row`` (a carried target row) every other row starts as a copy of it, and for a bias (a 1-D
+    tensor) lowered by ``log(k + 1)``, ``k`` the number of those rows; without, they stay as in ``target``. Works
+    for any per-output-row tensor (convolution weights ``[out, in, *k]``, biases ``[out]``); raises ValueError
+    when the rows' shapes differ or a row is out of range.
     """
     if source.shape[1:] != target.shape[1:]:
         raise ValueError(f"rows of shape {tuple(source.shape[1:])} in the checkpoint, {tuple(target.shape[1:])} here")
@@ -131,6 +158,13 @@ def carry_rows(source: torch.Tensor, target: torch.Tensor, rows: Mapping[int, in
     if rows:
         index_t, index_s = zip(*sorted(rows.items()))
         out[list(index_t)] = source.detach()[list(index_s)].to(dtype=out.dtype)
+    novel = [r for r in range(out.shape[0]) if r not in rows]
+    if background_row is not None and novel:
+        if background_row not in rows:
+            raise ValueError(f"background row {background_row} is not carried")
+        out[novel] = out[background_row].clone()
+        if out.ndim == 1:
+            out[novel] -= math.log(len(novel) + 1)
     return out
 
 
@@ -139,6 +173,8 @@ def describe(head: HeadRows) -> str:
     if not head.rows:
         return f"output rows not carried ({head.note}); every row initialised fresh"
     carried = ", ".join(name if name == source else f"{name} <- {source}" for name, source in head.carried.items())
-    new = f"; new: {', '.join(head.new)}" if head.new else "; no new rows"
+    start = ("the background row, bias - log(k+1)" if head.background_row is not None
+             else "the network's initialisation")
+    new = f"; new (from {start}): {', '.join(head.new)}" if head.new else "; no new rows"
     return f"{len(head.rows)} of {head.target_count} output rows carried: {carried}{new}"
 

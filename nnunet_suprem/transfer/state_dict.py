@@ -236,7 +236,7 @@ def carry_head_rows(key: str, names: list[str], value: torch.Tensor, wanted: tor
                                f"{head.target_count}; re-initialised")
         return False
     try:
-        rows = carry_rows(value, wanted, head.rows)
+        rows = carry_rows(value, wanted, head.rows, head.background_row)
     except ValueError:  # the rows themselves differ (another number of features): not this head's checkpoint
         report.mismatched[key] = (list(value.shape), list(wanted.shape))
         return False
