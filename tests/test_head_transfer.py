@@ -341,3 +341,29 @@ def test_zero_iterations_after_transfer_predict_seen_classes_as_the_pretrained_m
     for (arm, case, name), mask in masks.items():
         if arm == "transferred":
             assert np.array_equal(mask, masks["pretrained", case, name]), (case, name)
+
+
+def test_finetune_trainer_carries_rows_trains_such_heads_as_new_layers_and_can_turn_it_off(make_trainer, tmp_path):
+    from nnunet_suprem.training.finetune_trainer import SuPreMFinetuneTrainer, SuPreMFinetuneTrainerNoHeadTransfer
+    from nnunet_suprem.transfer.apply import build_network_from_plans
+
+    trainer = make_trainer(cls=SuPreMFinetuneTrainer)
+    labels = {"background": 0, "Inferior Vena Cava": 1, "liver": 2, "heart": 3}
+    torch.manual_seed(7)
+    source = build_network_from_plans(trainer.plans_manager.plans, {**trainer.dataset_json, "labels": labels},
+                                      "3d_fullres")
+    torch.save({"network_weights": source.state_dict(), "init_args": {"dataset_json": {"labels": labels}}},
+               tmp_path / "checkpoint_final.pth")
+    trainer.load_pretrained_weights(str(tmp_path / "checkpoint_final.pth"))
+    postcava, liver = (trainer.dataset_json["labels"][c] for c in ("postcava", "liver"))
+    head = "decoder.seg_layers.2.weight"
+    assert torch.equal(trainer.network.state_dict()[head][[0, postcava, liver]], source.state_dict()[head][[0, 1, 2]])
+    groups = {g["pretrained"]: set(g["param_names"]) for g in trainer.optimizer.param_groups}
+    assert head in groups[False] and "encoder.stages.0.0.convs.0.conv.weight" in groups[True]
+    log = open(trainer.log_file).read()
+    assert "Head transfer: 3 of 17 output rows carried: background, liver, postcava <- Inferior Vena Cava" in log
+
+    off = make_trainer(cls=SuPreMFinetuneTrainerNoHeadTransfer)
+    off.load_pretrained_weights(str(tmp_path / "checkpoint_final.pth"))
+    assert "Head transfer: output rows not carried (head transfer turned off)" in open(off.log_file).read()
+    assert not torch.equal(off.network.state_dict()[head][liver], source.state_dict()[head][2])
