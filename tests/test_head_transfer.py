@@ -1,6 +1,5 @@
 """Class-aware head transfer: the pure functions, a deep-supervised nnU-Net U-Net, the weights file, the CLI, and
 a pre-trained model against its transfer at zero fine-tuning iterations on held-out phantom cases."""
-import copy
 import json
 import math
 
@@ -98,7 +97,8 @@ def test_every_deep_supervision_head_carries_the_known_rows_and_outputs_match_ex
                                       "Right Kidney": "kidney_right", "liver": "liver"}
     assert report.new_classes == ["heart", "kidney"] and not report.unused and not report.mismatched
     assert report.head == ("4 of 6 output rows carried: background, inferior_vena_cava <- postcava, "
-                           "Right Kidney <- kidney_right, liver; new (from the network's initialisation): heart, kidney")
+                           "Right Kidney <- kidney_right, liver; new (from the network's initialisation): heart, "
+                           "kidney")
     lines = report.lines()
     assert f"Head transfer: {report.head}" in lines and "6 with output rows carried" in lines[0]
     assert any(line.startswith("  rows        decoder.seg_layers.2.bias  (rows [0, 1, 2, 4]") for line in lines)
@@ -241,7 +241,8 @@ def train_briefly(network, cases, iterations: int = 100, seed: int = 0) -> None:
         onehot = torch.nn.functional.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
         overlap = (probabilities * onehot).sum((0, 2, 3, 4))
         total = probabilities.sum((0, 2, 3, 4)) + onehot.sum((0, 2, 3, 4))
-        loss = torch.nn.functional.cross_entropy(logits, target) + 1 - ((2 * overlap + 1e-5) / (total + 1e-5))[1:].mean()
+        soft_dice = ((2 * overlap + 1e-5) / (total + 1e-5))[1:].mean()
+        loss = torch.nn.functional.cross_entropy(logits, target) + 1 - soft_dice
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -38,11 +38,12 @@ def add_subparser(subparsers) -> None:
                     "state dict, DDP 'module.' and torch.compile '_orig_mod.' prefixes removed; always with "
                     "torch.load(weights_only=True)) into the network of the target plans, print what was loaded, "
                     "skipped and mismatched, and write a complete nnU-Net weights file that stock "
-                    "`nnUNetv2_train -pretrained_weights` accepts. Segmentation heads are taken whole when the labels are "
-                    "identical; otherwise the output rows of the background and of every target class the checkpoint "
-                    "knows (same canonical name or synonym, e.g. postcava = inferior_vena_cava; label values may "
-                    "differ) are carried; the novel classes' rows start as a lowered copy of the background row "
-                    "(--novel-rows). A different number of input channels adapts the first convolution.")
+                    "`nnUNetv2_train -pretrained_weights` accepts. Segmentation heads are taken whole when the labels "
+                    "are identical; otherwise the output rows of the background and of every target class the "
+                    "checkpoint knows (same canonical name or synonym, e.g. postcava = inferior_vena_cava; label "
+                    "values may differ) are carried; the novel classes' rows start as a lowered copy of the "
+                    "background row (--novel-rows). A different number of input channels adapts the first "
+                    "convolution.")
     p.add_argument("checkpoint", help="pre-trained weights file (.pth)")
     p.add_argument("-d", dest="dataset_id", required=True, help="target dataset name or ID (planned)")
     p.add_argument("-p", dest="plans", default="nnUNetPlans", help="target plans identifier (default: nnUNetPlans)")
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     network = build_network_from_plans(plans, dataset_json, args.configuration)
     state, report = transfer_checkpoint(checkpoint, network, dataset_json["labels"], args.encoder_only,
-                                        args.min_encoder_fraction, head_transfer=not args.no_head_transfer, novel_rows=args.novel_rows)
+                                        args.min_encoder_fraction, head_transfer=not args.no_head_transfer,
+                                        novel_rows=args.novel_rows)
     network.load_state_dict(state)
     write_nnunet_weights(output, network, state, report, checkpoint, dataset_json["labels"])
     lines = report.lines()
