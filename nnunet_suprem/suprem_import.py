@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> None:
             spacing=args.spacing or SUPREM_SPACING, patch_size=args.patch_size or SUPREM_PATCH_SIZE,
             provenance={"arch": release.name, "checkpoint": str(Path(args.checkpoint).resolve())}),
         args.num_processes, not args.no_preprocess, args.overwrite, args.verify_dataset_integrity)
-    write_nnunet_weights(output, network, state, report, checkpoint)
+    write_nnunet_weights(output, network, state, report, checkpoint, dataset_json["labels"])
 
     lines = report.lines()
     if not args.verbose:

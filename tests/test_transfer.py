@@ -69,8 +69,11 @@ def test_new_classes_reinitialise_only_the_heads(target, tmp_path):
     source, labels = network(target, labels=["liver", "spleen"], seed=1)
     dest, dest_labels = network(target, seed=2)
     fresh_heads = {k: v.clone() for k, v in dest.state_dict().items() if ".seg_layers." in k}
-    state, report = transfer_checkpoint(read_checkpoint(save(tmp_path, nnunet_checkpoint(source, labels))), dest,
-                                        dest_labels)
+    checkpoint = read_checkpoint(save(tmp_path, nnunet_checkpoint(source, labels)))
+    _, report = transfer_checkpoint(checkpoint, dest, dest_labels)  # by default the known classes' rows are carried
+    assert report.carried_classes == {"background": "background", "liver": "liver", "spleen": "spleen"}
+    assert report.rows_carried and all(".seg_layers." in k for k in report.rows_carried)
+    state, report = transfer_checkpoint(checkpoint, dest, dest_labels, head_transfer=False)
     heads = [k for k in report.skipped if ".seg_layers." in k]
     assert heads and set(report.skipped) == set(heads)
     assert all("re-initialised" in report.skipped[k] for k in heads)

@@ -8,5 +8,6 @@ from nnunet_suprem.training.finetune_trainer import (  # noqa: F401  (exposed to
     SuPreMFinetuneTrainer_250epochs,
     SuPreMFinetuneTrainer_smoke,
     SuPreMFinetuneTrainerEncoder,
+    SuPreMFinetuneTrainerNoHeadTransfer,
     SuPreMFinetuneTrainerEncoder_100epochs,
 )

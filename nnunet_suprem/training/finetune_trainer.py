@@ -75,9 +75,15 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
     """Fine-tunes pre-trained weights: new heads first, then the whole network with a gentler rate for old layers.
 
     - ``-pretrained_weights FILE``: any format :func:`nnunet_suprem.transfer.read_checkpoint`
-      reads; heads are re-initialised for new classes, a different number of input channels
-      adapts the first convolution, and less than ``min_encoder_fraction`` of the encoder
-      loading is an error. The log lists every key as loaded, skipped or mismatched.
+      reads; a different number of input channels adapts the first convolution, and less than
+      ``min_encoder_fraction`` of the encoder loading is an error. The log lists every key as
+      loaded, skipped or mismatched.
+    - Heads (``head_transfer``, on by default): the output rows of the background and of every
+      class the checkpoint knows (by canonical name: synonyms, other label values) are carried in
+      every deep-supervision head; novel classes' rows start as a lowered copy of the background
+      row (``novel_rows = "background"``; ``"init"``: nnU-Net's initialisation). A head with new
+      rows trains as a new layer (full learning rate, never frozen); one whose rows are all
+      carried is pre-trained. ``head_transfer = False`` re-initialises every head.
     - Schedule (SGD as nnU-Net, :func:`~nnunet_suprem.training.schedules.finetune_lr_factors`):
       pre-trained layers are frozen for ``head_epochs_fraction`` of the epochs (learning rate
       0 and no gradient, so nnU-Net's gradient clipping sees only the new layers), then warm up
@@ -90,6 +96,8 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
     """
 
     encoder_only: bool = False
+    head_transfer: bool = True
+    novel_rows: str = "background"
     min_encoder_fraction: float = DEFAULT_MIN_ENCODER_FRACTION
     head_epochs_fraction: float = 0.02
     warmup_epochs_fraction: float = 0.05
@@ -132,7 +140,8 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
         checkpoint = read_checkpoint(fname)
         network = unwrap(self.network)
         state, report = transfer_checkpoint(checkpoint, network, self.dataset_json["labels"], self.encoder_only,
-                                            self.min_encoder_fraction)
+                                            self.min_encoder_fraction, head_transfer=self.head_transfer,
+                                            novel_rows=self.novel_rows)
         network.load_state_dict(state)
         self.pretrained_keys = frozenset(pretrained_names(network, report))
         self.print_to_log_file(f"Pre-trained weights: {fname} ({checkpoint.format})"
@@ -208,6 +217,11 @@ class SuPreMFinetuneTrainer_40epochs_25iterations(SuPreMFinetuneTrainer):
     epochs = 40
     iterations_per_epoch = 25
     val_iterations_per_epoch = 6
+
+
+class SuPreMFinetuneTrainerNoHeadTransfer(SuPreMFinetuneTrainer):
+    """Every segmentation head starts fresh, even the rows of classes the checkpoint knows."""
+    head_transfer = False
 
 
 class SuPreMFinetuneTrainerEncoder(SuPreMFinetuneTrainer):

@@ -10,6 +10,7 @@ from torch import nn
 from nnunet_suprem.fileio import atomic_path
 from nnunet_suprem.transfer.checkpoint import TRANSFER_METADATA_KEY, Checkpoint
 from nnunet_suprem.transfer.command import DEFAULT_MIN_ENCODER_FRACTION
+from nnunet_suprem.transfer.head import IGNORE_LABEL, HeadRows, HeadTransferRefused, match_head_rows
 from nnunet_suprem.transfer.state_dict import TransferReport, require_encoder_fraction, transfer_state
 
 
@@ -27,28 +28,61 @@ def encoder_prefixes(network: nn.Module) -> tuple[tuple[str, ...], tuple[str, ..
     return encoder + tuple(p for p in stem if p not in encoder), stem
 
 
+def head_plan(checkpoint: Checkpoint, target_labels: dict | None, head_transfer: bool = True,
+              novel_rows: str = "background") -> tuple[bool, HeadRows]:
+    """(load the heads whole, which output rows to carry) for a checkpoint and the target's labels.
+
+    Heads are taken whole when both label sets are identical (and every row of the checkpoint's head is
+    pre-trained); otherwise the rows of classes both know are carried (:func:`match_head_rows`; ``novel_rows``:
+    how the others start, see :mod:`nnunet_suprem.transfer.head`). With
+    ``head_transfer`` off, or labels unknown on either side, every head is re-initialised; the note says why.
+    """
+    if not head_transfer:
+        return False, HeadRows(note="head transfer turned off")
+    if checkpoint.labels is None or target_labels is None:
+        return False, HeadRows(note="the checkpoint records no labels" if checkpoint.labels is None
+                               else "the target's labels are unknown")
+    known = checkpoint.pretrained_rows
+    if checkpoint.labels == target_labels and (known is None or
+                                               known >= {n for n in target_labels if n != IGNORE_LABEL}):
+        names = [n for n in target_labels if n != IGNORE_LABEL]
+        return True, HeadRows(carried={n: n for n in names}, target_count=len(names), source_count=len(names),
+                              note="labels identical to the checkpoint's: heads loaded whole")
+    try:
+        return False, match_head_rows(checkpoint.labels, target_labels, known, novel_rows)
+    except HeadTransferRefused as e:
+        return False, HeadRows(note=f"refused: {e}")
+
+
 def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_labels: dict[str, int] | None = None,
-                        encoder_only: bool = False,
-                        min_encoder_fraction: float = DEFAULT_MIN_ENCODER_FRACTION) -> tuple[dict, TransferReport]:
+                        encoder_only: bool = False, min_encoder_fraction: float = DEFAULT_MIN_ENCODER_FRACTION,
+                        head_transfer: bool = True, novel_rows: str = "background") -> tuple[dict, TransferReport]:
     """Fill ``network``'s state from ``checkpoint`` (nothing is loaded yet; call ``load_state_dict``).
 
-    Segmentation heads (nnU-Net's ``seg_layers``, a network's ``key_to_head``) are taken over only when
-    both sides are known to predict the same labels; otherwise they keep their fresh initialisation. Raises ValueError when less than
-    ``min_encoder_fraction`` of the encoder would load.
+    Segmentation heads (nnU-Net's ``seg_layers``, every deep-supervision output, or a network's ``key_to_head``)
+    are taken whole when both sides predict the same labels; otherwise, with ``head_transfer``, the output rows of
+    the background and of every target class the checkpoint knows (same canonical name; label values may differ)
+    are carried; the novel classes' rows start from the background row (``novel_rows="background"``) or keep the
+    network's initialisation (``"init"``) (:func:`head_plan`). An
+    encoder-only transfer takes no head. Raises ValueError when less than ``min_encoder_fraction`` of the encoder
+    would load.
     """
     encoder, stem = encoder_prefixes(network)
-    same_labels = checkpoint.labels is not None and target_labels is not None and checkpoint.labels == target_labels
+    load_heads, head = head_plan(checkpoint, target_labels, head_transfer and not encoder_only, novel_rows)
+    if encoder_only and head_transfer:
+        head.note = "encoder-only transfer"
     state, report = transfer_state(checkpoint.state_dict, network, encoder_prefixes=encoder, stem_prefixes=stem,
                                    head_prefixes=module_paths(network, "key_to_head"), encoder_only=encoder_only,
-                                   load_heads=same_labels, pretrained_keys=checkpoint.pretrained_keys)
+                                   load_heads=load_heads, head_rows=head, pretrained_keys=checkpoint.pretrained_keys)
     require_encoder_fraction(report, min_encoder_fraction, checkpoint.path)
     return state, report
 
 
-def pretrained_names(network: nn.Module, report: TransferReport) -> list[str]:
-    """Every state-dict name (aliases included) of the tensors the report says were loaded."""
+def pretrained_names(network: nn.Module, report: TransferReport, with_carried_rows: bool = False) -> list[str]:
+    """Every state-dict name (aliases included) of the tensors the report says were loaded (and, with
+    ``with_carried_rows``, of the heads with some output rows carried)."""
     state = network.state_dict(keep_vars=True)
-    loaded_ids = {id(state[k]) for k in report.loaded}
+    loaded_ids = {id(state[k]) for k in [*report.loaded, *(report.rows_carried if with_carried_rows else ())]}
     return [name for name, tensor in state.items() if id(tensor) in loaded_ids]
 
 
@@ -70,16 +104,20 @@ def build_network_from_plans(plans: dict, dataset_json: dict, configuration: str
 
 
 def write_nnunet_weights(path: str | os.PathLike, network: nn.Module, state: dict[str, torch.Tensor],
-                         report: TransferReport, checkpoint: Checkpoint) -> Path:
+                         report: TransferReport, checkpoint: Checkpoint, labels: dict | None = None) -> Path:
     """Write ``{"network_weights": state, ...}`` (what ``nnUNetv2_train -pretrained_weights`` reads), atomically.
 
     The file also records which keys are pre-trained, so ``SuPreMFinetuneTrainer`` treats the
-    freshly initialised rest (e.g. the decoder after an encoder-only transfer) as new layers.
+    freshly initialised rest (e.g. the decoder after an encoder-only transfer) as new layers, and the
+    ``labels`` of the network's outputs with the classes whose output rows are pre-trained
+    (``pretrained_rows``), so that loading the file carries those rows again and no others.
     """
     payload = {
         "network_weights": state,
         TRANSFER_METADATA_KEY: {
-            "pretrained_keys": pretrained_names(network, report),
+            "pretrained_keys": pretrained_names(network, report, with_carried_rows=True),
+            "labels": labels,
+            "pretrained_rows": list(report.carried_classes),
             "source": os.path.abspath(checkpoint.path),
             "source_format": checkpoint.format,
             "source_labels": checkpoint.labels,

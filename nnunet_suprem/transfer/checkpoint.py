@@ -9,9 +9,11 @@ this), nothing else.
 Formats (one filter function each, as timm does):
 
 - nnU-Net ``checkpoint_*.pth``: ``{"network_weights": state_dict, "init_args": {...}, ...}``;
-  the label names come from ``init_args["dataset_json"]``;
+  the label names come from ``init_args["dataset_json"]``, else from the model folder's ``dataset.json``
+  (``<model folder>/fold_X/checkpoint_*.pth``) or a ``dataset.json`` beside the file;
 - a file written by ``nnunet-suprem transfer-weights``: an nnU-Net checkpoint plus
-  ``"nnunet_suprem_transfer": {"pretrained_keys": [...]}`` (only those keys are pre-trained);
+  ``"nnunet_suprem_transfer": {"pretrained_keys": [...], "labels": {...}, "pretrained_rows": [...]}`` (only those
+  keys are pre-trained; ``labels`` are its outputs', of which only the ``pretrained_rows`` classes are);
 - SuPreM / MONAI training checkpoints: ``{"net": state_dict, ...}`` or ``{"state_dict": ...}``,
   ``{"model": ...}``;
 - the released SuPreM U-Net and Swin UNETR: ``{"net": ...}`` holding the CLIP-driven Universal Model, whose
@@ -24,6 +26,7 @@ Prefixes added by DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) are r
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
@@ -59,6 +62,8 @@ class Checkpoint:
     """Label names of the model's outputs, when the file records them (nnU-Net checkpoints)."""
     pretrained_keys: frozenset[str] | None = None
     """Keys that hold pre-trained values; None means all of them."""
+    pretrained_rows: frozenset[str] | None = None
+    """Classes of ``labels`` whose output rows hold pre-trained values; None means all of them."""
     extra: dict = field(default_factory=dict)
 
 
@@ -102,14 +107,40 @@ def _is_state_dict(obj: object) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
+def _labels_beside(path: str) -> tuple[dict | None, str | None]:
+    """(labels, file) of the ``dataset.json`` of the model folder a checkpoint is in (nnU-Net writes
+    ``<model folder>/dataset.json`` and ``<model folder>/fold_X/checkpoint_*.pth``), or beside the file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for candidate in (os.path.join(folder, "dataset.json"), os.path.join(os.path.dirname(folder), "dataset.json")):
+        if os.path.isfile(candidate):
+            try:
+                with open(candidate, encoding="utf-8") as f:
+                    labels = json.load(f).get("labels")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(labels, dict) and labels:
+                return labels, candidate
+    return None, None
+
+
 def _filter_nnunet(path: str, content: Mapping) -> Checkpoint:
     dataset_json = (content.get("init_args") or {}).get("dataset_json") or {}
     metadata = content.get(TRANSFER_METADATA_KEY) or {}
     keys = metadata.get("pretrained_keys")
+    rows = None
+    if dataset_json.get("labels"):
+        labels, labels_from = dataset_json["labels"], "the checkpoint's init_args"
+    elif "labels" in metadata:  # written by transfer-weights: its own outputs, some rows pre-trained
+        labels, labels_from = metadata["labels"], "the transfer metadata"
+        rows = frozenset(metadata.get("pretrained_rows") or ())
+    elif metadata:  # written by an older transfer-weights: heads were pre-trained only for identical labels
+        labels, labels_from = metadata.get("source_labels"), "the transfer metadata"
+    else:
+        labels, labels_from = _labels_beside(path)
     return Checkpoint(path, strip_prefixes(content["network_weights"]), "nnU-Net checkpoint",
-                      labels=dataset_json.get("labels") or metadata.get("source_labels"),
-                      pretrained_keys=frozenset(keys) if keys is not None else None,
-                      extra={"trainer_name": content.get("trainer_name"), **metadata})
+                      labels=labels, pretrained_keys=frozenset(keys) if keys is not None else None,
+                      pretrained_rows=rows,
+                      extra={"trainer_name": content.get("trainer_name"), "labels_from": labels_from, **metadata})
 
 
 def _filter_wrapped(key: str) -> Callable[[str, Mapping], Checkpoint]:

@@ -38,14 +38,24 @@ def add_subparser(subparsers) -> None:
                     "state dict, DDP 'module.' and torch.compile '_orig_mod.' prefixes removed; always with "
                     "torch.load(weights_only=True)) into the network of the target plans, print what was loaded, "
                     "skipped and mismatched, and write a complete nnU-Net weights file that stock "
-                    "`nnUNetv2_train -pretrained_weights` accepts. Segmentation heads are re-initialised unless "
-                    "the labels are identical; a different number of input channels adapts the first convolution.")
+                    "`nnUNetv2_train -pretrained_weights` accepts. Segmentation heads are taken whole when the labels "
+                    "are identical; otherwise the output rows of the background and of every target class the "
+                    "checkpoint knows (same canonical name or synonym, e.g. postcava = inferior_vena_cava; label "
+                    "values may differ) are carried; the novel classes' rows start as a lowered copy of the "
+                    "background row (--novel-rows). A different number of input channels adapts the first "
+                    "convolution.")
     p.add_argument("checkpoint", help="pre-trained weights file (.pth)")
     p.add_argument("-d", dest="dataset_id", required=True, help="target dataset name or ID (planned)")
     p.add_argument("-p", dest="plans", default="nnUNetPlans", help="target plans identifier (default: nnUNetPlans)")
     p.add_argument("-c", dest="configuration", default="3d_fullres", help="configuration (default: 3d_fullres)")
     p.add_argument("-o", dest="output", required=True, help="weights file to write (.pth)")
     p.add_argument("--encoder-only", action="store_true", help="take only the encoder; the decoder starts fresh")
+    p.add_argument("--no-head-transfer", action="store_true",
+                   help="re-initialise every segmentation head, even for classes the checkpoint knows")
+    p.add_argument("--novel-rows", choices=("background", "init"), default="background",
+                   help="how the output rows of classes the checkpoint does not know start: 'background' (default) "
+                        "a copy of the background row with the bias lowered by log(k+1), so the seen classes are "
+                        "predicted exactly as before; 'init': the network's own random initialisation")
     p.add_argument("--min-encoder-fraction", type=float, default=DEFAULT_MIN_ENCODER_FRACTION,
                    help=f"refuse when less of the encoder would load (default: {DEFAULT_MIN_ENCODER_FRACTION})")
     p.add_argument("--seed", type=int, default=0, help="seed for the freshly initialised layers (default: 0)")
@@ -68,9 +78,10 @@ def run(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     network = build_network_from_plans(plans, dataset_json, args.configuration)
     state, report = transfer_checkpoint(checkpoint, network, dataset_json["labels"], args.encoder_only,
-                                        args.min_encoder_fraction)
+                                        args.min_encoder_fraction, head_transfer=not args.no_head_transfer,
+                                        novel_rows=args.novel_rows)
     network.load_state_dict(state)
-    write_nnunet_weights(output, network, state, report, checkpoint)
+    write_nnunet_weights(output, network, state, report, checkpoint, dataset_json["labels"])
     lines = report.lines()
     if not args.verbose:
         lines = [line for line in lines if not line.startswith("  loaded")]

@@ -16,6 +16,8 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
+from nnunet_suprem.transfer.head import HeadRows, carry_rows, describe
+
 HEAD_MARKERS = (".seg_layers.",)
 """Key fragments of segmentation heads (nnU-Net's 1x1 output convolutions), re-initialised by default."""
 DECODER_STAGE = re.compile(r"^decoder\.(stages|transpconvs|seg_layers)\.(\d+)\.")
@@ -38,19 +40,32 @@ class TransferReport:
     """Checkpoint keys that no target tensor took."""
     encoder_loaded_fraction: float = 0.0
     """Share of the encoder's parameters (by element count) that were loaded."""
+    rows_carried: dict[str, str] = field(default_factory=dict)
+    """Segmentation heads with some output rows carried and the others new: key -> which rows. Not in ``loaded``:
+    for the fine-tuning schedule such a head is a new layer."""
+    head: str = ""
+    """Class-aware head transfer: which classes' output rows were carried, which are new, or why none were."""
+    carried_classes: dict[str, str] = field(default_factory=dict)
+    """Target class -> checkpoint class whose output rows it took (background included)."""
+    new_classes: list[str] = field(default_factory=list)
+    """Target classes whose output rows are freshly initialised."""
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
-        return (f"{len(self.loaded)} tensors loaded ({len(self.adapted)} adapted), {len(self.skipped)} skipped, "
+        rows = f", {len(self.rows_carried)} with output rows carried" if self.rows_carried else ""
+        return (f"{len(self.loaded)} tensors loaded ({len(self.adapted)} adapted){rows}, {len(self.skipped)} skipped, "
                 f"{len(self.mismatched)} shape-mismatched, {len(self.unused)} checkpoint keys unused; "
                 f"{self.encoder_loaded_fraction:.1%} of the encoder loaded")
 
     def lines(self) -> list[str]:
         """Every key with its fate, for logs."""
         out = [f"Weight transfer: {self.summary()}"]
+        if self.head:
+            out.append(f"Head transfer: {self.head}")
         out += [f"  loaded      {k}" + (f"  [{self.adapted[k]}]" if k in self.adapted else "") for k in self.loaded]
+        out += [f"  rows        {k}  ({rows})" for k, rows in self.rows_carried.items()]
         out += [f"  skipped     {k}  ({why})" for k, why in self.skipped.items()]
         out += [f"  mismatched  {k}  checkpoint {tuple(a)} vs network {tuple(b)}" for k, (a, b) in self.mismatched.items()]
         out += [f"  unused      {k}" for k in self.unused]
@@ -117,7 +132,7 @@ def _starts_with_any(key: str, prefixes: Iterable[str]) -> bool:
 
 def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, encoder_prefixes: tuple[str, ...],
                    stem_prefixes: tuple[str, ...] = (), head_prefixes: tuple[str, ...] = (),
-                   encoder_only: bool = False, load_heads: bool = False,
+                   encoder_only: bool = False, load_heads: bool = False, head_rows: HeadRows | None = None,
                    pretrained_keys: Iterable[str] | None = None) -> tuple[dict[str, torch.Tensor], TransferReport]:
     """The target's full state dict with tensors taken from ``source`` where names and shapes allow.
 
@@ -126,7 +141,7 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
     - ``stem_prefixes``: where the first convolution lives; its weight is adapted with
       :func:`adapt_input_conv` when only the number of input channels differs.
     - segmentation heads (``HEAD_MARKERS``, or under ``head_prefixes``) keep their fresh initialisation
-      unless ``load_heads``.
+      unless ``load_heads`` (taken whole) or ``head_rows`` (class-aware: :func:`carry_head_rows`).
     - ``pretrained_keys``: only these source keys count as pre-trained (None: all).
     - nnU-Net decoder stages are matched by resolution level and structure (:func:`decoder_source_key`), not by
       index.
@@ -144,6 +159,7 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
     report = TransferReport()
     used: set[str] = set()
     encoder_total = encoder_loaded = 0
+    head_keys: list[str] = []
     for names in tensor_names(target_state):
         key, wanted = names[0], target_state[names[0]]
         in_encoder = _starts_with_any(key, encoder_prefixes)
@@ -153,8 +169,15 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
         present = [k for k, _ in candidates if k in source]
         found = present[0] if present else None
         is_head = any(m in n for n in names for m in HEAD_MARKERS) or _starts_with_any(key, head_prefixes)
+        if is_head:
+            head_keys.append(key)
         if is_head and not load_heads:
-            report.skipped[key] = "segmentation head: re-initialised for the new classes"
+            if head_rows is None or not head_rows.rows:
+                report.skipped[key] = "segmentation head: re-initialised for the new classes"
+            elif found is None:
+                report.skipped[key] = "segmentation head: not in the checkpoint, re-initialised"
+            elif carry_head_rows(key, names, source[found], wanted, head_rows, state, report):
+                used.update(present)
             continue
         if encoder_only and not in_encoder:
             report.skipped[key] = "outside the encoder (encoder-only transfer)"
@@ -180,8 +203,56 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
         if in_encoder and wanted.is_floating_point():
             encoder_loaded += wanted.numel()
     report.unused = [k for k in source if k not in used]
+    if head_rows is not None:
+        report_head(report, head_rows, head_keys, whole=load_heads)
     report.encoder_loaded_fraction = encoder_loaded / encoder_total if encoder_total else 0.0
     return state, report
+
+
+def report_head(report: TransferReport, head: HeadRows, head_keys: list[str], whole: bool) -> None:
+    """Record in ``report`` which classes' output rows the head tensors ``head_keys`` took from the checkpoint."""
+    carried = [k for k in head_keys if k in report.loaded or k in report.rows_carried]
+    if head.rows or whole:
+        if carried:
+            report.carried_classes, report.new_classes = dict(head.carried), list(head.new)
+            report.head = head.note if whole else describe(head)
+            if len(carried) < len(head_keys):
+                report.head += f" ({len(head_keys) - len(carried)} of {len(head_keys)} head tensors re-initialised)"
+        else:
+            report.head = "output rows not carried (no head tensor of the checkpoint fits); every row initialised fresh"
+    else:
+        report.head = describe(head)
+
+
+def carry_head_rows(key: str, names: list[str], value: torch.Tensor, wanted: torch.Tensor, head: HeadRows,
+                    state: dict[str, torch.Tensor], report: TransferReport) -> bool:
+    """Fill the head tensor ``key`` (and its aliases ``names``) in ``state`` with the rows ``head`` carries from the
+    checkpoint's ``value``; record it in ``report``. A head whose every row is carried counts as loaded
+    (pre-trained); one with new rows is listed under ``rows_carried``. False (kept fresh, reason in ``skipped``)
+    when the tensor does not have the rows the labels describe."""
+    if value.shape[0] != head.source_count or wanted.shape[0] != head.target_count:
+        report.skipped[key] = (f"segmentation head: {value.shape[0]} output rows in the checkpoint and "
+                               f"{wanted.shape[0]} here, but the labels describe {head.source_count} and "
+                               f"{head.target_count}; re-initialised")
+        return False
+    try:
+        rows = carry_rows(value, wanted, head.rows, head.background_row)
+    except ValueError:  # the rows themselves differ (another number of features): not this head's checkpoint
+        report.mismatched[key] = (list(value.shape), list(wanted.shape))
+        return False
+    for name in names:
+        state[name] = rows.clone()
+    identity = value.shape == wanted.shape and all(t == s for t, s in head.rows.items())
+    if head.complete:
+        report.loaded.append(key)
+        if not identity:
+            report.adapted[key] = f"output rows {[head.rows[t] for t in sorted(head.rows)]} of the checkpoint's " \
+                                  f"{value.shape[0]}, for the target's classes"
+    else:
+        new = sorted(set(range(wanted.shape[0])) - set(head.rows))
+        report.rows_carried[key] = f"rows {sorted(head.rows)} from checkpoint rows " \
+                                   f"{[head.rows[t] for t in sorted(head.rows)]}, rows {new} new"
+    return True
 
 
 def require_encoder_fraction(report: TransferReport, minimum: float, source: str = "checkpoint") -> None:

@@ -1,0 +1,370 @@
+"""Class-aware head transfer: the pure functions, a deep-supervised nnU-Net U-Net, the weights file, the CLI, and
+a pre-trained model against its transfer at zero fine-tuning iterations on held-out phantom cases."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli, run
+from nnunet_suprem.transfer.apply import pretrained_names, transfer_checkpoint, write_nnunet_weights
+from nnunet_suprem.transfer.checkpoint import Checkpoint, read_checkpoint
+from nnunet_suprem.transfer.head import HeadTransferRefused, carry_rows, match_head_rows, output_rows
+
+SOURCE = {"background": 0, "aorta": 1, "kidney_left": 2, "kidney_right": 3, "liver": 4, "postcava": 5}
+# seen classes under other names and values, a novel class, an unsided name and nnU-Net's ignore label
+TARGET = {"background": 0, "inferior_vena_cava": 1, "Right Kidney": 2, "heart": 3, "liver": 4, "kidney": 5,
+          "ignore": 6}
+CARRIED = {0: 0, 1: 5, 2: 3, 4: 4}  # target row -> checkpoint row
+
+
+def test_output_rows_leave_out_ignore_and_refuse_regions_and_gaps():
+    assert output_rows(TARGET) == {"background": 0, "inferior_vena_cava": 1, "Right Kidney": 2, "heart": 3,
+                                   "liver": 4, "kidney": 5}
+    assert output_rows({"background": 0, "liver": [1]}) == {"background": 0, "liver": 1}
+    with pytest.raises(HeadTransferRefused, match="region-based labels"):
+        output_rows({"background": 0, "kidney": [1, 2], "tumor": 2})
+    with pytest.raises(HeadTransferRefused, match="not 0, 1, ..., 1"):
+        output_rows({"background": 0, "liver": 2})
+
+
+def test_synonyms_and_other_label_values_are_matched_sides_never_cross():
+    head = match_head_rows(SOURCE, TARGET)
+    assert head.rows == CARRIED
+    assert head.carried == {"background": "background", "inferior_vena_cava": "postcava",
+                            "Right Kidney": "kidney_right", "liver": "liver"}
+    assert head.new == ["heart", "kidney"]  # the unsided "kidney" is neither kidney; ignore has no row
+    assert (head.source_count, head.target_count, head.complete) == (6, 6, False)
+
+    crossed = match_head_rows({"background": 0, "kidney_left": 1, "adrenal_gland_right": 2},
+                              {"background": 0, "kidney_right": 1, "left adrenal gland": 2})
+    assert crossed.rows == {} and "no target class is a class of the checkpoint" in crossed.note
+    assert crossed.new == ["background", "kidney_right", "left adrenal gland"]  # not even the background row
+    assert match_head_rows(SOURCE, {"background": 0, "kidney (left)": 1}).rows == {0: 0, 1: 2}
+
+
+def test_only_pretrained_rows_are_carried_and_ambiguous_names_refused():
+    assert match_head_rows(SOURCE, TARGET, source_known={"background", "liver"}).rows == {0: 0, 4: 4}
+    assert match_head_rows(SOURCE, TARGET, source_known={"liver"}).rows == {}  # the background row is new there
+    with pytest.raises(HeadTransferRefused, match="'gallbladder' and 'gall_bladder' both match"):
+        match_head_rows({"background": 0, "gall_bladder": 1}, {"background": 0, "gallbladder": 1, "gall_bladder": 2})
+    with pytest.raises(HeadTransferRefused, match="are the same class 'postcava'"):
+        match_head_rows({"background": 0, "postcava": 1, "ivc": 2}, TARGET)
+
+
+def test_carry_rows_copies_rows_and_nothing_else():
+    source, target = torch.arange(12.).reshape(6, 2), -torch.ones(4, 2)
+    out = carry_rows(source, target, {0: 0, 2: 5})
+    assert out.tolist() == [[0, 1], [-1, -1], [10, 11], [-1, -1]] and target.eq(-1).all()
+    assert carry_rows(torch.arange(6.), -torch.ones(4), {3: 1}).tolist() == [-1, -1, -1, 1]
+    with pytest.raises(ValueError, match="rows of shape"):
+        carry_rows(torch.zeros(6, 3), target, {0: 0})
+    with pytest.raises(ValueError, match="do not fit"):
+        carry_rows(source, target, {4: 0})
+    # novel rows from the background row, biases lowered by log(k + 1) for k novel rows
+    assert carry_rows(source, target, {0: 0, 2: 5}, background_row=0).tolist() == [[0, 1], [0, 1], [10, 11], [0, 1]]
+    bias = carry_rows(torch.arange(6.), -torch.ones(4), {0: 1, 2: 5}, background_row=0)
+    assert torch.allclose(bias, torch.tensor([1, 1 - math.log(3), 5, 1 - math.log(3)]))
+
+
+def unet(classes: int, seed: int) -> torch.nn.Module:
+    """A small deep-supervised PlainConvUNet as nnU-Net builds it (4 stages: 3 segmentation outputs)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    torch.manual_seed(seed)
+    network = PlainConvUNet(1, 4, [4, 8, 16, 16], torch.nn.Conv3d, 3, [1, 2, 2, 2], 1, classes, 1, conv_bias=True,
+                            norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"affine": True},
+                            nonlin=torch.nn.LeakyReLU, deep_supervision=True)
+    network.apply(network.initialize)
+    return network.eval()
+
+
+def heads(network) -> list[str]:
+    return [k for k in network.state_dict() if ".seg_layers." in k]
+
+
+def test_every_deep_supervision_head_carries_the_known_rows_and_outputs_match_exactly():
+    source, target = unet(len(SOURCE), seed=1), unet(len(TARGET) - 1, seed=2)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)
+    state, report = transfer_checkpoint(checkpoint, target, TARGET, novel_rows="init")
+    assert len(heads(target)) == 6 and set(report.rows_carried) == set(heads(target))  # 3 outputs x (weight, bias)
+    assert all(k not in report.loaded and k not in report.skipped for k in heads(target))
+    assert report.rows_carried["decoder.seg_layers.0.weight"] == "rows [0, 1, 2, 4] from checkpoint rows " \
+                                                                 "[0, 5, 3, 4], rows [3, 5] new"
+    assert report.carried_classes == {"background": "background", "inferior_vena_cava": "postcava",
+                                      "Right Kidney": "kidney_right", "liver": "liver"}
+    assert report.new_classes == ["heart", "kidney"] and not report.unused and not report.mismatched
+    assert report.head == ("4 of 6 output rows carried: background, inferior_vena_cava <- postcava, "
+                           "Right Kidney <- kidney_right, liver; new (from the network's initialisation): heart, "
+                           "kidney")
+    lines = report.lines()
+    assert f"Head transfer: {report.head}" in lines and "6 with output rows carried" in lines[0]
+    assert any(line.startswith("  rows        decoder.seg_layers.2.bias  (rows [0, 1, 2, 4]") for line in lines)
+    for key in heads(target):  # the novel rows keep the network's own initialisation
+        assert torch.equal(state[key][[3, 5]], fresh[key][[3, 5]])
+    # a head with new rows is a new layer for the fine-tuning schedule, but the weights file keeps its rows
+    assert not set(heads(target)) & set(pretrained_names(target, report))
+    assert set(heads(target)) <= set(pretrained_names(target, report, with_carried_rows=True))
+
+    target.load_state_dict(state)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        expected, got = source(x), target(x)
+    assert len(got) == 3
+    for e, g in zip(expected, got):  # every deep-supervision output: the carried classes' logits are unchanged
+        assert torch.equal(g[:, list(CARRIED)], e[:, list(CARRIED.values())])
+
+
+def test_novel_rows_from_the_background_keep_every_prediction_of_the_pretrained_model():
+    source = unet(len(SOURCE), seed=1)
+    with torch.no_grad():  # a confident background row, as after pre-training
+        source.decoder.seg_layers[-1].bias[0] += 2
+    labels = {"background": 0, "heart": 1, "aorta": 2, "left kidney": 3, "trachea": 4, "kidney_right": 5,
+              "liver": 6, "inferior_vena_cava": 7}  # every class of the checkpoint, in another order, and 2 novel
+    target = unet(len(labels), seed=2)
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)
+    state, report = transfer_checkpoint(checkpoint, target, labels)
+    assert report.head.endswith("new (from the background row, bias - log(k+1)): heart, trachea")
+    for key in heads(target):
+        assert torch.equal(state[key][[1, 4]], state[key][[0, 0]] - (math.log(3) if key.endswith("bias") else 0))
+    target.load_state_dict(state)
+    to_source = torch.tensor([0, 0, 1, 2, 0, 3, 4, 5])  # target row -> checkpoint row (novel rows: background)
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        for e, g in zip(source(x), target(x)):
+            assert torch.equal(to_source[g.argmax(1)], e.argmax(1))  # the same segmentation, in other values
+            assert (g[:, [1, 4]] < g[:, [0]]).all()
+
+
+def test_a_head_whose_rows_are_all_known_is_pretrained_and_off_means_fresh():
+    source, target = unet(len(SOURCE), seed=1), unet(3, seed=2)
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)
+    subset = {"background": 0, "liver": 1, "aorta": 2}
+    state, report = transfer_checkpoint(checkpoint, target, subset)
+    assert set(heads(target)) <= set(report.loaded) and not report.rows_carried and report.new_classes == []
+    assert report.adapted["decoder.seg_layers.1.weight"].startswith("output rows [0, 4, 1] of the checkpoint's 6")
+    assert set(heads(target)) <= set(pretrained_names(target, report))
+    assert torch.equal(state["decoder.seg_layers.2.bias"], source.state_dict()["decoder.seg_layers.2.bias"][[0, 4, 1]])
+
+    fresh = target.state_dict()
+    state, report = transfer_checkpoint(checkpoint, target, subset, head_transfer=False)
+    assert set(heads(target)) <= set(report.skipped) and report.head == \
+        "output rows not carried (head transfer turned off); every row initialised fresh"
+    assert all(torch.equal(state[k], fresh[k]) for k in heads(target)) and not report.carried_classes
+    _, report = transfer_checkpoint(checkpoint, target, subset, encoder_only=True)
+    assert "encoder-only transfer" in report.head and set(heads(target)) <= set(report.skipped)
+
+
+def test_region_labels_and_unknown_labels_keep_fresh_heads_with_a_reason():
+    source, target = unet(len(SOURCE), seed=1), unet(3, seed=2)
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)
+    _, report = transfer_checkpoint(checkpoint, target, {"background": 0, "kidney": [1, 2], "liver": 2})
+    assert report.head.startswith("output rows not carried (refused: region-based labels ('kidney': [1, 2])")
+    assert set(heads(target)) <= set(report.skipped)
+    _, report = transfer_checkpoint(Checkpoint("x", source.state_dict(), "plain state dict"), target, SOURCE)
+    assert "the checkpoint records no labels" in report.head
+
+
+def test_labels_from_the_model_folder_and_through_a_weights_file(tmp_path):
+    source, target = unet(len(SOURCE), seed=1), unet(len(TARGET) - 1, seed=2)
+    model = tmp_path / "Dataset001_X" / "Trainer__nnUNetPlans__3d_fullres"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "dataset.json").write_text(json.dumps({"labels": SOURCE}))
+    torch.save({"network_weights": source.state_dict(), "trainer_name": "nnUNetTrainer"},
+               model / "fold_0" / "checkpoint_final.pth")  # no init_args: the model folder's dataset.json tells
+    checkpoint = read_checkpoint(model / "fold_0" / "checkpoint_final.pth")
+    assert checkpoint.labels == SOURCE and checkpoint.extra["labels_from"] == str(model / "dataset.json")
+    state, report = transfer_checkpoint(checkpoint, target, TARGET, novel_rows="init")
+    target.load_state_dict(state)
+    write_nnunet_weights(tmp_path / "w.pth", target, state, report, checkpoint, TARGET)
+
+    written = read_checkpoint(tmp_path / "w.pth")  # its own labels; only the carried classes' rows are pre-trained
+    assert written.labels == TARGET and written.pretrained_rows == set(report.carried_classes)
+    assert set(heads(target)) <= written.pretrained_keys
+    again = unet(len(TARGET) - 1, seed=3)
+    fresh = again.state_dict()
+    state2, report2 = transfer_checkpoint(written, again, TARGET, novel_rows="init")
+    assert report2.carried_classes == {n: n for n in report.carried_classes} and report2.new_classes == ["heart",
+                                                                                                         "kidney"]
+    for key in heads(again):
+        assert torch.equal(state2[key][list(CARRIED)], state[key][list(CARRIED)])
+        assert torch.equal(state2[key][[3, 5]], fresh[key][[3, 5]])  # the file's new rows are not taken
+
+
+def test_transfer_weights_cli_reports_rows_and_no_head_transfer(planned_phantom_dataset, tmp_path):
+    from nnunet_suprem.transfer.apply import build_network_from_plans
+
+    env = planned_phantom_dataset["env"]
+    preprocessed = planned_phantom_dataset["raw"].parents[1] / "nnUNet_preprocessed" / "Dataset001_SynthCT"
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    labels = {"background": 0, "heart": 1, "Inferior Vena Cava": 2, "Liver": 3, "right kidney": 4}
+    torch.manual_seed(1)
+    source = build_network_from_plans(plans, {**dataset_json, "labels": labels}, "3d_fullres")
+    model = tmp_path / "model"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "dataset.json").write_text(json.dumps({**dataset_json, "labels": labels}))
+    torch.save({"network_weights": source.state_dict()}, model / "fold_0" / "checkpoint_final.pth")
+    args = [str(model / "fold_0" / "checkpoint_final.pth"), "-d", "1", "-c", "3d_fullres"]
+    result = run(cli("transfer-weights", *args, "-o", str(tmp_path / "w.pth")), env)
+    assert ("Head transfer: 4 of 17 output rows carried: background, kidney_right <- right kidney, liver <- Liver, "
+            "postcava <- Inferior Vena Cava; new (from the background row, bias - log(k+1)): aorta, gall_bladder, "
+            "kidney_left, pancreas, spleen") in result.stdout
+    assert "  rows        decoder.seg_layers.0.weight  (rows [0, 4, 5, 7] from checkpoint rows [0, 4, 3, 2]" \
+        in result.stdout
+    weights = torch.load(tmp_path / "w.pth", weights_only=True)
+    head = "decoder.seg_layers.2.weight"  # full resolution
+    assert torch.equal(weights["network_weights"][head][[0, 4, 5, 7]], source.state_dict()[head][[0, 4, 3, 2]])
+    assert weights["nnunet_suprem_transfer"]["pretrained_rows"] == ["background", "kidney_right", "liver", "postcava"]
+
+    result = run(cli("transfer-weights", *args, "-o", str(tmp_path / "off.pth"), "--no-head-transfer"), env)
+    assert "Head transfer: output rows not carried (head transfer turned off)" in result.stdout
+    off = torch.load(tmp_path / "off.pth", weights_only=True)
+    assert off["nnunet_suprem_transfer"]["pretrained_rows"] == []
+    assert not any(".seg_layers." in k for k in off["nnunet_suprem_transfer"]["pretrained_keys"])
+
+
+def train_briefly(network, cases, iterations: int = 100, seed: int = 0) -> None:
+    """Adam on whole preprocessed volumes (cross-entropy + soft Dice): a pre-trained model in seconds."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    network.decoder.deep_supervision = False
+    network.train()
+    optimizer = torch.optim.Adam(network.parameters(), 1e-2)
+    images, labels = cases
+    for _ in range(iterations):
+        pick = torch.randperm(len(images), generator=generator)[:2]
+        logits, target = network(images[pick]), labels[pick]
+        probabilities = logits.softmax(1)
+        onehot = torch.nn.functional.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
+        overlap = (probabilities * onehot).sum((0, 2, 3, 4))
+        total = probabilities.sum((0, 2, 3, 4)) + onehot.sum((0, 2, 3, 4))
+        soft_dice = ((2 * overlap + 1e-5) / (total + 1e-5))[1:].mean()
+        loss = torch.nn.functional.cross_entropy(logits, target) + 1 - soft_dice
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    network.eval()
+
+
+def preprocessed_cases(folder, identifiers, multiple: int):
+    """(images [n, 1, *shape], labels [n, *shape]) of preprocessed cases, zero-padded to a multiple of ``multiple``."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    dataset = nnUNetDatasetBlosc2(str(folder), identifiers)
+    loaded = [tuple(np.asarray(a) for a in dataset.load_case(i)[:2]) for i in identifiers]
+    shape = [-(-max(d.shape[axis + 1] for d, _ in loaded) // multiple) * multiple for axis in range(3)]
+    images, labels = torch.zeros(len(loaded), 1, *shape), torch.zeros(len(loaded), *shape, dtype=torch.long)
+    for i, (data, seg) in enumerate(loaded):
+        region = tuple(slice(0, n) for n in data.shape[1:])
+        images[(i, 0, *region)] = torch.from_numpy(data[0]).float()
+        labels[(i, *region)] = torch.from_numpy(np.maximum(seg[0], 0)).long()  # -1 outside the body mask
+    return images, labels
+
+
+def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    total = prediction.sum() + reference.sum()
+    return 1.0 if total == 0 else 2 * float((prediction & reference).sum()) / float(total)
+
+
+def test_zero_iterations_after_transfer_predict_seen_classes_as_the_pretrained_model(planned_phantom_dataset,
+                                                                                     tmp_path):
+    """The issue's test: the transferred model, not fine-tuned at all, segments the classes the checkpoint knows
+    (other names and label values in the target, novel classes besides) on held-out cases with Dice within 0.02 of
+    the pre-trained model itself; with novel rows from the background row the segmentations are identical."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_suprem.transfer.apply import build_network_from_plans
+
+    raw = planned_phantom_dataset["raw"]
+    preprocessed = raw.parents[1] / "nnUNet_preprocessed" / raw.name
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    phantom_json = json.loads((preprocessed / "dataset.json").read_text())
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = [min(8 * 2 ** i, 32) for i in range(arch["n_stages"])]  # narrow: seconds to train
+    # pre-training: 7 of the phantom's classes (the others are background), in AbdomenAtlas names
+    pretrained_classes = ["kidney_left", "kidney_right", "liver", "postcava", "spleen", "lung_left", "lung_right"]
+    source_json = {**phantom_json, "labels": {"background": 0, **{c: i + 1 for i, c in enumerate(pretrained_classes)}}}
+    to_source = torch.zeros(len(phantom_json["labels"]), dtype=torch.long)
+    for name, value in source_json["labels"].items():
+        to_source[phantom_json["labels"][name]] = value
+    training = sorted(p.stem for p in (preprocessed / "nnUNetPlans_3d_fullres").glob("*.pkl")
+                      if not p.stem.startswith("hospB"))  # hospB annotates 4 classes only
+    images, labels = preprocessed_cases(preprocessed / "nnUNetPlans_3d_fullres", training,
+                                        int(np.prod([s[0] for s in arch["strides"]])))
+    torch.manual_seed(0)
+    pretrained = build_network_from_plans(plans, source_json, "3d_fullres")
+    train_briefly(pretrained, (images, to_source[labels]), iterations=60)
+    model = tmp_path / "Dataset001_SynthCT" / "Pretrained__nnUNetPlans__3d_fullres"
+    (model / "fold_0").mkdir(parents=True)
+    torch.save({"network_weights": pretrained.state_dict(), "init_args": {"dataset_json": source_json}},
+               model / "fold_0" / "checkpoint_final.pth")
+
+    seen = {"liver": "Liver", "postcava": "inferior_vena_cava", "lung_left": "lung (left)",
+            "kidney_left": "left kidney", "lung_right": "lung_right"}  # pre-training name -> target name
+    target_json = {**phantom_json, "labels": {"background": 0, "heart": 1, "Liver": 2, "inferior_vena_cava": 3,
+                                              "lung (left)": 4, "trachea": 5, "left kidney": 6, "lung_right": 7}}
+    torch.manual_seed(1)
+    transferred = build_network_from_plans(plans, target_json, "3d_fullres")
+    state, report = transfer_checkpoint(read_checkpoint(model / "fold_0" / "checkpoint_final.pth"), transferred,
+                                        target_json["labels"])
+    transferred.load_state_dict(state)
+    assert report.carried_classes == {"background": "background", **{t: s for s, t in seen.items()}}
+    assert report.new_classes == ["heart", "trachea"]
+
+    plans_manager = PlansManager(plans)
+    reader = plans_manager.image_reader_writer_class()
+    scores, masks = {}, {}
+    for arm, network, dataset_json in (("pretrained", pretrained, source_json),
+                                       ("transferred", transferred, target_json)):
+        network.decoder.deep_supervision = False
+        predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
+                                    device=torch.device("cpu"), allow_tqdm=False)
+        predictor.manual_initialization(network, plans_manager, plans_manager.get_configuration("3d_fullres"),
+                                        [network.state_dict()], dataset_json, "nnUNetTrainer", None)
+        for image in sorted((raw / "imagesTs").glob("*_0000.nii.gz")):
+            case = image.name.removesuffix("_0000.nii.gz")
+            prediction = predictor.predict_single_npy_array(*reader.read_images([str(image)]))
+            reference = reader.read_seg(str(raw / "labelsTs" / f"{case}.nii.gz"))[0][0]
+            for source_name, target_name in seen.items():
+                mask = prediction == dataset_json["labels"][source_name if arm == "pretrained" else target_name]
+                masks[arm, case, source_name] = mask
+                scores.setdefault(arm, {}).setdefault(source_name, []).append(
+                    dice(mask, reference == phantom_json["labels"][source_name]))
+    mean = {arm: {c: float(np.mean(v)) for c, v in per_class.items()} for arm, per_class in scores.items()}
+    print("held-out Dice:", mean)
+    assert min(mean["pretrained"]["lung_left"], mean["pretrained"]["lung_right"]) > 0.5  # a model that segments
+    for name in seen:
+        assert abs(mean["transferred"][name] - mean["pretrained"][name]) <= 0.02, name
+    for (arm, case, name), mask in masks.items():
+        if arm == "transferred":
+            assert np.array_equal(mask, masks["pretrained", case, name]), (case, name)
+
+
+def test_finetune_trainer_carries_rows_trains_such_heads_as_new_layers_and_can_turn_it_off(make_trainer, tmp_path):
+    from nnunet_suprem.training.finetune_trainer import SuPreMFinetuneTrainer, SuPreMFinetuneTrainerNoHeadTransfer
+    from nnunet_suprem.transfer.apply import build_network_from_plans
+
+    trainer = make_trainer(cls=SuPreMFinetuneTrainer)
+    labels = {"background": 0, "Inferior Vena Cava": 1, "liver": 2, "heart": 3}
+    torch.manual_seed(7)
+    source = build_network_from_plans(trainer.plans_manager.plans, {**trainer.dataset_json, "labels": labels},
+                                      "3d_fullres")
+    torch.save({"network_weights": source.state_dict(), "init_args": {"dataset_json": {"labels": labels}}},
+               tmp_path / "checkpoint_final.pth")
+    trainer.load_pretrained_weights(str(tmp_path / "checkpoint_final.pth"))
+    postcava, liver = (trainer.dataset_json["labels"][c] for c in ("postcava", "liver"))
+    head = "decoder.seg_layers.2.weight"
+    assert torch.equal(trainer.network.state_dict()[head][[0, postcava, liver]], source.state_dict()[head][[0, 1, 2]])
+    groups = {g["pretrained"]: set(g["param_names"]) for g in trainer.optimizer.param_groups}
+    assert head in groups[False] and "encoder.stages.0.0.convs.0.conv.weight" in groups[True]
+    log = open(trainer.log_file).read()
+    assert "Head transfer: 3 of 17 output rows carried: background, liver, postcava <- Inferior Vena Cava" in log
+
+    off = make_trainer(cls=SuPreMFinetuneTrainerNoHeadTransfer)
+    off.load_pretrained_weights(str(tmp_path / "checkpoint_final.pth"))
+    assert "Head transfer: output rows not carried (head transfer turned off)" in open(off.log_file).read()
+    assert not torch.equal(off.network.state_dict()[head][liver], source.state_dict()[head][2])
