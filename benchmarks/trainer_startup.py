@@ -31,6 +31,8 @@ import numpy as np
 
 from common import derived_dataset, nnunet_folders, planned_source, source_case
 
+from nnunet_suprem.training.case_geometry import summary_path
+
 DATASET = "Dataset701_Startup"
 
 
@@ -91,7 +93,7 @@ def main() -> None:
     root = nnunet_folders(args.out, "suprem_startup_")
     try:
         data = build(args.cases, args.classes, args.locations)
-        (data / "suprem_left_right.pkl").unlink(missing_ok=True)
+        Path(summary_path(str(data))).unlink(missing_ok=True)
         start_once("nnUNetTrainer")  # warm-up: writes splits_final.json, fills the file cache
         first = start_once("SuPreMTrainer")
         times = {"nnUNetTrainer": [], "SuPreMTrainer": []}

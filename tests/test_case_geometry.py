@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_suprem.training.case_geometry import SUMMARY_FILE, dataset_orientations
+from nnunet_suprem.training.case_geometry import dataset_orientations, summary_path
 
 CASES = 3000
 LPS, RAS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
@@ -88,11 +88,17 @@ def test_startup_reads_each_pkl_once_per_dataset_with_the_same_decision(many_cas
         _write_cases(folder, 1, RAS, first=1234)
     pkl_opens.clear()
     first = make()
-    assert len(pkl_opens) == CASES and (folder / SUMMARY_FILE).is_file()  # read once, to write the summary
+    summary = Path(summary_path(str(folder)))
+    assert len(pkl_opens) == CASES and summary.is_file()  # read once, to write the summary
+    assert summary.parent == folder.parent and not [p for p in folder.iterdir() if "suprem" in p.name]
     pkl_opens.clear()
     second = make()
     assert pkl_opens == []  # like stock nnU-Net: no case .pkl at start-up
     assert _decision(second) == _decision(first)
+    os.utime(folder / "case_00007.pkl", ns=(1, 1))  # preprocessed again: the summary no longer holds
+    pkl_opens.clear()
+    third = make()
+    assert len(pkl_opens) == CASES and _decision(third) == _decision(first)
     if one_case_mirrored:
         assert _decision(first) == ((2,), None, (0, 1))
         assert "cases differ in which way the left-right axis points" in open(second.log_file).read()
@@ -140,7 +146,7 @@ def test_ddp_ranks_share_the_reading_and_agree(tmp_path):
     folder = tmp_path / "nnUNetPlans_3d_fullres"
     cases = _write_cases(folder, 1000) + _write_cases(folder, 1, RAS, first=1000)
     expected = dataset_orientations(str(folder), cases, print)  # one process
-    (folder / SUMMARY_FILE).unlink()
+    Path(summary_path(str(folder))).unlink()
     first = _gloo_run(folder)
     assert [r["opened"] for r in first] == [501, 500]  # each rank reads its share of the cases
     assert first[0]["orientations"] == first[1]["orientations"] == json.loads(json.dumps(sorted(expected.items())))

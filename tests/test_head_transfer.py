@@ -368,3 +368,20 @@ def test_finetune_trainer_carries_rows_trains_such_heads_as_new_layers_and_can_t
     off.load_pretrained_weights(str(tmp_path / "checkpoint_final.pth"))
     assert "Head transfer: output rows not carried (head transfer turned off)" in open(off.log_file).read()
     assert not torch.equal(off.network.state_dict()[head][liver], source.state_dict()[head][2])
+
+
+def test_every_row_carried_means_no_head_only_epochs_and_training_steps(make_trainer, tmp_path):
+    """The same labels as the checkpoint: every layer is pre-trained, so freezing them would train nothing."""
+    from nnunet_suprem.training.finetune_trainer import SuPreMFinetuneTrainer
+
+    trainer = make_trainer(cls=SuPreMFinetuneTrainer)
+    torch.save({"network_weights": trainer.network.state_dict(), "init_args": {"dataset_json": trainer.dataset_json}},
+               tmp_path / "checkpoint_final.pth")
+    trainer.load_pretrained_weights(str(tmp_path / "checkpoint_final.pth"))
+    assert {g["pretrained"]: len(g["params"]) for g in trainer.optimizer.param_groups}[False] == 0
+    assert trainer.head_epochs == 0
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    assert all(p.requires_grad for p in trainer.network.parameters())
+    trainer.train_step(next(trainer.dataloader_train))  # the whole network trains from the first epoch
+    trainer.on_train_end()

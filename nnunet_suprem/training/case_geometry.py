@@ -3,24 +3,26 @@
 nnU-Net's per-case ``.pkl`` holds the image geometry next to ``class_locations`` (up to 10,000 x 4
 int64 per class: megabytes per case), so reading every case's ``.pkl`` at each start-up, on every
 rank, costs far more than stock nnU-Net's start-up. The orientations are read once, shared out
-over the DDP ranks, and kept in a small summary file in the preprocessed data folder, which
-nnU-Net's preprocessing deletes with the folder whenever it preprocesses the dataset again. The
-summary is a ``.pkl`` because nnU-Net tells its dataset format from the other file endings there.
+over the DDP ranks, and kept in a small JSON summary beside nnU-Net's data folder
+(``suprem_left_right_<data identifier>.json`` in the dataset's preprocessed folder: nothing is
+added to the data folder, whose files nnU-Net and users' scripts enumerate). The summary records
+each case's ``.pkl`` size and modification time; it is used only while they all match, so a
+dataset preprocessed again is read again (a ``stat`` per case, no ``.pkl`` is opened).
 """
 from __future__ import annotations
 
+import json
 import os
-import pickle
 from typing import Callable, Sequence
 
 import torch.distributed as dist
 from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
-from nnunet_suprem.fileio import atomic_path
+from nnunet_suprem.convert.staging import source_fingerprint
+from nnunet_suprem.fileio import write_json
 from nnunet_suprem.training.laterality import left_right_axis
 
-SUMMARY_FILE = "suprem_left_right.pkl"
-SUMMARY_FORMAT = 1
+SUMMARY_FORMAT = 2
 
 Orientations = dict[str, tuple[int, int] | None]  # case -> (array axis, sign) of left-right, None: unknown
 
@@ -30,21 +32,31 @@ def read_case_orientations(folder: str, cases: Sequence[str]) -> Orientations:
     return {case: left_right_axis(load_pickle(os.path.join(folder, f"{case}.pkl"))) for case in cases}
 
 
+def summary_path(folder: str) -> str:
+    """Where the summary of nnU-Net's data folder ``folder`` lives: beside it, named after it."""
+    return os.path.join(os.path.dirname(os.path.abspath(folder)), f"suprem_left_right_{os.path.basename(folder)}.json")
+
+
+def _pkl_fingerprint(folder: str, cases: Sequence[str]) -> dict[str, list[int]]:
+    files = source_fingerprint(os.path.join(folder, f"{case}.pkl") for case in cases)
+    return dict(zip(cases, files.values()))
+
+
 def read_summary(folder: str, cases: Sequence[str]) -> Orientations | None:
-    """The folder's summary if it exists and lists exactly ``cases``, else None."""
-    path = os.path.join(folder, SUMMARY_FILE)
-    if not os.path.isfile(path):
+    """The summary if it exists and its cases' ``.pkl`` files are exactly the ones it was made from, else None."""
+    try:
+        with open(summary_path(folder), encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
         return None
-    summary = load_pickle(path)
-    if summary.get("format") != SUMMARY_FORMAT or summary["orientations"].keys() != set(cases):
+    if summary.get("format") != SUMMARY_FORMAT or summary.get("pkl") != _pkl_fingerprint(folder, cases):
         return None
-    return summary["orientations"]
+    return {case: None if value is None else tuple(value) for case, value in summary["orientations"].items()}
 
 
-def write_summary(folder: str, orientations: Orientations) -> None:
+def write_summary(folder: str, orientations: Orientations, fingerprint: dict[str, list[int]]) -> None:
     """Write the summary atomically (concurrent readers see the old file or the new one)."""
-    with atomic_path(os.path.join(folder, SUMMARY_FILE)) as tmp, open(tmp, "wb") as f:
-        pickle.dump({"format": SUMMARY_FORMAT, "orientations": orientations}, f)
+    write_json({"format": SUMMARY_FORMAT, "pkl": fingerprint, "orientations": orientations}, summary_path(folder))
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -67,6 +79,7 @@ def dataset_orientations(folder: str, cases: Sequence[str], log: Callable[[str],
         dist.broadcast_object_list(found, src=0)
     if found[0] is not None:
         return found[0]
+    fingerprint = _pkl_fingerprint(folder, cases) if rank == 0 else {}  # before reading: a change means read again
     mine = read_case_orientations(folder, cases[rank::world])
     shares = [mine]
     if world > 1:
@@ -75,9 +88,9 @@ def dataset_orientations(folder: str, cases: Sequence[str], log: Callable[[str],
     orientations = {case: orientation for share in shares for case, orientation in share.items()}
     if rank == 0:
         try:
-            write_summary(folder, orientations)
+            write_summary(folder, orientations, fingerprint)
             log(f"Laterality: read the orientation of {len(cases)} cases from their .pkl files once; "
-                f"summary written to {os.path.join(folder, SUMMARY_FILE)}")
+                f"summary written to {summary_path(folder)}")
         except OSError as error:
             log(f"Laterality: read the orientation of {len(cases)} cases from their .pkl files; could not write "
                 f"the summary ({error}), so the next start reads them again")

@@ -86,7 +86,8 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
       carried is pre-trained. ``head_transfer = False`` re-initialises every head.
     - Schedule (SGD as nnU-Net, :func:`~nnunet_suprem.training.schedules.finetune_lr_factors`):
       pre-trained layers are frozen for ``head_epochs_fraction`` of the epochs (learning rate
-      0 and no gradient, so nnU-Net's gradient clipping sees only the new layers), then warm up
+      0 and no gradient, so nnU-Net's gradient clipping sees only the new layers; no such epochs
+      when every layer is pre-trained, e.g. every head row carried), then warm up
       linearly over ``warmup_epochs_fraction`` to
       ``pretrained_lr_scale`` times the new layers' rate. New layers follow nnU-Net's poly decay.
     - Laterality, partial labels and validation as :class:`SuPreMTrainer`.
@@ -111,6 +112,10 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
 
     @property
     def head_epochs(self) -> int:
+        """Epochs that train only the new layers; none when every layer is pre-trained (nothing would train)."""
+        names = {name for name, _ in unwrap(self.network).named_parameters()} if self.network is not None else set()
+        if names and names <= self.pretrained_keys:
+            return 0
         return max(1, round(self.head_epochs_fraction * self.num_epochs))
 
     @property
@@ -165,9 +170,10 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
             self.print_to_log_file("SuPreMFinetuneTrainer: no pre-trained weights (no -pretrained_weights): every "
                                    "layer is new and trains from scratch with nnU-Net's schedule.")
         else:
-            self.print_to_log_file(f"Fine-tuning schedule: pre-trained layers frozen for {self.head_epochs} epoch(s), "
-                                   f"then warmed up over {self.warmup_epochs} epoch(s) to {self.pretrained_lr_scale}x "
-                                   f"the learning rate of new layers.")
+            frozen = (f"pre-trained layers frozen for {self.head_epochs} epoch(s), then" if self.head_epochs else
+                      "every layer is pre-trained (no head-only epochs),")
+            self.print_to_log_file(f"Fine-tuning schedule: {frozen} warmed up over {self.warmup_epochs} epoch(s) to "
+                                   f"{self.pretrained_lr_scale}x the learning rate of new layers.")
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
