@@ -15,7 +15,7 @@ import tempfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -65,11 +65,16 @@ def path_inside(root: str | os.PathLike, *parts: str) -> Path:
     return path
 
 
-def _new_mode(directory: bool = False) -> int:
-    """Permissions of a new file (0666) or folder (0777) under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+def source_fingerprint(paths: Iterable[Path]) -> dict[str, list[int]]:
+    """``{path: [size, modification time in ns]}`` of the files a case is converted from (missing: [-1, -1])."""
+    fingerprint = {}
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            fingerprint[str(path)] = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            fingerprint[str(path)] = [-1, -1]
+    return fingerprint
 
 
 def _new_mode(directory: bool = False) -> int:

@@ -36,6 +36,14 @@ class Problem:
     problem: str
     fatal: bool
 
+    @classmethod
+    def from_error(cls, file: str | Path, error: Exception) -> "Problem":
+        """The fatal problem of ``file`` that ``error`` describes (our checks raise ValueError starting with the
+        file's name, which the report already shows; readers raise RuntimeError)."""
+        if isinstance(error, ValueError):
+            return cls(str(file), str(error).removeprefix(f"{file}: "), True)
+        return cls(str(file), f"unreadable: {str(error).strip().splitlines()[-1]}", True)
+
 
 @dataclass
 class CaseResult:
@@ -71,13 +79,6 @@ def _rounded(values) -> tuple[float, ...]:
     return tuple(round(float(v), 5) for v in values)
 
 
-def _problem(path: Path, error: Exception) -> Problem:
-    """The fatal problem of a file that could not be read (our checks raise ValueError, SimpleITK RuntimeError)."""
-    if isinstance(error, ValueError):
-        return Problem(str(path), str(error).removeprefix(f"{path}: "), True)
-    return Problem(str(path), f"unreadable: {str(error).strip().splitlines()[-1]}", True)
-
-
 def _read_ct(ct_path: Path, result: CaseResult) -> Grid | None:
     """The CT after a full integrity check: only its header when it is copied byte for byte (already .nii.gz),
     else the image to re-encode."""
@@ -86,7 +87,7 @@ def _read_ct(ct_path: Path, result: CaseResult) -> Grid | None:
         ct = read_header(ct_path) if _copied_as_is(ct_path) else sitk.ReadImage(str(ct_path))
         check_single_volume(ct, ct_path)
     except (ValueError, RuntimeError) as e:
-        result.problems.append(_problem(ct_path, e))
+        result.problems.append(Problem.from_error(ct_path, e))
         return None
     return ct
 
@@ -101,7 +102,7 @@ def _read_on_grid(path: Path, ct: Grid, result: CaseResult) -> np.ndarray | None
         array, grid = read_image_array(path)
         check_single_volume(grid, path)
     except (ValueError, RuntimeError) as e:
-        result.problems.append(_problem(path, e))
+        result.problems.append(Problem.from_error(path, e))
         return None
     mismatch = geometry_mismatch(ct, grid)
     if mismatch:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from nnunet_suprem.convert.cases import CaseResult, Problem
-from nnunet_suprem.convert.staging import DatasetStaging, source_fingerprint
-from nnunet_suprem.fileio import check_name, write_json
+from nnunet_suprem.convert.staging import DatasetStaging
+from nnunet_suprem.fileio import check_name, source_fingerprint, write_json
 from nnunet_suprem.jobs import default_num_processes, map_with_progress
 from nnunet_suprem.manifest import MANIFEST_KEY, build_manifest
 from nnunet_suprem.nnunet_env import CANONICAL_READER
@@ -74,8 +74,7 @@ def _check_case_names(jobs: list[CaseJob]) -> tuple[list[CaseJob], list[CaseResu
             if job.case in seen:
                 raise ValueError(f"{job.origin}: case identifier {job.case!r} occurs twice")
         except ValueError as e:
-            invalid.append(CaseResult(repr(job.case), problems=[Problem(job.origin, str(e).removeprefix(
-                f"{job.origin}: "), True)]))
+            invalid.append(CaseResult(repr(job.case), problems=[Problem.from_error(job.origin, e)]))
             continue
         seen.add(job.case)
         valid.append(job)

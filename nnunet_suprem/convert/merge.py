@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from nnunet_suprem.convert.cases import CaseResult, Problem
-from nnunet_suprem.convert.driver import CaseJob, Conversion, add_common_arguments, run_conversion, skipped_case
+from nnunet_suprem.convert.driver import CaseJob, Conversion, add_common_arguments, run_conversion
 from nnunet_suprem.convert.staging import DatasetStaging
 from nnunet_suprem.fileio import (NIFTI_ENDINGS, atomic_path, check_file_ending, check_image_file, check_name,
                                   check_single_volume, check_text, read_header)
@@ -131,7 +131,7 @@ def relabel_case(case: str, source_label: str, images: list[str], dataset_json: 
             if file.endswith(NIFTI_ENDINGS):  # nnU-Net would read a 4D file as several channels
                 check_single_volume(read_header(file), file)
         except ValueError as e:
-            result.problems.append(Problem(file, str(e).removeprefix(f"{Path(file)}: "), True))
+            result.problems.append(Problem.from_error(file, e))
     if not result.converted:
         return result
     try:
@@ -192,8 +192,8 @@ def merge_datasets(sources: Sequence[str | int], dataset_id: int, name: str, tax
             try:
                 check_name(case, "case identifier", source.json_file)
             except ValueError as e:
-                conversion.skipped.append(skipped_case(repr(merged_case), source.json_file,
-                                                       str(e).removeprefix(f"{source.json_file}: ")))
+                problem = Problem.from_error(source.json_file, e)
+                conversion.skipped.append(CaseResult(repr(merged_case), problems=[problem]))
                 continue
             own = source_annotated.get(case, foreground_labels(source.dataset_json))
             annotated = [c for c in classes if c in {targets_of[l] for l in own}]

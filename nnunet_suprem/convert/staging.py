@@ -11,28 +11,15 @@ the move, the folder must hold exactly the files of the converted cases.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 from nnunet_suprem.fileio import move_directory_into_place, path_inside, write_json
 from nnunet_suprem.nnunet_env import new_dataset_folder
 
 _OPTIONS = "conversion_options.json"
 _RECORDS = ".cases"
-
-
-def source_fingerprint(paths: Iterable[Path]) -> dict[str, list[int]]:
-    """``{path: [size, modification time in ns]}`` of the files a case is converted from (missing: [-1, -1])."""
-    fingerprint = {}
-    for path in paths:
-        try:
-            stat = os.stat(path)
-            fingerprint[str(path)] = [stat.st_size, stat.st_mtime_ns]
-        except OSError:
-            fingerprint[str(path)] = [-1, -1]
-    return fingerprint
 
 
 class DatasetStaging:

@@ -18,8 +18,7 @@ from typing import Callable, Sequence
 import torch.distributed as dist
 from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
-from nnunet_suprem.convert.staging import source_fingerprint
-from nnunet_suprem.fileio import write_json
+from nnunet_suprem.fileio import source_fingerprint, write_json
 from nnunet_suprem.training.laterality import left_right_axis
 
 SUMMARY_FORMAT = 2
