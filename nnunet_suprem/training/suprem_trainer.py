@@ -17,7 +17,10 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 
 from nnunet_suprem.architectures import supports_deep_supervision
+from nnunet_suprem.fileio import atomic_path
 from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels, group_of_case
+from nnunet_suprem.orientation import ORIENTATION_KEY, describe, needs_check, training_orientation
+from nnunet_suprem.transfer.checkpoint import load_weights_only
 from nnunet_suprem.training.case_geometry import dataset_orientations
 from nnunet_suprem.training.laterality import (LateralMirrorTransform, lateral_directions, lateral_label_pairs,
                                                lateral_mirroring_blocker, lateral_rotation, rotation_planes)
@@ -88,6 +91,7 @@ class SuPreMTrainer(nnUNetTrainer):
                                    f"training its single output.")
         self.left_right_axes: tuple[int, ...] = ()  # patch axes along left-right in any case (all: geometry unknown)
         self.lateral_swap: tuple[int, list[tuple[int, int]]] | None = None  # (axis, label pairs) to swap on flips
+        self.training_orientation: dict | None = None  # recorded in checkpoints (see nnunet_suprem.orientation)
 
     def set_deep_supervision_enabled(self, enabled: bool):
         """nnU-Net's switch (``network.decoder.deep_supervision``), for networks that have deep supervision."""
@@ -155,6 +159,7 @@ class SuPreMTrainer(nnUNetTrainer):
         folder = self.preprocessed_dataset_folder
         cases = infer_dataset_class(folder).get_identifiers(folder)
         orientations = dataset_orientations(folder, cases, self.print_to_log_file)
+        self._record_orientation(orientations.values())
         patch_dim = len(self.configuration_manager.patch_size)
         directions = lateral_directions(orientations.values(), self.plans_manager.transpose_forward, patch_dim)
         self.left_right_axes = tuple(range(patch_dim)) if directions is None \
@@ -173,6 +178,28 @@ class SuPreMTrainer(nnUNetTrainer):
         else:
             self.print_to_log_file(f"Laterality: left-right mirroring is off (no mirroring along axes "
                                    f"{self.left_right_axes} in training or inference) because {blocker}.")
+
+    def _record_orientation(self, orientations) -> None:
+        """Keep the orientation the network learns left and right in, for the checkpoints."""
+        self.training_orientation = training_orientation(orientations, self.plans_manager.plans["image_reader_writer"])
+        if needs_check(self.training_orientation):
+            self.print_to_log_file(
+                f"Laterality: every training case is read by {self.training_orientation['reader']} with "
+                f"{describe(self.training_orientation['left_right'])}, so the network ties left and right to that "
+                f"index order (recorded in the checkpoints). Test images oriented otherwise would come out swapped "
+                f"in nnUNetv2_predict: check them first with 'nnunet-suprem check-orientation MODEL_FOLDER -i "
+                f"INPUT_FOLDER' (or set 'overwrite_image_reader_writer': 'NibabelIOWithReorient' in dataset.json "
+                f"before planning, which reorients every image).")
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, plus the training orientation when left and right depend on it."""
+        super().save_checkpoint(filename)
+        if self.training_orientation is None or self.local_rank != 0 or self.disable_checkpointing:
+            return
+        checkpoint = load_weights_only(filename)
+        checkpoint[ORIENTATION_KEY] = self.training_orientation
+        with atomic_path(filename) as tmp:
+            torch.save(checkpoint, tmp)
 
     def _limit_lateral_rotation(self, rotation: tuple[float, float], dummy_2d: bool,
                                 initial_patch_size) -> tuple[tuple[float, float], np.ndarray]:

@@ -1,0 +1,177 @@
+"""Orientation at prediction: the sides a model learnt from array position stay right on new images.
+
+A network that learns left and right from where organs lie in nnU-Net's arrays (see ``training.laterality``)
+depends on the index order its reader presents. ``NibabelIOWithReorient`` and ``SimpleITKIOWithReorient``
+present every image in RAS, so any test image comes out right. Readers that keep the file's index order
+(SimpleITKIO, NibabelIO) present an image whose left-right axis points the other way mirrored, and stock
+``nnUNetv2_predict`` then swaps left and right. SuPreMTrainer records the training orientation in its
+checkpoints (``ORIENTATION_KEY``); ``nnunet-suprem check-orientation`` compares a folder of test images with it
+before ``nnUNetv2_predict`` and refuses, or writes reoriented copies (the same physical image in the training
+cases' index order, through SimpleITK's ``DICOMOrient``) that predict right.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+ORIENTATION_KEY = "nnunet_suprem_training_orientation"
+REORIENTING_READERS = ("NibabelIOWithReorient", "SimpleITKIOWithReorient")
+"""nnU-Net readers that present every image in RAS, whatever its file's orientation."""
+
+Orientation = tuple[int, int]  # (array axis, sign) of the patient's left-right, see laterality.left_right_axis
+
+
+def training_orientation(orientations: Iterable[Orientation | None], reader: str) -> dict | None:
+    """The record of what a model's left and right depend on: its reader and the left-right (array axis, sign)
+    every training case shares. None when the cases disagree or some geometry is unknown: the network then
+    cannot tie the sides to array position (it learns them from anatomy, or not at all)."""
+    found = set(orientations)
+    if len(found) != 1 or None in found:
+        return None
+    (axis, sign), = found
+    return {"reader": reader, "left_right": [int(axis), int(sign)]}
+
+
+def needs_check(record: Mapping | None) -> bool:
+    """Whether test images must share the recorded orientation (the reader keeps each file's index order)."""
+    return record is not None and record["reader"] not in REORIENTING_READERS
+
+
+def describe(orientation: Sequence[int]) -> str:
+    axis, sign = orientation
+    return f"array axis {axis} ({'zyx'[axis]}) grows towards the patient's {'left' if sign > 0 else 'right'}"
+
+
+def image_orientation(reader: str, file: str) -> Orientation | None:
+    """Left-right (array axis, sign) of ``file`` as nnU-Net's ``reader`` presents it (None: no geometry)."""
+    from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
+
+    from nnunet_suprem.training.laterality import left_right_axis
+
+    _, properties = recursive_find_reader_writer_by_name(reader)().read_images((file,))
+    return left_right_axis(properties)
+
+
+def reorient_code(current: str, orientation: Sequence[int]) -> str:
+    """The DICOM orientation code (SimpleITK's ``DICOMOrient``, e.g. "LPS": index x grows towards the left) that
+    puts the patient's left-right on ``orientation``'s array axis, pointing its way, with the fewest changes."""
+    axis, sign = orientation
+    letters = list(current)
+    lateral = next(i for i, letter in enumerate(letters) if letter in "LR")
+    target = 2 - axis  # nnU-Net's arrays are [z, y, x] of SimpleITK's (x, y, z) index
+    letters[lateral], letters[target] = letters[target], letters[lateral]
+    letters[target] = "L" if sign > 0 else "R"
+    return "".join(letters)
+
+
+def write_reoriented(source: Path, destination: Path, orientation: Sequence[int]) -> None:
+    """Write ``source`` with its index order changed so that left-right lies as in ``orientation``; the physical
+    image (every voxel's position and value) is unchanged."""
+    import SimpleITK as sitk
+
+    from nnunet_suprem.fileio import write_image
+
+    image = sitk.ReadImage(str(source))
+    current = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    write_image(sitk.DICOMOrient(image, reorient_code(current, orientation)), destination)
+
+
+def group_cases(folder: Path, file_ending: str, num_channels: int) -> dict[str, list[Path]]:
+    """``{case: [channel files]}`` of an nnU-Net input folder (``CASE_XXXX<file_ending>``), checked complete."""
+    from nnunet_suprem.fileio import check_name
+
+    pattern = re.compile(rf"(.+)_(\d{{4}}){re.escape(file_ending)}")
+    cases: dict[str, dict[int, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if match and path.is_file():
+            cases.setdefault(check_name(match.group(1), "case identifier", path), {})[int(match.group(2))] = path
+    if not cases:
+        raise ValueError(f"{folder}: no images named CASE_XXXX{file_ending}")
+    for case, channels in cases.items():
+        if sorted(channels) != list(range(num_channels)):
+            raise ValueError(f"{folder}: case {case} has channels {sorted(channels)}, the model needs "
+                             f"{list(range(num_channels))}")
+    return {case: [channels[c] for c in sorted(channels)] for case, channels in cases.items()}
+
+
+def model_record(model_folder: Path, fold: str | None, checkpoint_name: str) -> tuple[dict | None, Path]:
+    """The training orientation recorded in a model folder's checkpoint (``fold_<fold>``, default: the first fold
+    that has ``checkpoint_name``; None: no record) and that checkpoint's path."""
+    from nnunet_suprem.transfer.checkpoint import load_weights_only
+
+    folds = [model_folder / f"fold_{fold}"] if fold is not None else sorted(model_folder.glob("fold_*"))
+    checkpoints = [f / checkpoint_name for f in folds if (f / checkpoint_name).is_file()]
+    if not checkpoints:
+        raise FileNotFoundError(f"{model_folder}: no {checkpoint_name} in "
+                                f"{', '.join(f.name for f in folds) or 'any fold_* folder'}")
+    return load_weights_only(checkpoints[0]).get(ORIENTATION_KEY), checkpoints[0]
+
+
+def add_subparser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "check-orientation", help="before nnUNetv2_predict: do the test images share the orientation the model "
+                                  "learnt left and right in? (refuse, or write reoriented copies)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_folder", type=Path, help="the trained model folder (.../Trainer__Plans__configuration)")
+    p.add_argument("-i", dest="input", type=Path, required=True,
+                   help="folder of test images named as for nnUNetv2_predict (CASE_0000.nii.gz, ...)")
+    p.add_argument("-f", dest="fold", help="fold whose checkpoint to read (default: the first one there)")
+    p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    p.add_argument("--reorient", type=Path, metavar="OUT",
+                   help="write every case to this new folder, the ones oriented otherwise reoriented (same physical "
+                        "image, the training cases' index order); then run nnUNetv2_predict -i OUT")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from nnunet_suprem.fileio import atomic_path
+
+    record, checkpoint = model_record(args.model_folder, args.fold, args.checkpoint)
+    if record is None:
+        print(f"{checkpoint} records no training orientation: its left and right were not learnt from array "
+              f"position by SuPreMTrainer (or it was trained by stock nnU-Net or an older nnunet-suprem, and cannot "
+              f"be checked)")
+        return 0
+    if not needs_check(record):
+        print(f"{checkpoint}: trained with {record['reader']}, which reorients every image: any orientation "
+              f"predicts right")
+        return 0
+    dataset_json = json.loads((args.model_folder / "dataset.json").read_text())
+    cases = group_cases(args.input, dataset_json["file_ending"], len(dataset_json["channel_names"]))
+    expected = tuple(record["left_right"])
+    found = {case: image_orientation(record["reader"], str(files[0])) for case, files in cases.items()}
+    unknown = sorted(case for case, o in found.items() if o is None)
+    if unknown:
+        raise ValueError(f"{args.input}: {', '.join(unknown)} store no image geometry, so their left and right "
+                         f"cannot be known")
+    other = sorted(case for case, o in found.items() if o != expected)
+    print(f"{checkpoint}: trained with {record['reader']}, {describe(expected)}; {len(cases) - len(other)} of "
+          f"{len(cases)} case(s) in {args.input} are oriented the same way")
+    if args.reorient is None:
+        if not other:
+            return 0
+        listed = ", ".join(f"{case} ({describe(found[case])})" for case in other[:10])
+        raise ValueError(f"{len(other)} case(s) would come out with left and right swapped: {listed}"
+                         f"{f' and {len(other) - 10} more' if len(other) > 10 else ''}. Run again with "
+                         f"--reorient OUT and predict from OUT")
+    if args.reorient.exists() and any(args.reorient.iterdir()):
+        raise ValueError(f"{args.reorient} exists and is not empty: choose a new folder for the reoriented images")
+    for case, files in cases.items():
+        for file in files:
+            destination = args.reorient / file.name
+            if case in other:
+                write_reoriented(file, destination, expected)
+            else:
+                with atomic_path(destination) as tmp:
+                    shutil.copyfile(file, tmp)
+        if case in other and image_orientation(record["reader"], str(args.reorient / files[0].name)) != expected:
+            raise RuntimeError(f"{args.reorient / files[0].name}: reorientation did not give {describe(expected)}")
+    print(f"{len(other)} case(s) reoriented, {len(cases) - len(other)} copied, into {args.reorient}: "
+          f"nnUNetv2_predict -i {args.reorient} ...")
+    return 0
