@@ -22,6 +22,7 @@ HEAD_MARKERS = (".seg_layers.",)
 """Key fragments of segmentation heads (nnU-Net's 1x1 output convolutions), re-initialised by default."""
 DECODER_STAGE = re.compile(r"^decoder\.(stages|transpconvs|seg_layers)\.(\d+)\.")
 """Per-stage modules of nnU-Net's UNetDecoder (``decoder.encoder.*`` is the encoder); index 0 is the deepest."""
+NOT_PRETRAINED = "in the checkpoint but not pre-trained there: initialised fresh"
 TRANSPOSED_CONV = re.compile(r"^decoder\.transpconvs\.(\d+)\.weight$")
 
 
@@ -150,8 +151,10 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
     ``target.load_state_dict(state)`` is strict) and the report. Nothing is modified in place.
     """
     source_up = decoder_upsampling(source)
+    not_pretrained: set[str] = set()
     if pretrained_keys is not None:
         keep = set(pretrained_keys)
+        not_pretrained = set(source) - keep
         source = {k: v for k, v in source.items() if k in keep}
     target_state = target.state_dict(keep_vars=True)
     target_up = decoder_upsampling(target_state)
@@ -183,7 +186,9 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
             report.skipped[key] = "outside the encoder (encoder-only transfer)"
             continue
         if found is None:
-            report.skipped[key] = next((why for k, why in candidates if k is None), "not in the checkpoint")
+            report.skipped[key] = next((why for k, why in candidates if k is None),
+                                       NOT_PRETRAINED if any(k in not_pretrained for k, _ in candidates)
+                                       else "not in the checkpoint")
             continue
         value = source[found]
         if value.shape != wanted.shape:
