@@ -4,10 +4,10 @@ The ``architecture`` block (network class, stages, features, kernels, strides, n
 unchanged, and so is the intensity mapping (normalisation schemes, mask flags, foreground intensity properties): the
 pre-trained features were learned on it, and nnU-Net's ``nnUNetv2_move_plans_between_datasets`` keeps it too
 (``target_intensities=True`` plans the target's own instead). Spacing, transpose and resampling come from the target
-dataset exactly as nnU-Net's planner computes them (an nnssl checkpoint prescribes its pre-training spacing, passed
-as ``overwrite_target_spacing``, and its recommended patch); the patch size follows nnU-Net's rule (aspect ratio of the spacing,
+dataset exactly as nnU-Net's planner computes them; the patch size follows nnU-Net's rule (aspect ratio of the spacing,
 clipped to the median image size, shrunk until the memory estimate fits) among the sizes valid for the topology,
-and the batch size is nnU-Net's for that patch. Input channels and classes are not part of the topology
+and the batch size is nnU-Net's for that patch. An nnssl checkpoint prescribes its pre-training spacing (passed as
+``overwrite_target_spacing``) and its recommended patch instead. Input channels and classes are not part of the topology
 (nnU-Net takes them from dataset.json), so they may differ; the weight transfer adapts the first and last layers.
 The memory model (reference value and GPU memory target) is the one of the planner the pre-trained plans used.
 """

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli, command, nnunet_folders, run, subprocess_env
+from conftest import cli, command, raw_phantom_dataset, run, subprocess_env
 from nnunet_suprem.cli import main
 from nnunet_suprem.nnunet_env import trainers_dir
 from nnunet_suprem.planning.pretrained import load_pretrained
-from nnunet_suprem.synth import hospitals_from_args, write_nnunet_dataset
 from nnunet_suprem.transfer.apply import transfer_checkpoint
 from nnunet_suprem.transfer.checkpoint import read_checkpoint
 from nnunet_suprem.transfer.nnssl import RESENC_L_KWARGS, rename_modules
@@ -39,7 +38,8 @@ class NotWeights:
 def adaptation_plan(arch_class_name: str = "ResidualEncoderUNet", arch_kwargs: dict | None = TINY_KWARGS) -> dict:
     """``AdaptationPlan.serialize()`` of an MAE pre-training on 1 mm isotropic data (here 8 mm, tiny patches)."""
     config = {"data_identifier": "nnsslPlans_onemmiso", "preprocessor_name": "DefaultPreprocessor",
-              "spacing_style": "onemmiso", "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
+              "spacing_style": "onemmiso", "normalization_schemes": ["ZScoreNormalization"],
+              "use_mask_for_norm": [False],
               "resampling_fn_data": "resample_data_or_seg_to_shape",
               "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
               "resampling_fn_mask": "resample_data_or_seg_to_shape",
@@ -47,8 +47,9 @@ def adaptation_plan(arch_class_name: str = "ResidualEncoderUNet", arch_kwargs: d
               "spacing": torch.tensor(SPACING, dtype=torch.float64),  # nnssl's _convert_numpy: arrays -> tensors
               "patch_size": [16, 16, 16]}
     return {
-        "architecture_plans": {"arch_class_name": arch_class_name, "arch_kwargs": arch_kwargs,
-                               "arch_kwargs_requiring_import": ["conv_op", "norm_op", "nonlin"] if arch_kwargs else None},
+        "architecture_plans": {
+            "arch_class_name": arch_class_name, "arch_kwargs": arch_kwargs,
+            "arch_kwargs_requiring_import": ["conv_op", "norm_op", "nonlin"] if arch_kwargs else None},
         "pretrain_plan": {"dataset_name": "Dataset745_OpenMind", "plans_name": "nnsslPlans",
                           "original_median_spacing_after_transp": [1.0, 1.0, 1.0],
                           "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2],
@@ -81,11 +82,7 @@ def nnssl_checkpoint(path: Path, plan: dict, weights: dict) -> Path:
 def target(tmp_path_factory):
     """A raw phantom dataset (hospA, 2 training cases) and an nnssl checkpoint of the tiny ResEnc."""
     root = tmp_path_factory.mktemp("nnssl")
-    folders = nnunet_folders(root)
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in folders.items():
-            mp.setenv(name, value)
-        write_nnunet_dataset(DATASET, "Target", hospitals_from_args(["hospA"], [], None), num_cases=2)
+    folders = raw_phantom_dataset(root, DATASET, "Target", ["hospA"], num_cases=2)
     source = tiny_resenc()
     checkpoint = nnssl_checkpoint(root / "checkpoint_final.pth", adaptation_plan(), source.state_dict())
     return {"folders": folders, "env": subprocess_env(folders), "checkpoint": checkpoint, "source": source,

@@ -26,6 +26,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from nnunet_suprem.transfer.state_dict import under_any
+
 ADAPTATION_PLAN_KEY = "nnssl_adaptation_plan"
 DNA_UNETS = "dynamic_network_architectures.architectures.unet."
 RESENC_L_KWARGS = {
@@ -72,7 +74,7 @@ def _numbers(value: object) -> list | None:
     """A list from a list, tuple or tensor (nnssl converts NumPy arrays to tensors before saving)."""
     if value is None:
         return None
-    return torch.as_tensor(value).tolist() if isinstance(value, torch.Tensor) else list(value)
+    return value.tolist() if isinstance(value, torch.Tensor) else list(value)
 
 
 def _field(path: str, mapping: object, key: str, where: str = "") -> object:
@@ -112,26 +114,22 @@ def read_adaptation_plan(path: str, content: Mapping) -> NnsslPlan:
     keys = {k: _field(path, plan, k) for k in ("key_to_encoder", "key_to_stem")}
     if not all(isinstance(v, str) and v for v in keys.values()):
         raise ValueError(f"{path}: the nnssl plan's key_to_encoder and key_to_stem must name modules, got {keys}")
-    where = f"['pretrain_plan']['configurations'][{name!r}]"
+    schemes = list(_field(path, config, "normalization_schemes", f"['pretrain_plan']['configurations'][{name!r}]"))
     return NnsslPlan(
         arch_class_name=arch_class_name, architecture=architecture_block(path, arch_class_name, arch_plans),
         **keys, num_input_channels=int(_field(path, plan, "pretrain_num_input_channels")),
         recommended_patch_size=[int(p) for p in _numbers(_field(path, plan, "recommended_downstream_patchsize"))],
         configuration=str(name), spacing=_numbers(config.get("spacing")),
         patch_size=_numbers(config.get("patch_size")),
-        normalization_schemes=list(_field(path, config, "normalization_schemes", where)),
+        normalization_schemes=schemes,
         use_mask_for_norm=[bool(m) for m in config.get("use_mask_for_norm") or []],
         dataset_name=pretrain_plan.get("dataset_name"), plans_name=pretrain_plan.get("plans_name"))
 
 
-def under(key: str, prefix: str) -> bool:
-    return key == prefix or key.startswith(prefix + ".")
-
-
 def encoder_weights(path: str, weights: Mapping[str, torch.Tensor], plan: NnsslPlan) -> list[str]:
     """Keys of ``network_weights`` under the plan's encoder or stem; a ValueError when the encoder has none."""
-    selected = [k for k in weights if under(k, plan.key_to_encoder) or under(k, plan.key_to_stem)]
-    if not any(under(k, plan.key_to_encoder) for k in selected):
+    selected = [k for k in weights if under_any(k, (plan.key_to_encoder, plan.key_to_stem))]
+    if not any(under_any(k, (plan.key_to_encoder,)) for k in selected):
         sample = ", ".join(list(weights)[:3])
         raise ValueError(f"{path}: network_weights has no tensor under the plan's key_to_encoder "
                          f"{plan.key_to_encoder!r} (its keys look like: {sample})")
@@ -143,6 +141,6 @@ def rename_modules(state: Mapping[str, torch.Tensor], renames: Sequence[tuple[st
     ordered = sorted(((o, n) for o, n in renames if o != n), key=lambda r: -len(r[0]))
     out = {}
     for key, value in state.items():
-        old, new = next(((o, n) for o, n in ordered if under(key, o)), (key, key))
+        old, new = next(((o, n) for o, n in ordered if under_any(key, (o,))), (key, key))
         out[new + key[len(old):]] = value
     return out

@@ -127,7 +127,8 @@ def decoder_source_key(key: str, source_up: list[tuple[int, ...]],
     return f"decoder.{match.group(1)}.{index}.{key[match.end():]}", ""
 
 
-def _starts_with_any(key: str, prefixes: Iterable[str]) -> bool:
+def under_any(key: str, prefixes: Iterable[str]) -> bool:
+    """Whether ``key`` is one of the module paths ``prefixes`` or inside one."""
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
@@ -165,13 +166,13 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
     head_keys: list[str] = []
     for names in tensor_names(target_state):
         key, wanted = names[0], target_state[names[0]]
-        in_encoder = _starts_with_any(key, encoder_prefixes)
+        in_encoder = under_any(key, encoder_prefixes)
         if in_encoder and wanted.is_floating_point():
             encoder_total += wanted.numel()
         candidates = [decoder_source_key(n, source_up, target_up) for n in names]
         present = [k for k, _ in candidates if k in source]
         found = present[0] if present else None
-        is_head = any(m in n for n in names for m in HEAD_MARKERS) or _starts_with_any(key, head_prefixes)
+        is_head = any(m in n for n in names for m in HEAD_MARKERS) or under_any(key, head_prefixes)
         if is_head:
             head_keys.append(key)
         if is_head and not load_heads:
@@ -192,7 +193,7 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
             continue
         value = source[found]
         if value.shape != wanted.shape:
-            if (_starts_with_any(key, stem_prefixes) and value.ndim == wanted.ndim >= 3 and value.shape[0] ==
+            if (under_any(key, stem_prefixes) and value.ndim == wanted.ndim >= 3 and value.shape[0] ==
                     wanted.shape[0] and value.shape[2:] == wanted.shape[2:]):
                 old, new = value.shape[1], wanted.shape[1]
                 value = adapt_input_conv(value, new)
