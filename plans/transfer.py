@@ -6,7 +6,8 @@ pre-trained features were learned on it, and nnU-Net's ``nnUNetv2_move_plans_bet
 (``target_intensities=True`` plans the target's own instead). Spacing, transpose and resampling come from the target
 dataset exactly as nnU-Net's planner computes them; the patch size follows nnU-Net's rule (aspect ratio of the spacing,
 clipped to the median image size, shrunk until the memory estimate fits) among the sizes valid for the topology,
-and the batch size is nnU-Net's for that patch. Input channels and classes are not part of the topology
+and the batch size is nnU-Net's for that patch. An nnssl checkpoint prescribes its pre-training spacing (passed as
+``overwrite_target_spacing``) and its recommended patch instead. Input channels and classes are not part of the topology
 (nnU-Net takes them from dataset.json), so they may differ; the weight transfer adapts the first and last layers.
 The memory model (reference value and GPU memory target) is the one of the planner the pre-trained plans used.
 """
@@ -26,7 +27,7 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_en
 
 from nnunet_suprem.planning.pretrained import PretrainedConfiguration
 from nnunet_suprem.planning.recipes import TRANSFER_PLANS_NAME
-from nnunet_suprem.planning.topology import downsampling_per_axis, fit_patch_size
+from nnunet_suprem.planning.topology import downsampling_per_axis, fit_patch_size, valid_patch_size
 from nnunet_suprem.plans_presets.one_configuration import OneConfigurationMixin
 
 
@@ -46,7 +47,7 @@ class TransferPlannerMixin(OneConfigurationMixin):
 
     def extra_plans_entries(self) -> dict:
         entries = {"transferred_from": self.pretrained.provenance()}
-        if self.intensity_mapping is not None:
+        if self.intensity_mapping is not None and self.intensity_mapping[2] is not None:
             entries["foreground_intensity_properties_per_channel"] = self.intensity_mapping[2]
         return entries
 
@@ -71,9 +72,12 @@ class TransferPlannerMixin(OneConfigurationMixin):
                     architecture["_kw_requires_import"])
             return _cache[key]
 
-        # nnU-Net's default planner's condition: the smallest batch must fit (same as the ResEnc planners' in 3D)
-        patch = fit_patch_size(spacing, median_shape, downsampling_per_axis(self.pretrained.strides),
-                               lambda p: estimate(p) / reference_batch_size * self.UNet_min_batch_size <= reference)
+        divisors = downsampling_per_axis(self.pretrained.strides)
+        if self.pretrained.patch_size is not None:
+            patch = valid_patch_size(self.pretrained.patch_size, divisors)
+        else:  # nnU-Net's default planner's condition: the smallest batch must fit (as the ResEnc planners' in 3D)
+            patch = fit_patch_size(spacing, median_shape, divisors,
+                                   lambda p: estimate(p) / reference_batch_size * self.UNet_min_batch_size <= reference)
         batch_size = round(reference / estimate(patch) * reference_batch_size)
         dataset_share_cap = round(approximate_n_voxels_dataset * self.max_dataset_covered
                                            / np.prod(patch, dtype=np.float64))
@@ -117,11 +121,12 @@ _BY_SOURCE_PLANNER: dict[str, Type[TransferPlannerMixin]] = {
 
 
 def transfer_planner_class(pretrained: PretrainedConfiguration) -> Type[TransferPlannerMixin]:
-    """The transfer planner with the memory model of the planner that made the pre-trained plans.
+    """The transfer planner with the memory model of ``pretrained.planner``, else of the planner that made the
+    pre-trained plans.
 
     Unknown planners: the ResEnc M preset for ResidualEncoderUNet, nnU-Net's default planner otherwise.
     """
-    used = pretrained.plans.get("experiment_planner_used", "")
+    used = pretrained.planner or pretrained.plans.get("experiment_planner_used", "")
     if used in _BY_SOURCE_PLANNER:
         return _BY_SOURCE_PLANNER[used]
     if pretrained.architecture["network_class_name"].endswith(".ResidualEncoderUNet"):

@@ -27,6 +27,20 @@ def nnunet_folders(root: Path) -> dict[str, str]:
     return env
 
 
+def raw_phantom_dataset(root: Path, dataset_id: int, name: str, hospitals: list[str], num_cases: int,
+                        num_test_cases: int = 0) -> dict[str, str]:
+    """nnU-Net folders under ``root`` with a raw phantom dataset of the built-in ``hospitals``; returns the folders."""
+    from nnunet_suprem.synth import hospitals_from_args, write_nnunet_dataset
+
+    folders = nnunet_folders(root)
+    with pytest.MonkeyPatch.context() as mp:
+        for variable, value in folders.items():
+            mp.setenv(variable, value)
+        write_nnunet_dataset(dataset_id, name, hospitals_from_args(hospitals, [], None), num_cases=num_cases,
+                             num_test_cases=num_test_cases)
+    return folders
+
+
 def subprocess_env(folders: dict[str, str], **extra: str) -> dict[str, str]:
     """Environment for nnU-Net child processes: our folders, 2 export workers, no inherited extTrainer."""
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}

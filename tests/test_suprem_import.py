@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli, nnunet_folders, run, subprocess_env
+from conftest import cli, raw_phantom_dataset, run, subprocess_env
 from nnunet_suprem.architectures import supports_deep_supervision
 from nnunet_suprem.architectures.suprem_unet3d import SuPreMUNet3D
 from nnunet_suprem.cli import main
-from nnunet_suprem.synth import hospitals_from_args, write_nnunet_dataset
 from nnunet_suprem.transfer.checkpoint import read_checkpoint
 
 DATASET, NAME = 7, "Dataset007_Target"
@@ -52,12 +51,7 @@ def released_checkpoint(path: Path, seed: int = 1) -> SuPreMUNet3D:
 def target(tmp_path_factory):
     """A raw phantom dataset (hospA LPS, hospB RAS; 3 training and 1 test case each) and a released checkpoint."""
     root = tmp_path_factory.mktemp("suprem_import")
-    folders = nnunet_folders(root)
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in folders.items():
-            mp.setenv(name, value)
-        write_nnunet_dataset(DATASET, "Target", hospitals_from_args(["hospA", "hospB"], [], None), num_cases=3,
-                             num_test_cases=1)
+    folders = raw_phantom_dataset(root, DATASET, "Target", ["hospA", "hospB"], num_cases=3, num_test_cases=1)
     source = released_checkpoint(root / "supervised_suprem_unet_2100.pth")
     return {"folders": folders, "env": subprocess_env(folders), "checkpoint": root / "supervised_suprem_unet_2100.pth",
             "source": source, "root": root}

@@ -16,14 +16,18 @@ def add_subparser(subparsers) -> None:
                     "on which the pre-trained features were learned) are the pre-trained configuration's, while "
                     "spacing, patch size (valid for that network, fitted to the target images and nnU-Net's memory "
                     "estimate) and batch size follow the target dataset as nnU-Net plans them. Then run nnU-Net's "
-                    "preprocessing for it. The plans record the source under 'transferred_from'.")
+                    "preprocessing for it. The plans record the source under 'transferred_from'. An nnssl "
+                    "checkpoint (self-supervised ResEnc-L, with its adaptation plan) gives its network, its "
+                    "pre-training spacing (unless --spacing; the target's when it did not resample), its recommended "
+                    "fine-tuning patch and its normalisation schemes (z-score per image).")
     add_planning_arguments(p, TRANSFER_PLANS_NAME)
-    p.add_argument("--pretrained", required=True, metavar="MODEL_FOLDER_OR_PLANS",
+    p.add_argument("--pretrained", required=True, metavar="MODEL_FOLDER_PLANS_OR_NNSSL_CHECKPOINT",
                    help="trained model folder ($nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIGURATION, "
-                        "with plans.json) or a plans .json file")
+                        "with plans.json), a plans .json file, or an nnssl checkpoint (.pth with "
+                        "nnssl_adaptation_plan)")
     p.add_argument("-c", dest="configuration", default=None,
                    help="pre-trained configuration, also the target configuration's name (default: the one a model "
-                        "folder was trained with, else 3d_fullres)")
+                        "folder was trained with, else 3d_fullres; for an nnssl checkpoint only the target's name)")
     p.add_argument("--target-intensities", action="store_true",
                    help="normalise with the target dataset's own intensity statistics and schemes, as nnU-Net plans "
                         "them, instead of the pre-trained model's (for a different modality or channel layout)")
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> None:
     plans = plan_and_preprocess(
         args.dataset_id, args.plans_name, pretrained.configuration,
         lambda: planner_class(args.dataset_id, pretrained, plans_name=args.plans_name,
-                              overwrite_target_spacing=args.spacing,
+                              overwrite_target_spacing=args.spacing or pretrained.spacing,
                               target_intensities=args.target_intensities),
         args.num_processes, not args.no_preprocess, args.overwrite, args.verify_dataset_integrity)
     print(f"{describe(plans, pretrained.configuration)}\n"

@@ -1,12 +1,14 @@
-"""The pre-trained side of a transfer: one configuration of a trained model folder's (or any) nnU-Net plans."""
+"""The pre-trained side of a transfer: one configuration of a trained model folder's (or any) nnU-Net plans, or
+the adaptation plan inside an nnssl checkpoint."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_CONFIGURATION = "3d_fullres"
 MODEL_FOLDER = "$nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIGURATION"
+CHECKPOINT_SUFFIXES = (".pth", ".pt")
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,16 @@ class PretrainedConfiguration:
     architecture: dict
     normalization_schemes: list[str]
     use_mask_for_norm: list[bool]
+    spacing: list[float] | None = None
+    """Target spacing the pre-training prescribes (nnssl); None: the target's, as nnU-Net plans it."""
+    patch_size: list[int] | None = None
+    """Patch size the pre-training recommends for fine-tuning (nnssl); None: fitted to the target and memory."""
+    planner: str | None = None
+    """Planner whose memory model plans the batch; None: the one the plans name."""
+    target_intensity_properties: bool = False
+    """The pre-training kept no dataset intensity statistics (nnssl: z-score per image): keep the target's."""
+    details: dict = field(default_factory=dict)
+    """More for ``transferred_from``."""
 
     @property
     def strides(self) -> list[list[int]]:
@@ -27,33 +39,36 @@ class PretrainedConfiguration:
     def dimensions(self) -> int:
         return len(self.strides[0])
 
-    def intensity_mapping(self, num_channels: int) -> tuple[list[str], list[bool], dict]:
+    def intensity_mapping(self, num_channels: int) -> tuple[list[str], list[bool], dict | None]:
         """Normalisation schemes, mask flags and intensity properties for a target with ``num_channels`` channels.
 
         The pre-trained network's features were learned on this mapping from image values to network input, so a
         target keeps it (nnU-Net's ``nnUNetv2_move_plans_between_datasets`` does the same). A single-channel model
-        lends its channel to every target channel; otherwise the channel counts must agree.
+        lends its channel to every target channel; otherwise the channel counts must agree. The properties are
+        None with ``target_intensity_properties`` (the target's own stay).
         """
-        properties = self.plans.get("foreground_intensity_properties_per_channel")
+        properties = None if self.target_intensity_properties else self.plans.get(
+            "foreground_intensity_properties_per_channel")
         source_channels = len(self.normalization_schemes)
-        if not isinstance(properties, dict) or len(properties) != source_channels:
+        if not self.target_intensity_properties and (not isinstance(properties, dict)
+                                                     or len(properties) != source_channels):
             raise ValueError(f"{self.plans_file} has no foreground_intensity_properties_per_channel for its "
                              f"{source_channels} channel(s)")
         if source_channels == num_channels:
-            return list(self.normalization_schemes), list(self.use_mask_for_norm), dict(properties)
+            return list(self.normalization_schemes), list(self.use_mask_for_norm), properties
         if source_channels != 1:
             raise ValueError(f"the pre-trained model ({self.plans_file}) normalises {source_channels} channels and "
                              f"the target has {num_channels}: no channel mapping is defined; plan with the target's "
                              f"own intensity statistics (--target-intensities)")
-        channel = next(iter(properties.values()))
-        return ([self.normalization_schemes[0]] * num_channels, [self.use_mask_for_norm[0]] * num_channels,
-                {str(c): dict(channel) for c in range(num_channels)})
+        lent = None if properties is None else {str(c): dict(next(iter(properties.values())))
+                                                for c in range(num_channels)}
+        return [self.normalization_schemes[0]] * num_channels, [self.use_mask_for_norm[0]] * num_channels, lent
 
     def provenance(self) -> dict:
         """What target plans record under ``transferred_from``."""
         return {"plans_file": str(self.plans_file), "configuration": self.configuration,
                 "dataset_name": self.plans.get("dataset_name"), "plans_name": self.plans.get("plans_name"),
-                "network_class_name": self.architecture["network_class_name"]}
+                "network_class_name": self.architecture["network_class_name"], **self.details}
 
 
 def model_folder_configuration(folder: Path) -> str | None:
@@ -63,7 +78,8 @@ def model_folder_configuration(folder: Path) -> str | None:
 
 
 def load_pretrained(path: str | Path, configuration: str | None = None) -> PretrainedConfiguration:
-    """Read ``configuration`` of a trained model folder (its plans.json) or of a plans file.
+    """Read ``configuration`` of a trained model folder (its plans.json) or of a plans file, or the plan of an nnssl
+    checkpoint (:func:`load_nnssl`).
 
     Without ``configuration``: the one a model folder's name says it was trained with, else 3d_fullres.
     """
@@ -77,11 +93,13 @@ def load_pretrained(path: str | Path, configuration: str | None = None) -> Pretr
         if configuration is not None and trained is not None and configuration != trained:
             raise ValueError(f"{path} holds a model trained with configuration {trained!r}, not {configuration!r}")
         configuration = configuration or trained
+    elif path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
+        return load_nnssl(path, configuration)
     elif path.is_file():
         plans_file = path
     else:
-        raise FileNotFoundError(f"{path} not found: --pretrained must be a trained model folder ({MODEL_FOLDER}) "
-                                f"or a plans .json file")
+        raise FileNotFoundError(f"{path} not found: --pretrained must be a trained model folder ({MODEL_FOLDER}), "
+                                f"a plans .json file or an nnssl checkpoint")
     configuration = configuration or DEFAULT_CONFIGURATION
     plans = _read_plans(plans_file)
     if configuration not in plans["configurations"]:
@@ -95,6 +113,31 @@ def load_pretrained(path: str | Path, configuration: str | None = None) -> Pretr
     return PretrainedConfiguration(plans_file, configuration, plans, architecture,
                                    list(resolved.get("normalization_schemes", [])),
                                    list(resolved.get("use_mask_for_norm", [])))
+
+
+def load_nnssl(path: Path, configuration: str | None = None) -> PretrainedConfiguration:
+    """The adaptation plan of an nnssl checkpoint as a pre-trained configuration (named ``configuration``, default
+    3d_fullres): its network, the pre-training's spacing (None when it did not resample: the target's), the
+    recommended fine-tuning patch, its normalisation schemes with the target's intensity statistics (nnssl
+    normalises each image by itself), and the ResEnc L memory model for its ResEncL preset."""
+    from nnunet_suprem.transfer.checkpoint import read_checkpoint
+
+    plan = read_checkpoint(path).extra.get("nnssl_plan")
+    if plan is None:
+        raise ValueError(f"{path}: not an nnssl checkpoint (no nnssl_adaptation_plan): --pretrained takes a "
+                         f"checkpoint only when it carries its plan; for an nnU-Net checkpoint give its model folder")
+    configuration = configuration or DEFAULT_CONFIGURATION
+    _check_architecture(plan.architecture, path, configuration)
+    masks = plan.use_mask_for_norm or [False] * len(plan.normalization_schemes)
+    return PretrainedConfiguration(
+        path, configuration, {"dataset_name": plan.dataset_name, "plans_name": plan.plans_name}, plan.architecture,
+        plan.normalization_schemes, masks, spacing=plan.spacing, patch_size=plan.recommended_patch_size,
+        planner="nnUNetPlannerResEncL" if plan.arch_class_name == "ResEncL" else None,
+        target_intensity_properties=True,
+        details={"format": "nnssl checkpoint", "nnssl_architecture": plan.arch_class_name,
+                 "pretraining": {"configuration": plan.configuration, "spacing": plan.spacing,
+                                 "patch_size": plan.patch_size, "normalization_schemes": plan.normalization_schemes,
+                                 "num_input_channels": plan.num_input_channels}})
 
 
 def _read_plans(plans_file: Path) -> dict:

@@ -11,6 +11,14 @@ def downsampling_per_axis(strides: Sequence[Sequence[int]]) -> tuple[int, ...]:
     return tuple(int(np.prod([stage[axis] for stage in strides])) for axis in range(len(strides[0])))
 
 
+def valid_patch_size(patch: Sequence[int], divisors: Sequence[int]) -> tuple[int, ...]:
+    """``patch`` as a tuple, or a ValueError unless every axis is a positive multiple of the network's downsampling."""
+    if len(patch) != len(divisors) or any(p < d or p % d for p, d in zip(patch, divisors)):
+        raise ValueError(f"patch size {list(patch)} does not suit the pre-trained network: every axis must be a "
+                         f"multiple of its downsampling {tuple(int(d) for d in divisors)}")
+    return tuple(int(p) for p in patch)
+
+
 def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[float]) -> np.ndarray:
     """nnU-Net's starting patch: the spacing's aspect ratio at the volume of 256^3 (2048^2 in 2D), clipped to the
     median shape."""

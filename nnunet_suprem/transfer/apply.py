@@ -1,6 +1,7 @@
 """Transfer into nnU-Net networks: build the target from plans, fill it, write a file nnU-Net accepts."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from nnunet_suprem.fileio import atomic_path
 from nnunet_suprem.transfer.checkpoint import TRANSFER_METADATA_KEY, Checkpoint
 from nnunet_suprem.transfer.command import DEFAULT_MIN_ENCODER_FRACTION
 from nnunet_suprem.transfer.head import IGNORE_LABEL, HeadRows, HeadTransferRefused, match_head_rows
+from nnunet_suprem.transfer.nnssl import rename_modules
 from nnunet_suprem.transfer.state_dict import TransferReport, require_encoder_fraction, transfer_state
 
 
@@ -68,6 +70,7 @@ def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_label
     would load.
     """
     encoder, stem = encoder_prefixes(network)
+    checkpoint = onto_network_paths(checkpoint, network)
     load_heads, head = head_plan(checkpoint, target_labels, head_transfer and not encoder_only, novel_rows)
     if encoder_only and head_transfer:
         head.note = "encoder-only transfer"
@@ -76,6 +79,19 @@ def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_label
                                    load_heads=load_heads, head_rows=head, pretrained_keys=checkpoint.pretrained_keys)
     require_encoder_fraction(report, min_encoder_fraction, checkpoint.path)
     return state, report
+
+
+def onto_network_paths(checkpoint: Checkpoint, network: nn.Module) -> Checkpoint:
+    """The checkpoint with the module paths it declares (``declared_paths``, e.g. nnssl's ``key_to_encoder``) moved
+    onto the network's paths of the same name; unchanged when it declares none."""
+    if not checkpoint.declared_paths:
+        return checkpoint
+    renames = [(old, path) for attribute, old in checkpoint.declared_paths.items()
+               for path in module_paths(network, attribute)[:1]]
+    keys = checkpoint.pretrained_keys
+    return dataclasses.replace(
+        checkpoint, state_dict=rename_modules(checkpoint.state_dict, renames), declared_paths=None,
+        pretrained_keys=None if keys is None else frozenset(rename_modules(dict.fromkeys(keys), renames)))
 
 
 def pretrained_names(network: nn.Module, report: TransferReport, with_carried_rows: bool = False) -> list[str]:

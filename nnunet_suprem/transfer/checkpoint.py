@@ -14,6 +14,9 @@ Formats (one filter function each, as timm does):
 - a file written by ``nnunet-suprem transfer-weights``: an nnU-Net checkpoint plus
   ``"nnunet_suprem_transfer": {"pretrained_keys": [...], "labels": {...}, "pretrained_rows": [...]}`` (only those
   keys are pre-trained; ``labels`` are its outputs', of which only the ``pretrained_rows`` classes are);
+- nnssl checkpoints (MIC-DKFZ's self-supervised ResEnc-L, :mod:`~nnunet_suprem.transfer.nnssl`):
+  ``{"network_weights": ..., "nnssl_adaptation_plan": {...}, ...}``; only the tensors under the plan's
+  ``key_to_encoder`` / ``key_to_stem`` are pre-trained, and those module paths are mapped onto the target network's;
 - SuPreM / MONAI training checkpoints: ``{"net": state_dict, ...}`` or ``{"state_dict": ...}``,
   ``{"model": ...}``;
 - the released SuPreM U-Net and Swin UNETR: ``{"net": ...}`` holding the CLIP-driven Universal Model, whose
@@ -35,6 +38,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 import torch
+
+from nnunet_suprem.transfer.nnssl import encoder_weights, is_nnssl, read_adaptation_plan
 
 WRAPPER_KEYS = ("network_weights", "net", "state_dict", "model")
 """Keys under which training frameworks store the state dict, in the order they are tried."""
@@ -64,6 +69,8 @@ class Checkpoint:
     """Keys that hold pre-trained values; None means all of them."""
     pretrained_rows: frozenset[str] | None = None
     """Classes of ``labels`` whose output rows hold pre-trained values; None means all of them."""
+    declared_paths: dict[str, str] | None = None
+    """The checkpoint's own ``key_to_encoder`` / ``key_to_stem`` (nnssl), moved onto the target network's paths."""
     extra: dict = field(default_factory=dict)
 
 
@@ -170,6 +177,15 @@ def _is_suprem_release(content: Mapping) -> bool:
     return any(k.startswith(RELEASE_BACKBONE_PREFIX) for k in strip_prefixes(content["net"]))
 
 
+def _filter_nnssl(path: str, content: Mapping) -> Checkpoint:
+    plan = read_adaptation_plan(path, content)
+    weights = strip_prefixes(content["network_weights"])
+    return Checkpoint(path, weights, f"nnssl checkpoint ({plan.arch_class_name}, encoder and stem)",
+                      pretrained_keys=frozenset(encoder_weights(path, weights, plan)),
+                      declared_paths={"key_to_encoder": plan.key_to_encoder, "key_to_stem": plan.key_to_stem},
+                      extra={"nnssl_plan": plan, "trainer_name": content.get("trainer_name")})
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a state dict from any supported format (see module doc); a clear error for anything else."""
     path = os.fspath(path)
@@ -182,7 +198,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                 if not _is_state_dict(content[key]):
                     raise ValueError(f"{path}: {key!r} does not hold a state dict ({{name: tensor}})")
                 if key == "network_weights":
-                    return _filter_nnunet(path, content)
+                    return (_filter_nnssl if is_nnssl(content) else _filter_nnunet)(path, content)
                 if key == "net" and _is_suprem_release(content):
                     return _filter_suprem_release(path, content)
                 return _filter_wrapped(key)(path, content)

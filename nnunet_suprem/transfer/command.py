@@ -34,8 +34,9 @@ def load_target(dataset_id: int | str, plans_name: str) -> tuple[dict, dict]:
 def add_subparser(subparsers) -> None:
     p = subparsers.add_parser(
         "transfer-weights", help="turn pre-trained weights into a file for nnUNetv2_train -pretrained_weights",
-        description="Load pre-trained weights (nnU-Net checkpoint, SuPreM/MONAI {'net': ...} checkpoint or plain "
-                    "state dict, DDP 'module.' and torch.compile '_orig_mod.' prefixes removed; always with "
+        description="Load pre-trained weights (nnU-Net checkpoint, nnssl checkpoint (encoder and stem per its "
+                    "adaptation plan), SuPreM/MONAI {'net': ...} checkpoint or plain state dict, DDP 'module.' "
+                    "and torch.compile '_orig_mod.' prefixes removed; always with "
                     "torch.load(weights_only=True)) into the network of the target plans, print what was loaded, "
                     "skipped and mismatched, and write a complete nnU-Net weights file that stock "
                     "`nnUNetv2_train -pretrained_weights` accepts. Segmentation heads are taken whole when the labels "

@@ -22,6 +22,7 @@ HEAD_MARKERS = (".seg_layers.",)
 """Key fragments of segmentation heads (nnU-Net's 1x1 output convolutions), re-initialised by default."""
 DECODER_STAGE = re.compile(r"^decoder\.(stages|transpconvs|seg_layers)\.(\d+)\.")
 """Per-stage modules of nnU-Net's UNetDecoder (``decoder.encoder.*`` is the encoder); index 0 is the deepest."""
+NOT_PRETRAINED = "in the checkpoint but not pre-trained there: initialised fresh"
 TRANSPOSED_CONV = re.compile(r"^decoder\.transpconvs\.(\d+)\.weight$")
 
 
@@ -126,7 +127,8 @@ def decoder_source_key(key: str, source_up: list[tuple[int, ...]],
     return f"decoder.{match.group(1)}.{index}.{key[match.end():]}", ""
 
 
-def _starts_with_any(key: str, prefixes: Iterable[str]) -> bool:
+def under_any(key: str, prefixes: Iterable[str]) -> bool:
+    """Whether ``key`` is one of the module paths ``prefixes`` or inside one."""
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
@@ -150,8 +152,10 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
     ``target.load_state_dict(state)`` is strict) and the report. Nothing is modified in place.
     """
     source_up = decoder_upsampling(source)
+    not_pretrained: set[str] = set()
     if pretrained_keys is not None:
         keep = set(pretrained_keys)
+        not_pretrained = set(source) - keep
         source = {k: v for k, v in source.items() if k in keep}
     target_state = target.state_dict(keep_vars=True)
     target_up = decoder_upsampling(target_state)
@@ -162,13 +166,13 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
     head_keys: list[str] = []
     for names in tensor_names(target_state):
         key, wanted = names[0], target_state[names[0]]
-        in_encoder = _starts_with_any(key, encoder_prefixes)
+        in_encoder = under_any(key, encoder_prefixes)
         if in_encoder and wanted.is_floating_point():
             encoder_total += wanted.numel()
         candidates = [decoder_source_key(n, source_up, target_up) for n in names]
         present = [k for k, _ in candidates if k in source]
         found = present[0] if present else None
-        is_head = any(m in n for n in names for m in HEAD_MARKERS) or _starts_with_any(key, head_prefixes)
+        is_head = any(m in n for n in names for m in HEAD_MARKERS) or under_any(key, head_prefixes)
         if is_head:
             head_keys.append(key)
         if is_head and not load_heads:
@@ -183,11 +187,13 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
             report.skipped[key] = "outside the encoder (encoder-only transfer)"
             continue
         if found is None:
-            report.skipped[key] = next((why for k, why in candidates if k is None), "not in the checkpoint")
+            report.skipped[key] = next((why for k, why in candidates if k is None),
+                                       NOT_PRETRAINED if any(k in not_pretrained for k, _ in candidates)
+                                       else "not in the checkpoint")
             continue
         value = source[found]
         if value.shape != wanted.shape:
-            if (_starts_with_any(key, stem_prefixes) and value.ndim == wanted.ndim >= 3 and value.shape[0] ==
+            if (under_any(key, stem_prefixes) and value.ndim == wanted.ndim >= 3 and value.shape[0] ==
                     wanted.shape[0] and value.shape[2:] == wanted.shape[2:]):
                 old, new = value.shape[1], wanted.shape[1]
                 value = adapt_input_conv(value, new)

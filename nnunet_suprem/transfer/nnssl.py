@@ -1,0 +1,146 @@
+"""Checkpoints of MIC-DKFZ's nnssl (self-supervised ResEnc-L / Primus, the nnU-Net foundation models).
+
+nnssl's trainers save ``{"network_weights": state_dict, "nnssl_adaptation_plan": {...}, "optimizer_state", ...}``
+(released files keep ``network_weights``, ``nnssl_adaptation_plan`` and ``citations``). The adaptation plan
+(nnssl's ``AdaptationPlan.serialize()``) is plain containers, read here with ``weights_only=True``:
+
+- ``architecture_plans``: ``arch_class_name`` (``"ResEncL"``, ``"NoSkipResEncL"``, ``"PrimusS/B/M/L"``, or
+  ``"ResidualEncoderUNet"`` / ``"PlainConvUNet"`` of dynamic-network-architectures), ``arch_kwargs`` (None for the
+  named presets; else the constructor's keyword arguments, classes as dotted names) and
+  ``arch_kwargs_requiring_import`` (which of them are such names);
+- ``pretrain_plan``: nnssl's plans; its one configuration gives ``spacing`` (None: not resampled),
+  ``patch_size``, ``normalization_schemes`` and ``use_mask_for_norm`` of the pre-training;
+- ``pretrain_num_input_channels``, ``recommended_downstream_patchsize``;
+- ``key_to_encoder`` and ``key_to_stem``: where the encoder and its stem are in ``network_weights``
+  (``encoder.stages`` / ``encoder.stem`` for ResEnc-L), ``keys_to_in_proj`` (the first convolution's names),
+  ``key_to_lpe`` (a learned positional embedding, Primus only).
+
+Only the encoder and stem count as pre-trained (nnU-Net's fine-tuning of these checkpoints loads nothing else: the
+rest is a self-supervised reconstruction decoder); their names are mapped onto the downstream network's
+``key_to_encoder`` / ``key_to_stem``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from nnunet_suprem.transfer.state_dict import under_any
+
+ADAPTATION_PLAN_KEY = "nnssl_adaptation_plan"
+DNA_UNETS = "dynamic_network_architectures.architectures.unet."
+RESENC_L_KWARGS = {
+    "n_stages": 6, "features_per_stage": [32, 64, 128, 256, 320, 320],
+    "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * 6,
+    "strides": [[1, 1, 1]] + [[2, 2, 2]] * 5, "n_blocks_per_stage": [1, 3, 4, 6, 6, 6],
+    "n_conv_per_stage_decoder": [1, 1, 1, 1, 1], "conv_bias": True,
+    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+    "dropout_op": None, "dropout_op_kwargs": None,
+    "nonlin": "torch.nn.modules.activation.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+"""nnssl's ``ResEncL`` preset (its architecture registry's ``get_res_enc_l``): a ResidualEncoderUNet."""
+UNSUPPORTED = {
+    "NoSkipResEncL": "nnssl's own ResidualEncoderUNet_noskip, which is not in dynamic-network-architectures",
+    "Primus": "Primus (dynamic-network-architectures has the class, but nnU-Net 2.8.1's trainers and planners "
+              "expect a U-Net with deep supervision and a convolutional memory estimate, and its learned positional "
+              "embedding would need resizing to the target's patch size)"}
+
+
+@dataclass(frozen=True)
+class NnsslPlan:
+    """What nnunet-suprem uses of an nnssl adaptation plan."""
+
+    arch_class_name: str
+    architecture: dict
+    """nnU-Net's plans ``architecture`` block for the downstream network."""
+    key_to_encoder: str
+    key_to_stem: str
+    num_input_channels: int
+    recommended_patch_size: list[int]
+    configuration: str
+    spacing: list[float] | None
+    patch_size: list[int] | None
+    normalization_schemes: list[str]
+    use_mask_for_norm: list[bool]
+    dataset_name: str | None
+    plans_name: str | None
+
+
+def is_nnssl(content: object) -> bool:
+    return isinstance(content, Mapping) and ADAPTATION_PLAN_KEY in content
+
+
+def _numbers(value: object) -> list | None:
+    """A list from a list, tuple or tensor (nnssl converts NumPy arrays to tensors before saving)."""
+    if value is None:
+        return None
+    return value.tolist() if isinstance(value, torch.Tensor) else list(value)
+
+
+def _field(path: str, mapping: object, key: str, where: str = "") -> object:
+    if not isinstance(mapping, Mapping) or key not in mapping:
+        raise ValueError(f"{path}: nnssl checkpoint without {ADAPTATION_PLAN_KEY}{where}[{key!r}]")
+    return mapping[key]
+
+
+def architecture_block(path: str, arch_class_name: str, arch_plans: Mapping) -> dict:
+    """nnU-Net's ``architecture`` block for the plan's network, or a ValueError naming what is not supported."""
+    if arch_class_name == "ResEncL":
+        return {"network_class_name": DNA_UNETS + "ResidualEncoderUNet", "arch_kwargs": dict(RESENC_L_KWARGS),
+                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    if arch_class_name in ("ResidualEncoderUNet", "PlainConvUNet"):
+        kwargs = arch_plans.get("arch_kwargs")
+        if not isinstance(kwargs, Mapping):
+            raise ValueError(f"{path}: the nnssl plan names {arch_class_name} without its arch_kwargs")
+        return {"network_class_name": DNA_UNETS + arch_class_name, "arch_kwargs": dict(kwargs),
+                "_kw_requires_import": list(arch_plans.get("arch_kwargs_requiring_import") or ())}
+    family = "Primus" if arch_class_name.startswith("Primus") else arch_class_name
+    missing = UNSUPPORTED.get(family, "a network this plugin does not know")
+    raise ValueError(f"{path}: nnssl architecture {arch_class_name!r} is not supported: it needs {missing}; "
+                     f"supported: ResEncL, ResidualEncoderUNet, PlainConvUNet")
+
+
+def read_adaptation_plan(path: str, content: Mapping) -> NnsslPlan:
+    """The adaptation plan of an nnssl checkpoint; a ValueError naming the file and the missing or bad field."""
+    plan = content[ADAPTATION_PLAN_KEY]
+    arch_plans = _field(path, plan, "architecture_plans")
+    arch_class_name = str(_field(path, arch_plans, "arch_class_name", "['architecture_plans']"))
+    pretrain_plan = _field(path, plan, "pretrain_plan")
+    configurations = _field(path, pretrain_plan, "configurations", "['pretrain_plan']")
+    if not isinstance(configurations, Mapping) or len(configurations) != 1:
+        raise ValueError(f"{path}: the nnssl pretrain_plan must hold exactly one configuration, it has "
+                         f"{list(configurations) if isinstance(configurations, Mapping) else configurations!r}")
+    (name, config), = configurations.items()
+    keys = {k: _field(path, plan, k) for k in ("key_to_encoder", "key_to_stem")}
+    if not all(isinstance(v, str) and v for v in keys.values()):
+        raise ValueError(f"{path}: the nnssl plan's key_to_encoder and key_to_stem must name modules, got {keys}")
+    schemes = list(_field(path, config, "normalization_schemes", f"['pretrain_plan']['configurations'][{name!r}]"))
+    return NnsslPlan(
+        arch_class_name=arch_class_name, architecture=architecture_block(path, arch_class_name, arch_plans),
+        **keys, num_input_channels=int(_field(path, plan, "pretrain_num_input_channels")),
+        recommended_patch_size=[int(p) for p in _numbers(_field(path, plan, "recommended_downstream_patchsize"))],
+        configuration=str(name), spacing=_numbers(config.get("spacing")),
+        patch_size=_numbers(config.get("patch_size")),
+        normalization_schemes=schemes,
+        use_mask_for_norm=[bool(m) for m in config.get("use_mask_for_norm") or []],
+        dataset_name=pretrain_plan.get("dataset_name"), plans_name=pretrain_plan.get("plans_name"))
+
+
+def encoder_weights(path: str, weights: Mapping[str, torch.Tensor], plan: NnsslPlan) -> list[str]:
+    """Keys of ``network_weights`` under the plan's encoder or stem; a ValueError when the encoder has none."""
+    selected = [k for k in weights if under_any(k, (plan.key_to_encoder, plan.key_to_stem))]
+    if not any(under_any(k, (plan.key_to_encoder,)) for k in selected):
+        sample = ", ".join(list(weights)[:3])
+        raise ValueError(f"{path}: network_weights has no tensor under the plan's key_to_encoder "
+                         f"{plan.key_to_encoder!r} (its keys look like: {sample})")
+    return selected
+
+
+def rename_modules(state: Mapping[str, torch.Tensor], renames: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Keys under each ``(old, new)`` module path moved under ``new`` (longest ``old`` first); others unchanged."""
+    ordered = sorted(((o, n) for o, n in renames if o != n), key=lambda r: -len(r[0]))
+    out = {}
+    for key, value in state.items():
+        old, new = next(((o, n) for o, n in ordered if under_any(key, (o,))), (key, key))
+        out[new + key[len(old):]] = value
+    return out
