@@ -16,6 +16,14 @@ import SimpleITK as sitk
 import torch
 
 NNUNET_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+E2E_FIXTURES = {"planned_phantom_dataset", "anisotropic_dataset"}  # they plan and preprocess with nnU-Net
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test that uses a dataset nnU-Net planned is end to end (``-m "not e2e"``: the fast tier)."""
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 def nnunet_folders(root: Path) -> dict[str, str]:
