@@ -40,12 +40,11 @@ def class_groups(classes: Iterable[str], known: Collection[str] | None) -> dict[
 
 
 def evaluation_rows(summary: Mapping, arm: str, n: int, draw: int, groups: Mapping[str, str]) -> list[dict]:
-    """Rows of the long table from one ``nnunet-suprem evaluate`` summary.json (its ``metric_per_case``)."""
+    """Rows of the long table from one ``nnunet-suprem evaluate`` summary.json (its ``metric_per_case``);
+    ``groups``: the group of every class scored."""
     rows = []
     for case in summary["metric_per_case"]:
         for name, scores in case["metrics"].items():
-            if name not in groups:
-                raise ValueError(f"{summary.get('prediction_folder')}: class {name!r} is not a class of the dataset")
             rows.append({"arm": arm, "N": n, "draw": draw, "case": case["case"], "class": name,
                          "group": groups[name], "Dice": scores["Dice"], "NSD": scores.get("NSD", NAN)})
     return rows

@@ -212,11 +212,13 @@ class FewShot:
     def report(self) -> str:
         """Write :data:`OUTPUTS` from the evaluations; returns the summary table."""
         s = self.study
-        labels = json.loads((Path(s.preprocessed) / "dataset.json").read_text())["labels"]
-        groups = class_groups([c for c in labels if c not in ("background", "ignore")], self.known_classes())
-        rows = [row for n, draw, _ in self.runs() for arm in ARMS
-                for row in evaluation_rows(json.loads((self.evaluation(arm, n, draw) / "summary.json").read_text()),
-                                           arm, n, draw, groups)]
+        summaries = {(arm, n, draw): json.loads((self.evaluation(arm, n, draw) / "summary.json").read_text())
+                     for n, draw, _ in self.runs() for arm in ARMS}
+        scored = dict.fromkeys(name for summary in summaries.values() for case in summary["metric_per_case"]
+                               for name in case["metrics"])  # the ground truth's class names
+        groups = class_groups(scored, self.known_classes())
+        rows = [row for (arm, n, draw), summary in summaries.items()
+                for row in evaluation_rows(summary, arm, n, draw, groups)]
         write_long_table(self.out / "fewshot.csv", rows)
         summary = summarize_study(rows)
         write_summary_csv(self.out / "summary.csv", summary)
