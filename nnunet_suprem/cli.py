@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_suprem import __version__, demo, doctor, evaluate, orientation, suprem_import, synth
+from nnunet_suprem import __version__, demo, doctor, evaluate, fewshot, orientation, suprem_import, synth
 from nnunet_suprem.convert import abdomenatlas, merge, totalsegmentator
 from nnunet_suprem.nnunet_env import ConfigurationError, trainers_dir
 from nnunet_suprem.planning import plan_transfer, preset, split
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_subparser(subparsers)
     evaluate.add_subparser(subparsers)
     orientation.add_subparser(subparsers)
+    fewshot.add_subparser(subparsers)
     transfer_command.add_subparser(subparsers)
     suprem_import.add_subparser(subparsers)
     return parser

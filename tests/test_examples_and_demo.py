@@ -130,19 +130,20 @@ def test_demo_smoke_runs_the_story_and_resumes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
     first = run(cli("demo", "--smoke", "--out", str(out), "-device", "cpu"), env, timeout=900).stdout
     for step in ("nnunet-suprem merge", "nnUNetv2_plan_and_preprocess", "-tr SuPreMTrainer_smoke",
-                 "nnunet-suprem plan-transfer", "nnunet-suprem split", "-pretrained_weights", "nnUNetv2_predict",
-                 "nnunet-suprem evaluate"):
+                 "nnunet-suprem plan-transfer", "-pretrained_weights", "nnUNetv2_predict", "nnunet-suprem evaluate"):
         assert step in first, step
-    assert "| mean, all |" in first and "| mean, novel |" in first
+    assert "| 5 | mean, all |" in first and "| 5 | mean, novel |" in first
     assert (out / "learning_curves.png").stat().st_size > 0
-    table = (out / "results.md").read_text()
-    assert "| spleen | no |" in table and "| liver | yes |" in table
+    study = out / "fewshot"
+    table = (study / "summary.md").read_text()
+    assert "| 5 | spleen | novel |" in table and "| 5 | liver | seen |" in table  # from the checkpoint's classes
+    assert (study / "fewshot.csv").is_file() and (study / "fewshot.png").is_file()
     for arm in ("SuPreMFinetuneTrainer_smoke", "SuPreMTrainer_smoke"):
-        assert (out / "nnUNet_results" / "Dataset620_DemoNovel" / f"{arm}__nnUNetPlans_transfer__3d_fullres"
+        assert (study / "nnUNet_results" / "Dataset620_DemoNovel" / f"{arm}__nnUNetPlans_transfer__3d_fullres"
                 / "fold_0" / "checkpoint_final.pth").is_file()
 
     again = run(cli("demo", "--smoke", "--out", str(out), "-device", "cpu"), env).stdout
-    assert again.count("done before") == 14 and "| mean, all |" in again
+    assert again.count("done before") == 14 and "| 5 | mean, all |" in again
     refused = subprocess.run(cli("demo", "--fast", "--out", str(out)), env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "other settings" in refused.stderr
     (tmp_path / "mine").mkdir()
@@ -154,27 +155,26 @@ def test_demo_smoke_runs_the_story_and_resumes(tmp_path):
 
 
 def test_an_interrupted_training_resumes_with_nnunets_continue_flag(tmp_path):
-    from nnunet_suprem.demo import Step, resumable
+    from nnunet_suprem.steps import Step, resumable
 
-    step = Step("fine-tune", ["nnUNetv2_train", "620", "3d_fullres", "0", "-pretrained_weights", "w.pth"], 2,
-                tmp_path / "fold_0")
+    step = Step("fine-tune", ["nnUNetv2_train", "620", "3d_fullres", "0", "-pretrained_weights", "w.pth"], "train",
+                results_folder=tmp_path / "fold_0")
     assert resumable(step) == step.command  # nothing trained yet: the command as printed
     (tmp_path / "fold_0").mkdir()
     (tmp_path / "fold_0" / "checkpoint_latest.pth").write_bytes(b"")
     assert resumable(step) == ["nnUNetv2_train", "620", "3d_fullres", "0", "--c"]  # the weights are in the checkpoint
 
 
-def test_dice_table_groups_seen_and_novel_classes_and_averages_folds():
-    from nnunet_suprem.demo import dice_table
+def test_a_step_runs_again_when_an_input_changed_or_an_output_is_missing(tmp_path):
+    from nnunet_suprem.steps import Step, is_done, run_steps
 
-    def summary(a: dict, b: dict) -> dict:
-        return {"mean": {c: {"Dice": v} for c, v in a.items()},
-                "comparison": {"mean": {c: {"Dice": v} for c, v in b.items()}}}
-
-    folds = [summary({"liver": 0.9, "spleen": float("nan")}, {"liver": 0.5, "spleen": 0.2}),
-             summary({"liver": 0.7, "spleen": 0.4}, {"liver": 0.5, "spleen": 0.2})]
-    rows = dice_table(folds, "title", {"liver"}).splitlines()
-    assert rows[0] == "title"
-    assert "| liver | yes | 0.800 ± 0.100 | 0.500 ± 0.000 | 0.300 ± 0.100 |" in rows
-    assert "| spleen | no | 0.400 ± 0.000 | 0.200 ± 0.000 | 0.200 ± 0.000 |" in rows  # a NaN fold is left out
-    assert "| mean, all |  | 0.725 ± 0.175 | 0.350 ± 0.000 | 0.375 ± 0.175 |" in rows  # per fold, then over folds
+    source, output = tmp_path / "in.txt", tmp_path / "out.txt"
+    source.write_text("a")
+    step = Step("copy", ["cp", str(source), str(output)], "copy", inputs=(source,), outputs=(output,))
+    run_steps([step], tmp_path, dict(os.environ), "cpu")
+    assert output.read_text() == "a" and is_done(step, tmp_path / ".steps_done")
+    output.unlink()
+    assert not is_done(step, tmp_path / ".steps_done")
+    run_steps([step], tmp_path, dict(os.environ), "cpu")
+    source.write_text("bb")
+    assert not is_done(step, tmp_path / ".steps_done")

@@ -59,6 +59,30 @@ def bootstrap_ci(values: Sequence[float], confidence: float = CONFIDENCE, resamp
     return float(low), float(high)
 
 
+def crossed_bootstrap_ci(table: np.ndarray, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
+                         seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of the finite cells of a rows x columns ``table`` (e.g.
+    training draws x test cases), resampling rows and columns independently with replacement (a crossed design:
+    both the draws and the cases vary); deterministic per ``seed``. One row: the cases' bootstrap."""
+    table = np.asarray(table, dtype=float)
+    if table.ndim != 2:
+        raise ValueError(f"expected a 2-D table, got shape {table.shape}")
+    scored = np.isfinite(table)
+    if not scored.any():
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    rows, columns = table.shape
+    # a resample is a count per row and per column: its mean is a weighted mean of the table
+    row_counts = rng.multinomial(rows, np.full(rows, 1 / rows), size=resamples).astype(float)
+    column_counts = rng.multinomial(columns, np.full(columns, 1 / columns), size=resamples).astype(float)
+    totals = np.einsum("ri,ij,rj->r", row_counts, np.where(scored, table, 0.0), column_counts)
+    weights = np.einsum("ri,ij,rj->r", row_counts, scored.astype(float), column_counts)
+    means = totals[weights > 0] / weights[weights > 0]
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def summarize(values: Sequence[float]) -> Summary:
     """:class:`Summary` of the finite ``values`` (s.d. NaN below 2 values, everything NaN without any)."""
     values = finite(values)

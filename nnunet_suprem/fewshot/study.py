@@ -1,0 +1,297 @@
+"""``nnunet-suprem fewshot``: pre-trained vs scratch at N training cases, several draws each, with stock nnU-Net.
+
+For a target dataset planned with ``plan-transfer`` and a pre-trained checkpoint: one fold per (N, draw) in a
+``splits_final.json`` of the study's own, every fold trained from the checkpoint and from scratch
+(``nnUNetv2_train``), the held-out test cases predicted (``nnUNetv2_predict``) and scored (``nnunet-suprem
+evaluate``), then ``fewshot.csv``, ``summary.csv``/``summary.md`` and ``fewshot.png``.
+
+The user's nnU-Net folders are only read: the study has its own ``OUT/nnUNet_preprocessed/<dataset>`` made of
+links to the preprocessed dataset's files plus its own splits, and its own ``OUT/nnUNet_results``; nnU-Net's
+commands run with ``nnUNet_preprocessed``/``nnUNet_results`` pointing there. Every command is printed before it
+runs, its output kept in ``OUT/logs``; running the same command again resumes (see :mod:`nnunet_suprem.steps`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nnunet_suprem.fewshot.report import (ARMS, class_groups, evaluation_rows, plot_study, summarize_study,
+                                          summary_markdown, write_long_table, write_summary_csv)
+from nnunet_suprem.fileio import atomic_path, check_file_ending, check_name, write_json
+from nnunet_suprem.jobs import default_num_processes
+from nnunet_suprem.planning.recipes import TRANSFER_PLANS_NAME
+from nnunet_suprem.planning.split import SPLITS_FILE, few_shot_splits, training_cases
+from nnunet_suprem.steps import (Step, add_device_argument, default_device, prepare_out, report_failure, run_steps,
+                                 trainer_epochs)
+
+SETTINGS_FILE = "fewshot.json"
+OUTPUTS = ("fewshot.csv", "summary.csv", "summary.md", "fewshot.png")
+DEFAULT_PRETRAINED_TRAINER = "SuPreMFinetuneTrainer"
+DEFAULT_SCRATCH_TRAINER = "SuPreMTrainer"
+IMAGE_CHANNEL = "_0000"
+
+
+@dataclass(frozen=True)
+class Study:
+    """The settings of a few-shot study (``OUT/fewshot.json``; another run in OUT must have the same)."""
+    preprocessed: str  # the target's preprocessed dataset folder, $nnUNet_preprocessed/DatasetXXX_NAME
+    plans: str
+    configuration: str
+    checkpoint: str  # the pre-trained arm's -pretrained_weights
+    sizes: tuple[int, ...]  # training cases N
+    draws: int  # draws of N training cases, per N
+    seed: int
+    pretrained_trainer: str
+    scratch_trainer: str
+    test_images: str
+    test_labels: str
+    tolerance: float | None  # NSD tolerance in mm; None: Dice only
+
+    @property
+    def dataset(self) -> str:
+        return Path(self.preprocessed).name
+
+    def trainer(self, arm: str) -> str:
+        return self.pretrained_trainer if arm == "pretrained" else self.scratch_trainer
+
+    def check(self) -> list[str]:
+        """Validate the settings against the files; returns the training cases (ValueError/FileNotFoundError)."""
+        folder = Path(self.preprocessed)
+        for value, what in ((self.plans, "plans name"), (self.configuration, "configuration"),
+                            (self.pretrained_trainer, "trainer"), (self.scratch_trainer, "trainer")):
+            check_name(value, what, "the command line")
+        plans_file = folder / f"{self.plans}.json"
+        if not plans_file.is_file():
+            raise FileNotFoundError(f"{plans_file} not found: plan the target first (nnunet-suprem plan-transfer "
+                                    f"--plans-name {self.plans})")
+        if self.configuration not in json.loads(plans_file.read_text()).get("configurations", {}):
+            raise ValueError(f"{plans_file} has no configuration {self.configuration!r}")
+        if not Path(self.checkpoint).is_file():
+            raise FileNotFoundError(f"{self.checkpoint}: checkpoint file not found (--pretrained)")
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"--train-cases lists a size twice: {list(self.sizes)}")
+        if self.draws < 1:
+            raise ValueError(f"--draws must be at least 1, got {self.draws}")
+        if self.tolerance is not None and not self.tolerance >= 0:
+            raise ValueError(f"--tolerance must be >= 0 mm, got {self.tolerance}")
+        for path, option in ((self.test_images, "--test-images"), (self.test_labels, "--test-labels")):
+            if not Path(path).is_dir():
+                raise FileNotFoundError(f"{path}: test folder not found ({option})")
+        cases = training_cases(folder)
+        for n in self.sizes:
+            few_shot_splits(cases, n)  # refuses an N the dataset cannot split
+        return cases
+
+
+class FewShot:
+    """A study's commands in ``out``, running them, and the report."""
+
+    def __init__(self, out: Path, study: Study, device: str, num_processes: int):
+        self.out, self.study, self.device, self.num_processes = out, study, device, num_processes
+        self.preprocessed = out / "nnUNet_preprocessed"
+        self.results = out / "nnUNet_results"
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        """(N, draw, fold) of every training set; fold = position of N x draws + draw."""
+        s = self.study
+        return [(n, draw, i * s.draws + draw) for i, n in enumerate(s.sizes) for draw in range(s.draws)]
+
+    def model_folder(self, arm: str) -> Path:
+        s = self.study
+        return self.results / s.dataset / f"{s.trainer(arm)}__{s.plans}__{s.configuration}"
+
+    def predictions(self, arm: str, n: int, draw: int) -> Path:
+        return self.out / "predictions" / arm / f"N{n}_draw{draw}"
+
+    def evaluation(self, arm: str, n: int, draw: int) -> Path:
+        return self.out / "evaluation" / arm / f"N{n}_draw{draw}"
+
+    # --- preparing the study's nnU-Net folder ------------------------------------------------------------------
+    def prepare(self, cases: list[str]) -> list[str]:
+        """Link the preprocessed dataset into the study's folder, write its splits; returns the test cases."""
+        source, target = Path(self.study.preprocessed).resolve(), self.preprocessed / self.study.dataset
+        target.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(source.iterdir()):
+            if entry.name == SPLITS_FILE:
+                continue
+            link = target / entry.name
+            if link.is_symlink() and Path(os.readlink(link)) == entry:
+                continue
+            if link.is_symlink():
+                link.unlink()
+            if not link.exists():
+                link.symlink_to(entry, target_is_directory=entry.is_dir())
+        splits = [split for n in self.study.sizes for split in few_shot_splits(cases, n, self.study.seed,
+                                                                                 self.study.draws)]
+        splits_file = target / SPLITS_FILE
+        if not splits_file.is_file() or json.loads(splits_file.read_text()) != splits:
+            write_json(splits, splits_file)
+        return self.test_cases()
+
+    def test_cases(self) -> list[str]:
+        ending = check_file_ending(json.loads((Path(self.study.preprocessed) / "dataset.json").read_text())
+                                   .get("file_ending"), Path(self.study.preprocessed) / "dataset.json")
+        suffix = f"{IMAGE_CHANNEL}{ending}"
+        images = Path(self.study.test_images)
+        cases = sorted(p.name[:-len(suffix)] for p in images.iterdir() if p.name.endswith(suffix))
+        if not cases:
+            raise FileNotFoundError(f"{images} holds no test images (<case>{suffix})")
+        return [f"{case}{ending}" for case in cases]
+
+    # --- the commands ----------------------------------------------------------------------------------------
+    def steps(self, prediction_files: list[str]) -> list[Step]:
+        s, np_ = self.study, ["-np", str(self.num_processes)]
+        workers = str(min(self.num_processes, 3))  # nnU-Net's default for -npp and -nps
+        scoring = ["--no-nsd"] if s.tolerance is None else ["--tolerance", str(s.tolerance)]
+        steps = []
+        for n, draw, fold in self.runs():
+            where = f"N={n}, draw {draw} (fold {fold})"
+            for arm in ARMS:
+                weights = ["-pretrained_weights", s.checkpoint] if arm == "pretrained" else []
+                fold_folder = self.model_folder(arm) / f"fold_{fold}"
+                steps.append(Step(
+                    f"train, {arm}, {where}: {s.trainer(arm)}",
+                    ["nnUNetv2_train", s.dataset, s.configuration, str(fold), "-tr", s.trainer(arm), "-p", s.plans,
+                     "-device", self.device, *weights],
+                    f"train_{arm}_N{n}_draw{draw}", outputs=(fold_folder / "checkpoint_final.pth",),
+                    results_folder=fold_folder, epochs=trainer_epochs(s.trainer(arm))))
+            for arm in ARMS:
+                output = self.predictions(arm, n, draw)
+                steps.append(Step(
+                    f"predict the test cases, {arm}, {where}",
+                    ["nnUNetv2_predict", "-i", s.test_images, "-o", str(output), "-d", s.dataset,
+                     "-c", s.configuration, "-p", s.plans, "-tr", s.trainer(arm), "-f", str(fold),
+                     "-chk", "checkpoint_final.pth", "-device", self.device, "-npp", workers, "-nps", workers],
+                    f"predict_{arm}_N{n}_draw{draw}",
+                    inputs=(self.model_folder(arm) / f"fold_{fold}" / "checkpoint_final.pth",),
+                    outputs=tuple(output / f for f in prediction_files)))
+            for arm in ARMS:
+                predictions = self.predictions(arm, n, draw)
+                evaluation = self.evaluation(arm, n, draw)
+                steps.append(Step(
+                    f"evaluate, {arm}, {where}",
+                    ["nnunet-suprem", "evaluate", str(predictions), s.test_labels, *scoring, *np_,
+                     "-o", str(evaluation)],
+                    f"evaluate_{arm}_N{n}_draw{draw}", inputs=tuple(predictions / f for f in prediction_files),
+                    outputs=(evaluation / "summary.json",)))
+        return steps
+
+    def environment(self) -> dict[str, str]:
+        from nnunet_suprem.nnunet_env import with_ext_trainers
+
+        env = with_ext_trainers()
+        env.update(nnUNet_preprocessed=str(self.preprocessed), nnUNet_results=str(self.results))
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def run(self, cases: list[str]) -> str:
+        """Prepare, run every step not done yet, write the report; returns ``summary.md``'s text."""
+        start = time.perf_counter()
+        run_steps(self.steps(self.prepare(cases)), self.out, self.environment(), self.device)
+        text = self.report()
+        print(f"\n{text}\n\n{time.perf_counter() - start:.0f} s; wrote {', '.join(OUTPUTS)} to {self.out}",
+              flush=True)
+        return text
+
+    # --- the result ------------------------------------------------------------------------------------------
+    def known_classes(self) -> set[str] | None:
+        """The checkpoint's classes with pre-trained output rows (None: it records no class names)."""
+        from nnunet_suprem.transfer.checkpoint import read_checkpoint
+        from nnunet_suprem.transfer.head import BACKGROUND, IGNORE_LABEL
+
+        checkpoint = read_checkpoint(self.study.checkpoint)
+        if checkpoint.labels is None:
+            return None
+        known = set(checkpoint.labels) - {BACKGROUND, IGNORE_LABEL}
+        return known if checkpoint.pretrained_rows is None else known & checkpoint.pretrained_rows
+
+    def report(self) -> str:
+        """Write :data:`OUTPUTS` from the evaluations; returns the summary table."""
+        s = self.study
+        summaries = {(arm, n, draw): json.loads((self.evaluation(arm, n, draw) / "summary.json").read_text())
+                     for n, draw, _ in self.runs() for arm in ARMS}
+        scored = dict.fromkeys(name for summary in summaries.values() for case in summary["metric_per_case"]
+                               for name in case["metrics"])  # the ground truth's class names
+        groups = class_groups(scored, self.known_classes())
+        rows = [row for (arm, n, draw), summary in summaries.items()
+                for row in evaluation_rows(summary, arm, n, draw, groups)]
+        write_long_table(self.out / "fewshot.csv", rows)
+        summary = summarize_study(rows)
+        write_summary_csv(self.out / "summary.csv", summary)
+        cases = len({row["case"] for row in rows})
+        title = (f"{s.dataset}: {s.pretrained_trainer} from {Path(s.checkpoint).name} vs {s.scratch_trainer} from "
+                 f"scratch, N = {', '.join(map(str, s.sizes))}, {s.draws} draw(s) each, {cases} test cases")
+        text = (f"{title}\n\nMean over (draw, test case) units; 95% CI: bootstrap resampling draws and test cases; "
+                f"the difference is paired per (draw, test case). 'in pre-training': the class has a pre-trained "
+                f"output row in {s.checkpoint}.\n\n{summary_markdown(summary, '').strip()}")
+        with atomic_path(self.out / "summary.md") as tmp:
+            Path(tmp).write_text(text + "\n")
+        plot_study(summary, self.out / "fewshot.png", title)
+        return text
+
+
+def run_study(study: Study, out: Path, device: str, num_processes: int) -> FewShot:
+    """Check the settings, claim or resume ``out`` (refusing other settings), run the study."""
+    cases = study.check()
+    prepare_out(out, {**asdict(study), "training_cases": cases}, SETTINGS_FILE, "fewshot")
+    fewshot = FewShot(out, study, device, num_processes)
+    fewshot.run(cases)
+    return fewshot
+
+
+def add_subparser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fewshot", help="few-shot study: pre-trained vs scratch at N training cases, several draws, test Dice/NSD",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", dest="dataset_id", type=int, required=True,
+                   help="target dataset ID (planned and preprocessed in $nnUNet_preprocessed, e.g. by plan-transfer)")
+    p.add_argument("--pretrained", required=True, metavar="CHECKPOINT",
+                   help="pre-trained checkpoint (e.g. fold_0/checkpoint_final.pth), the pre-trained arm's "
+                        "-pretrained_weights; its class names decide which target classes are seen")
+    p.add_argument("--train-cases", type=int, nargs="+", required=True, metavar="N",
+                   help="training-set sizes, e.g. 5 10 20 (the other training cases validate)")
+    p.add_argument("--draws", type=int, default=1,
+                   help="random draws of N training cases per N, each trained both ways (default: 1); draw k of N "
+                        "is fold k of `nnunet-suprem split --train-cases N --seed S` (independent across N)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the draws (default: 0)")
+    p.add_argument("--out", required=True,
+                   help="folder for splits, models, predictions, evaluations, logs and results; running again with "
+                        "the same folder and settings resumes")
+    p.add_argument("-p", dest="plans", default=TRANSFER_PLANS_NAME, help=f"plans (default: {TRANSFER_PLANS_NAME})")
+    p.add_argument("-c", dest="configuration", default="3d_fullres", help="configuration (default: 3d_fullres)")
+    p.add_argument("--pretrained-trainer", default=DEFAULT_PRETRAINED_TRAINER,
+                   help=f"trainer of the pre-trained arm (default: {DEFAULT_PRETRAINED_TRAINER})")
+    p.add_argument("--scratch-trainer", default=DEFAULT_SCRATCH_TRAINER,
+                   help=f"trainer of the scratch arm, the same budget from random weights (default: "
+                        f"{DEFAULT_SCRATCH_TRAINER})")
+    p.add_argument("--test-images", help="held-out images (default: $nnUNet_raw/DatasetXXX_NAME/imagesTs)")
+    p.add_argument("--test-labels", help="their ground truth, label maps or per-organ mask folders "
+                                         "(default: $nnUNet_raw/DatasetXXX_NAME/labelsTs)")
+    p.add_argument("--tolerance", type=float, default=1.0, help="NSD tolerance in mm (default: 1.0)")
+    p.add_argument("--no-nsd", action="store_true", help="Dice only")
+    p.add_argument("-np", dest="num_processes", type=int, default=default_num_processes(),
+                   help="processes for evaluation and nnUNetv2_predict (at most 3 there) (default: nnUNet_def_n_proc "
+                        "or 8)")
+    add_device_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunet_suprem.nnunet_env import dataset_folder_name, preprocessed_root, raw_root
+
+    dataset = dataset_folder_name(args.dataset_id)
+    test = {}
+    for option, sub in (("test_images", "imagesTs"), ("test_labels", "labelsTs")):
+        value = getattr(args, option)
+        test[option] = str(Path(value).expanduser().resolve() if value else raw_root() / dataset / sub)
+    study = Study(str(preprocessed_root().resolve() / dataset), args.plans, args.configuration,
+                  str(Path(args.pretrained).expanduser().resolve()), tuple(args.train_cases), args.draws, args.seed,
+                  args.pretrained_trainer, args.scratch_trainer, tolerance=None if args.no_nsd else args.tolerance,
+                  **test)
+    out = Path(args.out).expanduser().resolve()
+    return report_failure("fewshot", lambda: run_study(study, out, args.device or default_device(),
+                                                       args.num_processes))

@@ -1,0 +1,211 @@
+"""nnunet-suprem fewshot: the study end to end through the real CLI (stock nnU-Net on 16^3 phantoms, CPU), resuming,
+refusing other settings; the long table, summary arithmetic and seen/novel groups on hand-made numbers."""
+import csv
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli, command, nnunet_folders, run, subprocess_env
+from nnunet_suprem.evaluate.stats import crossed_bootstrap_ci
+from nnunet_suprem.fewshot.report import (LONG_COLUMNS, class_groups, evaluation_rows, plot_study, summarize_study,
+                                          summary_markdown, write_long_table)
+from nnunet_suprem.planning.split import few_shot_splits
+
+# the checkpoint's classes: postcava under a synonym, a side spelled out, and a class the target lacks
+CHECKPOINT_LABELS = {"background": 0, "Liver": 1, "inferior_vena_cava": 2, "kidney (right)": 3, "celiac_trunk": 4}
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory) -> dict:
+    """Dataset007_Few: 6 training and 3 test phantoms of 16^3, planned; a checkpoint for its network, other labels."""
+    from nnunet_suprem.transfer.apply import build_network_from_plans
+
+    folders = nnunet_folders(tmp_path_factory.mktemp("fewshot"))
+    env = subprocess_env(folders)
+    run(cli("synth", "-d", "7", "--name", "Few", "--cases", "2", "--test-cases", "1", "--shape", "16", "16", "16",
+            "-np", "2"), env)
+    run(command("nnUNetv2_plan_and_preprocess", "-d", "7", "-c", "3d_fullres", "-np", "2"), env)
+    preprocessed = Path(folders["nnUNet_preprocessed"]) / "Dataset007_Few"
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    dataset_json = {**json.loads((preprocessed / "dataset.json").read_text()), "labels": CHECKPOINT_LABELS}
+    network = build_network_from_plans(plans, dataset_json, "3d_fullres")
+    checkpoint = Path(folders["nnUNet_results"]).parent / "pretrained.pth"
+    torch.save({"network_weights": network.state_dict(), "init_args": {"dataset_json": dataset_json}}, checkpoint)
+    return {"env": env, "preprocessed": preprocessed, "checkpoint": checkpoint}
+
+
+def fewshot_args(target: dict, out: Path, *extra: str) -> list[str]:
+    return cli("fewshot", "-d", "7", "-p", "nnUNetPlans", "--pretrained", str(target["checkpoint"]),
+               "--train-cases", "5", "--pretrained-trainer", "SuPreMFinetuneTrainer_smoke",
+               "--scratch-trainer", "SuPreMTrainer_smoke", "--out", str(out), "-device", "cpu", "-np", "1", *extra)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_fewshot_runs_stock_commands_resumes_and_refuses_other_settings(target, tmp_path):
+    out, env = tmp_path / "study", target["env"]
+    first = run(fewshot_args(target, out), env, timeout=900).stdout
+    dataset = "Dataset007_Few"
+    assert (f"$ nnUNetv2_train {dataset} 3d_fullres 0 -tr SuPreMFinetuneTrainer_smoke -p nnUNetPlans -device cpu "
+            f"-pretrained_weights {target['checkpoint']}") in first
+    assert f"$ nnUNetv2_train {dataset} 3d_fullres 0 -tr SuPreMTrainer_smoke -p nnUNetPlans -device cpu\n" in first
+    assert "$ nnUNetv2_predict -i " in first and "$ nnunet-suprem evaluate " in first
+    # the user's folders are only read: no split written there, no model
+    assert not (target["preprocessed"] / "splits_final.json").exists()
+    assert not any(Path(env["nnUNet_results"]).iterdir())
+    own = out / "nnUNet_preprocessed" / dataset
+    assert (own / "nnUNetPlans_3d_fullres").is_symlink() and (own / "dataset.json").is_symlink()
+    cases = sorted(p.name[:-len(".nii.gz")] for p in (target["preprocessed"] / "gt_segmentations").iterdir())
+    splits = json.loads((own / "splits_final.json").read_text())
+    assert splits == few_shot_splits(cases, 5)  # one fold per (N, draw)
+
+    rows = read_csv(out / "fewshot.csv")
+    assert tuple(rows[0]) == LONG_COLUMNS
+    classes = [c for c in json.loads((target["preprocessed"] / "dataset.json").read_text())["labels"]
+               if c != "background"]
+    assert len(rows) == 2 * 3 * len(classes)  # arms x test cases x classes
+    group = {row["class"]: row["group"] for row in rows}
+    assert {c for c, g in group.items() if g == "seen"} == {"liver", "postcava", "kidney_right"}
+    assert group["spleen"] == group["kidney_left"] == "novel"
+    assert all(0 <= float(row["Dice"]) <= 1 for row in rows if row["Dice"] != "nan")
+    assert any(row["NSD"] not in ("", "nan") for row in rows)
+    summary = read_csv(out / "summary.csv")
+    assert {(r["metric"], r["group"], r["arm"]) for r in summary if r["class"] == ""} == {
+        (m, g, a) for m in ("Dice", "NSD") for g in ("seen", "novel", "all")
+        for a in ("pretrained", "scratch", "pretrained-scratch")}
+    text = (out / "summary.md").read_text()
+    assert "| 5 | liver | seen |" in text and "| 5 | mean, novel |" in text and text in first
+    assert (out / "fewshot.png").stat().st_size > 0
+
+    again = run(fewshot_args(target, out), env).stdout
+    assert again.count("done before") == 6 and "$ " not in again
+    test_case = sorted((out / "predictions" / "scratch" / "N5_draw0").glob("*.nii.gz"))[0]
+    test_case.unlink()
+    redo = run(fewshot_args(target, out), env).stdout
+    assert redo.count("done before") == 4  # the prediction, then its evaluation
+    assert "$ nnUNetv2_predict" in redo and "-tr SuPreMTrainer_smoke -f 0 " in redo and test_case.is_file()
+    assert "$ nnunet-suprem evaluate" in redo
+
+    refused = subprocess.run(fewshot_args(target, out, "--draws", "2"), env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "other settings (draws: 1 there, 2 here)" in refused.stderr
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "data.txt").write_text("keep")
+    refused = subprocess.run(fewshot_args(target, mine), env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "not a fewshot folder" in refused.stderr
+
+
+def test_bad_input_is_one_line_naming_the_problem(target, tmp_path):
+    env = target["env"]
+    for extra, message in ((["--train-cases", "5", "6"], "--train-cases must be between 1 and 5"),
+                           (["--scratch-trainer", "a/x"], "trainer 'a/x' contains a path separator"),
+                           (["--test-images", str(tmp_path / "none")], "test folder not found (--test-images)")):
+        args = fewshot_args(target, tmp_path / "out", *extra)
+        if extra[0] == "--train-cases":  # replaces the sizes
+            index = args.index("--train-cases")
+            del args[index:index + 2]
+        result = subprocess.run(args, env=env, capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_fold_per_size_and_draw_in_the_studys_own_folder(tmp_path):
+    from nnunet_suprem.fewshot.study import FewShot, Study
+
+    source = tmp_path / "nnUNet_preprocessed" / "Dataset005_Few"
+    (source / "gt_segmentations").mkdir(parents=True)
+    (source / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
+    cases = [f"case_{i:02d}" for i in range(12)]
+    for case in cases:
+        (source / "gt_segmentations" / f"{case}.nii.gz").touch()
+    (source / "splits_final.json").write_text("[]")  # the user's own split stays theirs
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    (images / "test_001_0000.nii.gz").touch()
+    study = Study(str(source), "plans", "3d_fullres", "w.pth", (5, 10), 2, 3, "A", "B", str(images), "labels", None)
+    fewshot = FewShot(tmp_path / "out", study, "cpu", 1)
+    assert fewshot.runs() == [(5, 0, 0), (5, 1, 1), (10, 0, 2), (10, 1, 3)]  # (N, draw, fold)
+    assert fewshot.prepare(cases) == ["test_001.nii.gz"]
+    own = tmp_path / "out" / "nnUNet_preprocessed" / "Dataset005_Few"
+    splits = json.loads((own / "splits_final.json").read_text())
+    assert splits == few_shot_splits(cases, 5, 3, 2) + few_shot_splits(cases, 10, 3, 2)
+    assert (own / "gt_segmentations").resolve() == (source / "gt_segmentations").resolve()
+    assert json.loads((source / "splits_final.json").read_text()) == []
+    steps = fewshot.steps(["test_001.nii.gz"])
+    assert [s.name for s in steps[:6]] == ["train_pretrained_N5_draw0", "train_scratch_N5_draw0",
+                                           "predict_pretrained_N5_draw0", "predict_scratch_N5_draw0",
+                                           "evaluate_pretrained_N5_draw0", "evaluate_scratch_N5_draw0"]
+    assert steps[-6].command[:4] == ["nnUNetv2_train", "Dataset005_Few", "3d_fullres", "3"]
+    assert "--no-nsd" in steps[-1].command
+
+
+def test_seen_and_novel_follow_the_checkpoints_class_names_and_synonyms():
+    known = ["Liver", "inferior_vena_cava", "kidney (right)"]
+    assert class_groups(["liver", "postcava", "kidney_right", "kidney_left", "spleen"], known) == {
+        "liver": "seen", "postcava": "seen", "kidney_right": "seen", "kidney_left": "novel", "spleen": "novel"}
+    assert class_groups(["liver"], None) == {"liver": "unknown"}  # a checkpoint without class names
+
+
+def evaluation(case_scores: dict) -> dict:
+    """An evaluate summary.json with Dice per case and class."""
+    return {"metric_per_case": [{"case": case, "metrics": {c: {"Dice": v} for c, v in scores.items()}}
+                                for case, scores in case_scores.items()]}
+
+
+def test_long_table_and_summary_arithmetic(tmp_path):
+    groups = {"liver": "seen", "spleen": "novel"}
+    nan = float("nan")
+    scores = {  # (arm, draw) -> case -> class -> Dice
+        ("pretrained", 0): {"a": {"liver": 0.9, "spleen": 0.5}, "b": {"liver": 0.7, "spleen": nan}},
+        ("pretrained", 1): {"a": {"liver": 0.8, "spleen": 0.3}, "b": {"liver": 0.6, "spleen": 0.1}},
+        ("scratch", 0): {"a": {"liver": 0.5, "spleen": 0.1}, "b": {"liver": 0.5, "spleen": 0.2}},
+        ("scratch", 1): {"a": {"liver": 0.4, "spleen": 0.3}, "b": {"liver": 0.2, "spleen": 0.1}},
+    }
+    rows = [row for (arm, draw), cases in scores.items()
+            for row in evaluation_rows(evaluation(cases), arm, 5, draw, groups)]
+    write_long_table(tmp_path / "fewshot.csv", rows)
+    table = read_csv(tmp_path / "fewshot.csv")
+    assert table[0] == {"arm": "pretrained", "N": "5", "draw": "0", "case": "a", "class": "liver", "group": "seen",
+                        "Dice": "0.9", "NSD": "nan"}
+    assert len(table) == 16
+
+    summary = {(r["group"], r["class"], r["arm"]): r for r in summarize_study(rows)}
+    assert {r["metric"] for r in summarize_study(rows)} == {"Dice"}  # NSD was not computed
+    liver = summary[("seen", "liver", "pretrained")]
+    assert liver["n"] == 4 and liver["draws"] == 2 and liver["cases"] == 2
+    assert liver["mean"] == pytest.approx((0.9 + 0.7 + 0.8 + 0.6) / 4)
+    assert liver["ci_low"] <= liver["mean"] <= liver["ci_high"]
+    # per unit (draw, case): the group mean over its scored classes; a NaN class is left out
+    every = summary[("all", "", "pretrained")]
+    assert every["mean"] == pytest.approx(np.mean([0.7, 0.7, 0.55, 0.35]))
+    spleen_difference = summary[("novel", "spleen", "pretrained-scratch")]
+    assert spleen_difference["n"] == 3  # paired only where both arms are scored
+    assert spleen_difference["mean"] == pytest.approx(np.mean([0.4, 0.0, 0.0]))
+    difference = summary[("all", "", "pretrained-scratch")]
+    assert difference["mean"] == pytest.approx(np.mean([0.7 - 0.3, 0.7 - 0.35, 0.55 - 0.35, 0.35 - 0.15]))
+    assert summary[("seen", "", "scratch")]["mean"] == summary[("seen", "liver", "scratch")]["mean"]
+
+    text = summary_markdown(summarize_study(rows), "title")
+    assert "| 5 | liver | seen | 0.750 [" in text and "| 5 | mean, all |  | 0.575 [" in text
+    plot_study(summarize_study(rows + [{**row, "N": 10} for row in rows]), tmp_path / "fewshot.png", "title")
+    assert (tmp_path / "fewshot.png").stat().st_size > 0
+
+
+def test_crossed_bootstrap_ci():
+    assert crossed_bootstrap_ci(np.full((3, 4), 0.25)) == (0.25, 0.25)
+    assert all(math.isnan(v) for v in crossed_bootstrap_ci(np.full((2, 2), np.nan)))
+    table = np.array([[0.1, 0.9, np.nan], [0.3, 0.7, 0.5]])
+    low, high = crossed_bootstrap_ci(table)
+    assert 0.1 <= low < np.nanmean(table) < high <= 0.9
+    assert crossed_bootstrap_ci(table) == (low, high)  # seeded
+    one_draw = crossed_bootstrap_ci(table[1:])  # one draw: the cases' bootstrap
+    assert 0.3 <= one_draw[0] < 0.5 < one_draw[1] <= 0.7
