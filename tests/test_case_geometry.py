@@ -142,6 +142,7 @@ def _gloo_run(folder: Path) -> list[dict]:
     return [json.loads(out.strip().splitlines()[-1]) for out in outputs]
 
 
+@pytest.mark.e2e
 def test_ddp_ranks_share_the_reading_and_agree(tmp_path):
     folder = tmp_path / "nnUNetPlans_3d_fullres"
     cases = _write_cases(folder, 1000) + _write_cases(folder, 1, RAS, first=1000)

@@ -54,6 +54,7 @@ def test_with_ext_trainers_appends_once():
     assert with_ext_trainers({})["nnUNet_extTrainer"] == str(trainers_dir())
 
 
+@pytest.mark.e2e
 def test_doctor_names_what_is_missing():
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     result = subprocess.run(cli("doctor"), env=env, capture_output=True, text=True)
@@ -64,6 +65,7 @@ def test_doctor_names_what_is_missing():
     assert f"export nnUNet_extTrainer={trainers_dir()}" in result.stdout
 
 
+@pytest.mark.e2e
 def test_doctor_is_happy_when_set_up(nnunet_env):
     env = subprocess_env(nnunet_env, nnUNet_extTrainer=str(trainers_dir()))
     result = subprocess.run(cli("doctor"), env=env, capture_output=True, text=True)
@@ -74,6 +76,7 @@ def test_doctor_is_happy_when_set_up(nnunet_env):
     assert result.returncode == 1 and "does not contain the nnunet-suprem trainers" in result.stdout
 
 
+@pytest.mark.e2e
 def test_wheel_ships_the_trainer_and_planner_modules(tmp_path):
     """A non-editable install carries trainers/ as nnunet_suprem/ext_trainers and plans/ as
     nnunet_suprem/plans_presets (one source, no copies)."""

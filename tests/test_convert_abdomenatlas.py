@@ -68,6 +68,7 @@ def atlas_with_bad_cases(tmp_path) -> Path:
     return src
 
 
+@pytest.mark.e2e
 def test_good_and_bad_cases(nnunet_env, atlas_with_bad_cases):
     src = atlas_with_bad_cases
     before = tree_digest(src)
@@ -186,6 +187,7 @@ def test_cli_errors_are_clear(nnunet_env, tmp_path):
     assert result.returncode == 2 and "missing is not a folder" in result.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not REAL_CT.is_dir(), reason="shared real CT not available")
 def test_real_ct_converts_and_plans_anisotropic(nnunet_env, tmp_path):
     """The real 512x512x48 chest CT at 0.57x0.57x5 mm: lungs from a threshold, the tumour mask unused."""

@@ -42,6 +42,7 @@ def write_totalsegmentator(root: Path, version_classes, splits: dict[str, str], 
         (root / "meta.csv").write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.e2e
 def test_totalsegmentator_v2_organs_with_splits(nnunet_env, tmp_path):
     splits = {"s0001": "train", "s0002": "val", "s0003": "test", "s0004": "train"}
     write_totalsegmentator(tmp_path / "ts", TOTALSEGMENTATOR_V2, splits)

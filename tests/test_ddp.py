@@ -1,4 +1,5 @@
 """Behaviour under DDP as nnU-Net sets it up (SyncBatchNorm conversion, DDP wrapper), run on CPU: 2 processes, gloo."""
+import pytest
 import copy
 from collections import OrderedDict
 
@@ -63,6 +64,7 @@ def _normalisation_worker(rank: int) -> None:
     output.mean().backward()
 
 
+@pytest.mark.e2e
 def test_ddp_outputs_equal_single_process(tmp_path):
     spawn(_normalisation_worker, tmp_path)
 
@@ -92,5 +94,6 @@ def _freezing_worker(rank: int) -> None:
     assert same_on_every_rank(body.weight.grad) and same_on_every_rank(head.weight.grad)  # averaged again
 
 
+@pytest.mark.e2e
 def test_ddp_freezing_and_unfreezing(tmp_path):
     spawn(_freezing_worker, tmp_path)

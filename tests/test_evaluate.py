@@ -357,6 +357,7 @@ def test_cli_reports_bad_input_as_an_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_parallel_run_matches_serial(tmp_path):
     _comparison_folders(tmp_path, cases=3)
     serial = evaluate(tmp_path / "a", tmp_path / "gt", tmp_path / "s", num_processes=1)

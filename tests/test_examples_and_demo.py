@@ -54,6 +54,7 @@ def test_real_mode_asks_for_its_inputs(workdir):
     assert result.returncode == 2 and "usage:" in result.stderr and "--smoke" in result.stderr
 
 
+@pytest.mark.e2e
 def test_a_abdomenatlas_pretraining(workdir):
     out = run_example("abdomenatlas_pretraining.sh", workdir)
     # stock nnUNetv2_train found our trainer through nnUNet_extTrainer, exported as the README says
@@ -66,6 +67,7 @@ def test_a_abdomenatlas_pretraining(workdir):
     assert plans["foreground_intensity_properties_per_channel"]["0"]["percentile_99_5"] == 250.0
 
 
+@pytest.mark.e2e
 def test_b_merge_partial_label_datasets(workdir):
     out = run_example("merge_partial_label_datasets.sh", workdir)
     assert "arota" in out  # the AMOS-like stand-in really names the aorta as AMOS does
@@ -83,6 +85,7 @@ def test_b_merge_partial_label_datasets(workdir):
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
 
 
+@pytest.mark.e2e
 def test_c_totalsegmentator_finetune_from_the_pretrained_model(workdir):
     run_example("totalsegmentator_muscles_finetune.sh", workdir)
     name = "Dataset520_TotalSegmentator_organs"
@@ -97,6 +100,7 @@ def test_c_totalsegmentator_finetune_from_the_pretrained_model(workdir):
     assert len(summary["metric_per_case"]) == 3  # meta.csv's test cases
 
 
+@pytest.mark.e2e
 def test_d_released_suprem_unet(workdir):
     out = run_example("released_suprem_unet.sh", workdir)
     assert "100.0% of the encoder loaded" in out
@@ -117,6 +121,7 @@ def test_d_released_suprem_unet(workdir):
         assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2, 3, 4}
 
 
+@pytest.mark.e2e
 def test_e_direct_inference_and_table3_evaluation(workdir):
     run_example("direct_inference_evaluation.sh", workdir)
     summary = json.loads((workdir / "direct_inference" / "evaluation" / "summary.json").read_text())
@@ -125,6 +130,7 @@ def test_e_direct_inference_and_table3_evaluation(workdir):
     assert {"Dice", "NSD"} <= set(summary["foreground_mean"])
 
 
+@pytest.mark.e2e
 def test_demo_smoke_runs_the_story_and_resumes(tmp_path):
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}

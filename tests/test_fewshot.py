@@ -50,6 +50,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.e2e
 def test_fewshot_runs_stock_commands_resumes_and_refuses_other_settings(target, tmp_path):
     out, env = tmp_path / "study", target["env"]
     first = run(fewshot_args(target, out), env, timeout=900).stdout
@@ -103,6 +104,7 @@ def test_fewshot_runs_stock_commands_resumes_and_refuses_other_settings(target, 
     assert refused.returncode == 2 and "not a fewshot folder" in refused.stderr
 
 
+@pytest.mark.e2e
 def test_bad_input_is_one_line_naming_the_problem(target, tmp_path):
     env = target["env"]
     for extra, message in ((["--train-cases", "5", "6"], "--train-cases must be between 1 and 5"),

@@ -164,6 +164,7 @@ def test_damaged_and_hostile_files_give_one_line_errors(target, tmp_path, capsys
         torch.load(tmp_path / "pickled.pth", weights_only=True)
 
 
+@pytest.mark.e2e
 def test_plan_transfer_plans_the_checkpoints_network_spacing_and_patch(target, planned):
     config = planned["plans"]["configurations"]["3d_fullres"]
     assert list(planned["plans"]["configurations"]) == ["3d_fullres"]
@@ -179,6 +180,7 @@ def test_plan_transfer_plans_the_checkpoints_network_spacing_and_patch(target, p
     assert len(list(preprocessed.glob("*.pkl"))) == 2
 
 
+@pytest.mark.e2e
 def test_transfer_weights_and_finetuning_load_the_whole_encoder(target, planned, tmp_path):
     out = tmp_path / "weights.pth"
     result = run(cli("transfer-weights", str(target["checkpoint"]), "-d", str(DATASET), "-p", PLANS, "-o", str(out)),

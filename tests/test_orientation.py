@@ -99,6 +99,7 @@ def test_check_orientation_refuses_then_reorients_for_stock_predict(lps_model, t
     assert len(np.unique(sitk.GetArrayFromImage(lps))) > 1  # the comparison is not between two empty maps
 
 
+@pytest.mark.e2e
 def test_check_orientation_without_a_record(planned_phantom_dataset, tmp_path):
     folder = tmp_path / "model"
     (folder / "fold_0").mkdir(parents=True)

@@ -320,6 +320,7 @@ def _ddp_worker(rank: int, world: int, init_file: str):
         dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 def test_ddp_batch_dice_gathers_across_ranks(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'dist_init')), nprocs=2, join=True)
 
@@ -340,6 +341,7 @@ def _exclusion_worker(rank: int, world: int, init_file: str):
         dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 def test_ddp_exclusion_term_is_per_case(tmp_path):
     mp.spawn(_exclusion_worker, args=(2, str(tmp_path / 'dist_init')), nprocs=2, join=True)
 
@@ -379,5 +381,6 @@ def _collectives_worker(rank: int, world: int, init_file: str):
         dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 def test_ddp_annotation_mask_is_gathered_once_per_step(tmp_path):
     mp.spawn(_collectives_worker, args=(2, str(tmp_path / 'dist_init')), nprocs=2, join=True)

@@ -3,6 +3,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder, load_summary_json
@@ -31,6 +32,7 @@ def _write(array, path):
     sitk.WriteImage(image, str(path))
 
 
+@pytest.mark.e2e
 def test_summary_judges_classes_only_where_annotated(tmp_path):
     """Case a annotates label 1 only; it also shows organ 2, predicted correctly but labelled 0 (not annotated)."""
     (tmp_path / "gt").mkdir()

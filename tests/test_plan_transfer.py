@@ -67,6 +67,7 @@ def transferred(folders) -> dict:
     return load(folders, TARGET, "nnUNetPlans_transfer")
 
 
+@pytest.mark.e2e
 def test_transfer_keeps_the_network_and_follows_the_target(folders, transferred):
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
 
@@ -110,6 +111,7 @@ def test_transfer_keeps_the_network_and_follows_the_target(folders, transferred)
         "hospB_0000.b2nd", "hospB_0000_seg.b2nd", "hospB_0001.b2nd", "hospB_0001_seg.b2nd"]
 
 
+@pytest.mark.e2e
 def test_target_intensities_option_plans_the_targets_own_statistics(folders):
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
 
@@ -134,6 +136,7 @@ def test_stock_trainer_uses_the_few_shot_split(folders, transferred):
     assert sorted(splits[0]["train"] + splits[0]["val"]) == ["hospB_0000", "hospB_0001"]
 
 
+@pytest.mark.e2e
 def test_resenc_model_folder_transfers_with_its_blocks(folders, capsys):
     model = folders["nnUNet_results"] / NAMES[SOURCE] / "nnUNetTrainer__nnUNetResEncUNetMPlans__3d_fullres"
     model.mkdir(parents=True)
@@ -155,6 +158,7 @@ def test_resenc_model_folder_transfers_with_its_blocks(folders, capsys):
     assert not (folders["nnUNet_preprocessed"] / NAMES[TARGET] / "resenc_transfer_3d_fullres").exists()
 
 
+@pytest.mark.e2e
 def test_transfer_of_own_plans_reproduces_nnunet_including_memory_fitting(folders):
     """On (a fingerprint of) large anisotropic images nnU-Net shrinks the patch to fit its memory estimate; fitting
     the patch to nnU-Net's own topology must land where nnU-Net's planner did. The raw dataset is a tiny phantom: the
@@ -233,6 +237,7 @@ def test_transfer_errors_name_the_file(folders, tmp_path, capsys):
     assert existing.read_text() == "{}"
 
 
+@pytest.mark.e2e
 def test_suprem_preset_plans_the_recipe(folders):
     from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization
 
@@ -249,6 +254,7 @@ def test_suprem_preset_plans_the_recipe(folders):
     np.testing.assert_allclose(normalized, np.clip((hu + 175) / 425, 0, 1), atol=1e-7)
 
 
+@pytest.mark.e2e
 def test_suprem_window_through_nnunet_preprocessing(folders):
     """The real preprocessing on phantoms (air, fat, bone: both ends clipped); at 6 mm, because resampling the
     phantoms' field of view to 1.5 mm takes a minute. The intensity path does not depend on the spacing."""

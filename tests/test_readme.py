@@ -59,6 +59,7 @@ def test_readme_shows_the_main_commands():
         PROGRAMS)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_readme_command_exists_and_its_help_runs(name):
     argv = PROGRAMS[name]

@@ -84,6 +84,7 @@ def test_network_matches_the_released_backbone():
         network.decoder.deep_supervision = True  # what nnU-Net's own trainer would do
 
 
+@pytest.mark.e2e
 def test_batch_norm_always_uses_batch_statistics():
     torch.manual_seed(0)
     network = SuPreMUNet3D(1, 2).eval()
@@ -112,6 +113,7 @@ def test_release_layout_takes_the_backbone_and_keeps_the_head_apart(target):
     assert torch.equal(checkpoint.state_dict["down_tr64.ops.0.conv1.weight"], source["down_tr64.ops.0.conv1.weight"])
 
 
+@pytest.mark.e2e
 def test_import_loads_the_whole_backbone_and_reports_the_dropped_head(target, imported):
     out = imported["stdout"]
     assert "SuPreM release (Universal Model under 'net')" in out
@@ -173,6 +175,7 @@ def test_the_suprem_default_recipe_plans_96_cubed_at_1_5_mm(target, imported):
     assert plan["architecture"]["network_class_name"] == CLASS_NAME
 
 
+@pytest.mark.e2e
 def test_suprem_trainers_switch_deep_supervision_off(target, imported, tmp_path, monkeypatch):
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -243,6 +246,7 @@ MONAI_RELEASES = {  # arch: (parameters of the release, key prefix in the releas
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("arch", sorted(MONAI_RELEASES))
 def test_monai_networks_match_the_releases(arch):
     pytest.importorskip("monai")
@@ -262,6 +266,7 @@ def test_monai_networks_match_the_releases(arch):
         network.decoder.deep_supervision = True
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("arch", sorted(MONAI_RELEASES))
 def test_monai_releases_import_and_train_in_nnunet(arch, target, imported, tmp_path, monkeypatch, capsys):
     pytest.importorskip("monai")

@@ -81,6 +81,7 @@ def test_failure_leaves_nothing_behind(nnunet_env, tmp_path):
         hospitals_from_args(["hospA"], ["hospA"], None)
 
 
+@pytest.mark.e2e
 def test_cli_writes_both_layouts_in_parallel(tmp_path, nnunet_env):
     env = subprocess_env(nnunet_env)
     run(cli("synth", "-o", str(tmp_path / "atlas"), "--cases", "2", "--shape", "20", "20", "20", "-np", "2",

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from skimage import io
 
@@ -23,6 +24,7 @@ def _write_case(rng: np.random.Generator, image: Path, labels: Path | None) -> N
         io.imsave(labels, seg, check_contrast=False)
 
 
+@pytest.mark.e2e
 def test_no_mirroring_axis_left_predicts_with_stock_nnunet(tmp_path):
     folders = nnunet_folders(tmp_path)
     raw = Path(folders["nnUNet_raw"]) / "Dataset902_Png"

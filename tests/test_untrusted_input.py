@@ -146,6 +146,7 @@ def test_convert_totalsegmentator_reports_every_damaged_mask(nnunet_env, tmp_pat
     assert json.loads((dataset / "dataset.json").read_text())["labels"] == {"background": 0, "spleen": 1, "liver": 2}
 
 
+@pytest.mark.e2e
 def test_merge_reports_damaged_files_and_publishes_only_converted_cases(nnunet_env, tmp_path):
     """Damaged labels and images are skipped; the merged dataset.json lists exactly the converted cases, so
     nnU-Net's own integrity check passes."""
@@ -341,6 +342,7 @@ def _convert_in_child(src: str) -> None:
     convert_abdomenatlas(src, 70, "Killed", num_processes=1)
 
 
+@pytest.mark.e2e
 def test_conversion_killed_at_random_moments_resumes_to_the_clean_result(nnunet_env, tmp_path, monkeypatch):
     src = tmp_path / "atlas"
     write_abdomenatlas_dataset(src, hospitals_from_args(["hospA", "hospB"], ["hospB=liver,spleen"], SHAPE), 3)
@@ -406,6 +408,7 @@ def test_every_subcommand_answers_bad_arguments_with_one_line(nnunet_env, tmp_pa
     assert words in _error_line(captured.err, case.split()[0]) and "Traceback" not in captured.out
 
 
+@pytest.mark.e2e
 def test_bad_arguments_exit_2_without_traceback_in_a_real_process(nnunet_env, tmp_path):
     env = subprocess_env(nnunet_env)
     (tmp_path / "map.json").write_text(json.dumps({"*": {"tumor": ["a", "list"]}}))
