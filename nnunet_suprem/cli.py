@@ -8,6 +8,7 @@ from nnunet_suprem import __version__, demo, doctor, evaluate, fewshot, orientat
 from nnunet_suprem.convert import abdomenatlas, merge, totalsegmentator
 from nnunet_suprem.nnunet_env import ConfigurationError, trainers_dir
 from nnunet_suprem.planning import plan_transfer, preset, split
+from nnunet_suprem.sharing import export
 from nnunet_suprem.transfer import command as transfer_command
 
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_subparser(subparsers)
     transfer_command.add_subparser(subparsers)
     suprem_import.add_subparser(subparsers)
+    export.add_subparser(subparsers)
     return parser
 
 

@@ -82,17 +82,52 @@ def run_checks() -> list[Check]:
             check_ext_trainer(), check_torch()]
 
 
+def check_model_folder(path: str) -> list[Check]:
+    """Can ``nnUNetv2_predict`` run this model folder here, as the environment is now, and does it need the plugin?"""
+    from nnunet_suprem.sharing.model_folder import (build_network, check_weights, find_trainer_class, portability,
+                                                     read_model_folder)
+
+    try:
+        model = read_model_folder(path)
+        checkpoints = {fold: model.load_checkpoint(fold) for fold in model.folds}
+    except (ValueError, OSError) as e:
+        return [Check("model folder", False, str(e), "give --model-folder a DatasetXXX_Name/Trainer__Plans__"
+                                                     "Configuration folder with fold_X/checkpoint_final.pth")]
+    first = checkpoints[model.folds[0]]
+    name = first["trainer_name"]
+    checks = [Check("model folder", True, f"{model.dataset}/{model.path.name}, folds {' '.join(model.folds)}, "
+                                          f"test-time mirroring axes {first.get('inference_allowed_mirroring_axes')}")]
+    trainer = find_trainer_class(name, plugin=False)
+    if trainer is None:
+        fix = f"export {EXT_TRAINER_VARIABLE}={trainers_dir()}" if find_trainer_class(name, plugin=True) \
+            else f"install the package that defines trainer {name} and put its folder on {EXT_TRAINER_VARIABLE}"
+        return [*checks, Check("trainer", False, f"nnU-Net's lookup does not find {name} here", fix)]
+    checks.append(Check("trainer", True, f"{name} from {trainer.__module__}"))
+    try:
+        needs = portability(model, first)
+        network = build_network(trainer, model)
+        for fold, checkpoint in checkpoints.items():
+            check_weights(network, checkpoint, model.checkpoint_path(fold))
+    except ValueError as e:
+        return [*checks, Check("network", False, str(e), "install what the plans' network needs")]
+    return [*checks, Check("network", True, f"{type(network).__name__}: the weights of every fold fit"),
+            Check("plugin", True, needs.requirement())]
+
+
 def add_subparser(subparsers) -> None:
     p = subparsers.add_parser(
         "doctor", help="check nnU-Net, its path variables, nnUNet_extTrainer and torch/CUDA",
         description="Check the nnunetv2 version, nnUNet_raw/nnUNet_preprocessed/nnUNet_results, "
                     "nnUNet_extTrainer (by resolving SuPreMTrainer with nnU-Net's own lookup) and torch/CUDA, "
-                    "and print what to fix. Exits 1 when something must be fixed.")
+                    "and print what to fix. With --model-folder: whether nnUNetv2_predict can run that model here "
+                    "and whether it needs this plugin. Exits 1 when something must be fixed.")
+    p.add_argument("--model-folder", metavar="DIR", default=None,
+                   help="check a trained or installed model folder (DatasetXXX_Name/Trainer__Plans__Configuration)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    checks = run_checks()
+    checks = run_checks() if args.model_folder is None else check_model_folder(args.model_folder)
     for c in checks:
         print(f"[{'ok' if c.ok else 'FIX'}] {c.name}: {c.detail}")
     fixes = [c.fix for c in checks if not c.ok and c.fix]
@@ -101,5 +136,6 @@ def run(args) -> int:
         for fix in fixes:
             print(f"  {fix}")
         return 1
-    print("\nAll good: nnUNetv2_train ... -tr SuPreMTrainer will find the nnunet-suprem trainers.")
+    print("\nAll good: nnUNetv2_predict can run this model here." if args.model_folder else
+          "\nAll good: nnUNetv2_train ... -tr SuPreMTrainer will find the nnunet-suprem trainers.")
     return 0
