@@ -98,6 +98,7 @@ def _read_zip_checkpoint(archive: Path, name: str) -> dict:
         return torch.load(io.BytesIO(z.read(name)), map_location="cpu", weights_only=False)
 
 
+@pytest.mark.e2e
 def test_exported_model_predicts_identically_without_the_plugin(lateral_model, tmp_path):
     model, env, raw = lateral_model["model"], lateral_model["env"], lateral_model["raw"]
     before = tree_digest(model)
@@ -199,6 +200,7 @@ INITIALIZE = ("import torch\n"
 """Loads model folders as nnUNetv2_predict does (trainer lookup, network from the plans, weights), one line each."""
 
 
+@pytest.mark.e2e
 def test_residual_encoder_exports_to_stock_and_suprem_unet_needs_the_plugin(lateral_model, tmp_path, monkeypatch):
     from nnunet_suprem.architectures import ARCHITECTURES
     from nnunet_suprem.doctor import check_model_folder
