@@ -57,7 +57,7 @@ def test_real_mode_asks_for_its_inputs(workdir):
 @pytest.mark.e2e
 def test_a_abdomenatlas_pretraining(workdir):
     out = run_example("abdomenatlas_pretraining.sh", workdir)
-    # stock nnUNetv2_train found our trainer through nnUNet_extTrainer, exported as the README says
+    # stock nnUNetv2_train found our trainer through nnUNet_extTrainer, exported as docs/setup.md says
     assert f"Using trainer 'SuPreMTrainer_smoke' from: {trainers_dir()}" in out
     raw = json.loads((workdir / "nnUNet_raw" / "Dataset500_AbdomenAtlas1_1" / "dataset.json").read_text())
     assert raw["partial_labels"]["groups"]  # the hospitals' missing masks became the manifest
