@@ -34,7 +34,8 @@ def evaluate(prediction_folder: str | Path, reference_folder: str | Path, out_di
     prediction = open_folder(prediction_folder, prediction_labels, "--pred-labels")
     reference = open_folder(reference_folder, reference_labels, "--gt-labels")
     mapping = load_mapping(mapping_file) if mapping_file else None
-    matching = match_label_sets(prediction.classes, reference.classes, mapping, classes)
+    matching = match_label_sets(prediction.classes, reference.classes, mapping, classes,
+                                sources=(_labels_source(prediction), _labels_source(reference)))
     for message in matching.messages():
         print(message)
     results, unreferenced = evaluate_folders(prediction, reference, matching, tolerance, num_processes, chill)
@@ -71,13 +72,18 @@ def _evaluate_second_folder(folder: str | Path, labels: Sequence[str] | None, re
                             num_processes: int, chill: bool) -> list[dict]:
     """Per-case results of a second prediction folder on the same ground-truth classes ``names``."""
     second = open_folder(folder, labels, "--compare-labels")
+    sources = _labels_source(second), _labels_source(reference)
     pairs = dict(match_label_sets(second.classes, reference.classes,
-                                  mapping and mapping_for(mapping, second.classes)).pairs)
+                                  mapping and mapping_for(mapping, second.classes, sources[0]), sources=sources).pairs)
     missing = [name for name in names if name not in pairs]
     if missing:
         raise ValueError(f"{folder} has no prediction of the ground-truth classes {missing}")
     matching = ClassMatching(tuple((name, pairs[name]) for name in names), (), ())
     return evaluate_folders(second, reference, matching, tolerance, num_processes, chill)[0]
+
+
+def _labels_source(folder: SegmentationFolder) -> str:
+    return f"{folder.path} classes"
 
 
 def add_subparser(subparsers) -> None:
