@@ -181,6 +181,31 @@ def check_image_file(path: str | os.PathLike) -> None:
 
 
 Grid = sitk.Image | sitk.ImageFileReader  # an image, or a header from read_header: the same geometry getters
+Geometry = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]
+GEOMETRY_TOLERANCE = 1e-4  # absolute, in mm (spacing, origin) and direction-cosine units
+
+
+def geometry(grid: Grid) -> Geometry:
+    """Size, spacing, origin and direction of ``grid``."""
+    return grid.GetSize(), grid.GetSpacing(), grid.GetOrigin(), grid.GetDirection()
+
+
+def grid_mismatch(image: Geometry, reference: Geometry) -> str | None:
+    """Why ``image`` is not on ``reference``'s voxel grid (``"spacing (..) != (..)"``), or None.
+
+    One grid: the same size, and spacing, origin and direction within ``GEOMETRY_TOLERANCE``.
+    """
+    for what, a, b in zip(("size", "spacing", "origin", "direction"), image, reference):
+        if not np.allclose(a, b, rtol=0, atol=GEOMETRY_TOLERANCE):
+            return f"{what} {tuple(round(v, 5) for v in a)} != {tuple(round(v, 5) for v in b)}"
+    return None
+
+
+def check_same_grid(a: Geometry, a_path: str | os.PathLike, b: Geometry, b_path: str | os.PathLike) -> None:
+    """ValueError naming both files unless ``a`` and ``b`` are one voxel grid (see :func:`grid_mismatch`)."""
+    mismatch = grid_mismatch(a, b)
+    if mismatch:
+        raise ValueError(f"geometry mismatch between {a_path} and {b_path}: {mismatch}")
 
 
 def read_image_array(path: str | os.PathLike) -> tuple[np.ndarray, Grid]:
@@ -199,6 +224,17 @@ def read_image_array(path: str | os.PathLike) -> tuple[np.ndarray, Grid]:
     slope, intercept = header.get_slope_inter()  # (None, None) when the header asks for no scaling
     if slope is not None and (slope, intercept or 0) != (1, 0):
         array = array * slope + (intercept or 0)
+    return array, grid
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Grid]:
+    """``read_image_array`` of a 3D single-channel image; ValueError naming ``path`` when it is unreadable,
+    damaged or not one volume."""
+    try:
+        array, grid = read_image_array(path)
+    except RuntimeError as e:  # SimpleITK's reader
+        raise ValueError(f"{path}: unreadable: {str(e).strip().splitlines()[-1]}") from None
+    check_single_volume(grid, path)
     return array, grid
 
 

@@ -224,23 +224,31 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(key, key)
 
 
-def match_classes(names: Iterable[str], targets: Sequence[str]) -> dict[str, str | None]:
+def resolve_classes(names: Iterable[str], source: str) -> dict[str, str]:
+    """``{canonical name: name}`` of ``names``, in their order: the one class-matching policy.
+
+    Two different names of one class in one input (``postcava`` and ``inferior_vena_cava``) are a
+    ValueError naming ``source`` and both names; a name repeated as is counts once.
+    """
+    resolved: dict[str, str] = {}
+    for name in names:
+        canonical = canonical_name(name)
+        other = resolved.setdefault(canonical, name)
+        if other != name:
+            raise ValueError(f"{source}: {other!r} and {name!r} are the same class {canonical!r}")
+    return resolved
+
+
+def match_classes(names: Iterable[str], targets: Sequence[str], names_source: str = "names",
+                  targets_source: str = "targets") -> dict[str, str | None]:
     """For each of ``names`` the target with the same canonical name, or None.
 
-    Raises ValueError when two targets share a canonical name or two names match one target.
+    Both lists are checked by :func:`resolve_classes` (errors name ``names_source``, ``targets_source``).
     """
-    by_canonical: dict[str, str] = {}
-    for target in targets:
-        other = by_canonical.setdefault(canonical_name(target), target)
-        if other != target:
-            raise ValueError(f"targets {other!r} and {target!r} are the same class {canonical_name(target)!r}")
-    matches: dict[str, str | None] = {}
-    matched_by: dict[str, str] = {}
-    for name in names:
-        target = matches[name] = by_canonical.get(canonical_name(name))
-        if target is not None and matched_by.setdefault(target, name) != name:
-            raise ValueError(f"{matched_by[target]!r} and {name!r} both match target {target!r}")
-    return matches
+    names = list(names)
+    resolve_classes(names, names_source)
+    by_canonical = resolve_classes(targets, targets_source)
+    return {name: by_canonical.get(canonical_name(name)) for name in names}
 
 
 _TS_V1_ONLY = frozenset(normalise(n) for n in set(TOTALSEGMENTATOR_V1) - set(TOTALSEGMENTATOR_V2))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import nnunet_suprem.convert.abdomenatlas as abdomenatlas
+import nnunet_suprem.convert.mask_conversion as mask_conversion
 from conftest import cli, command, run, subprocess_env, tree_digest
 from nnunet_suprem.convert.abdomenatlas import convert_abdomenatlas
 from nnunet_suprem.convert.driver import ConversionError
@@ -128,7 +128,7 @@ def test_interrupted_conversion_resumes_to_the_same_result(nnunet_env, tmp_path,
     reference = convert_abdomenatlas(src, 8, "Reference", version="1.0")
 
     calls = []
-    original = abdomenatlas.convert_mask_case
+    original = mask_conversion.convert_mask_case
 
     def dies_on_third_case(*args, **kwargs):
         calls.append(args[0])
@@ -136,7 +136,7 @@ def test_interrupted_conversion_resumes_to_the_same_result(nnunet_env, tmp_path,
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(abdomenatlas, "convert_mask_case", dies_on_third_case)
+    monkeypatch.setattr(mask_conversion, "convert_mask_case", dies_on_third_case)
     with pytest.raises(KeyboardInterrupt):
         convert_abdomenatlas(src, 9, "Resumed", version="1.0")
     raw = Path(nnunet_env["nnUNet_raw"])

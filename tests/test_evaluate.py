@@ -1,6 +1,7 @@
 """nnunet-suprem evaluate: exact Dice/NSD on hand-computable shapes, label pairing, layouts, statistics, outputs."""
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from scipy import ndimage
 
 from nnunet_suprem.cli import main
 from nnunet_suprem.evaluate import evaluate
+from nnunet_suprem.evaluate.command import OUTPUTS
 from nnunet_suprem.evaluate.folders import open_folder
 from nnunet_suprem.evaluate.labels import match_label_sets, parse_label_spec
 from nnunet_suprem.evaluate import metrics
@@ -344,6 +346,21 @@ def test_cli_writes_every_output_and_compares_two_folders(tmp_path, capsys):
     assert float(per_class["spleen"]["Dice_mean"]) == pytest.approx(summary["mean"]["spleen"]["Dice"])
     assert (out / "dice_boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_the_library_logs_and_the_cli_prints(tmp_path, capsys, caplog, monkeypatch):
+    logger = logging.getLogger("nnunet_suprem")
+    monkeypatch.setattr(logger, "handlers", [])  # as in a fresh process: main() has not run
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    write(cube(), tmp_path / "pred" / "c1.nii.gz")
+    write(cube(), tmp_path / "gt" / "c1.nii.gz")
+    arguments = dict(prediction_labels=["liver"], reference_labels=["liver"], num_processes=1)
+    with caplog.at_level(logging.INFO, logger="nnunet_suprem"):
+        evaluate(tmp_path / "pred", tmp_path / "gt", tmp_path / "out", **arguments)
+    assert capsys.readouterr().out == "" and "mean of classes" in caplog.text
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--pred-labels", "liver",
+                 "--gt-labels", "liver", "-o", str(tmp_path / "out"), "-np", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"1 cases; wrote {', '.join(OUTPUTS)} to {tmp_path / 'out'}"
 
 
 def test_cli_reports_bad_input_as_an_error(tmp_path, capsys):

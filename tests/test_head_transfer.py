@@ -47,7 +47,7 @@ def test_synonyms_and_other_label_values_are_matched_sides_never_cross():
 def test_only_pretrained_rows_are_carried_and_ambiguous_names_refused():
     assert match_head_rows(SOURCE, TARGET, source_known={"background", "liver"}).rows == {0: 0, 4: 4}
     assert match_head_rows(SOURCE, TARGET, source_known={"liver"}).rows == {}  # the background row is new there
-    with pytest.raises(HeadTransferRefused, match="'gallbladder' and 'gall_bladder' both match"):
+    with pytest.raises(HeadTransferRefused, match="target labels: 'gallbladder' and 'gall_bladder' are the same class"):
         match_head_rows({"background": 0, "gall_bladder": 1}, {"background": 0, "gallbladder": 1, "gall_bladder": 2})
     with pytest.raises(HeadTransferRefused, match="are the same class 'postcava'"):
         match_head_rows({"background": 0, "postcava": 1, "ivc": 2}, TARGET)

@@ -134,10 +134,11 @@ def test_match_classes():
 
 
 def test_match_classes_collisions():
-    with pytest.raises(ValueError, match="'gallbladder' and 'Gall Bladder' both match target 'gall_bladder'"):
+    with pytest.raises(ValueError, match="names: 'gallbladder' and 'Gall Bladder' are the same class 'gall_bladder'"):
         match_classes(["gallbladder", "Gall Bladder"], ABDOMENATLAS_1_1)
-    with pytest.raises(ValueError, match="targets 'postcava' and 'inferior_vena_cava'"):
+    with pytest.raises(ValueError, match="targets: 'postcava' and 'inferior_vena_cava' are the same class"):
         match_classes(["aorta"], ["postcava", "inferior_vena_cava"])
+    assert match_classes(["liver", "liver"], ["liver"]) == {"liver": "liver"}  # one name twice is one class
 
 
 def test_totalsegmentator_version():

@@ -12,98 +12,15 @@ import functools
 from pathlib import Path
 from typing import Sequence
 
-from nnunet_suprem.convert.cases import CaseResult, Problem, convert_label_map_case, convert_mask_case
+from nnunet_suprem.convert.cases import convert_label_map_case
 from nnunet_suprem.convert.driver import CaseJob, Conversion, add_common_arguments, run_conversion, skipped_case
+from nnunet_suprem.convert.mask_conversion import add_case_folder, left_out_entries, select_classes
 from nnunet_suprem.convert.staging import DatasetStaging
-from nnunet_suprem.fileio import check_name
-from nnunet_suprem.taxonomy import ABDOMENATLAS_1_0, ABDOMENATLAS_1_1, canonical_name, label_dict
+from nnunet_suprem.mask_folders import case_folders, find_ct
+from nnunet_suprem.taxonomy import ABDOMENATLAS_1_0, ABDOMENATLAS_1_1, label_dict
 
 VERSIONS = {"1.0": ABDOMENATLAS_1_0, "1.1": ABDOMENATLAS_1_1}
 COMBINED_LABELS = "combined_labels.nii.gz"
-MASKS = "segmentations"
-
-
-def select_classes(requested: Sequence[str] | None, taxonomy: Sequence[str], what: str) -> list[str]:
-    """Classes to convert, in taxonomy order; ``requested`` names may be synonyms."""
-    if not requested:
-        return list(taxonomy)
-    by_canonical = {canonical_name(c): c for c in taxonomy}
-    unknown = [r for r in requested if canonical_name(r) not in by_canonical]
-    if unknown:
-        raise ValueError(f"--classes {unknown} are not {what} classes; choose from {list(taxonomy)}")
-    chosen = {by_canonical[canonical_name(r)] for r in requested}
-    return [c for c in taxonomy if c in chosen]
-
-
-def mask_files(folder: Path, classes: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
-    """``{class: mask file}`` for the wanted classes in ``folder`` (matched by canonical name), and unused names.
-
-    Hidden files (e.g. macOS ``._liver.nii.gz``) are unused; a name with control characters is a ValueError.
-    """
-    wanted = {canonical_name(c): c for c in classes}
-    found: dict[str, Path] = {}
-    unused = []
-    for path in sorted(folder.glob("*.nii*")) if folder.is_dir() else []:
-        if path.name.startswith("."):
-            unused.append(path.name)
-            continue
-        check_name(path.name, "mask file name", folder)
-        name = wanted.get(canonical_name(path.name))
-        if name is None:
-            unused.append(path.name)
-        elif name in found:
-            raise ValueError(f"both {found[name].name} and {path.name} are masks of {name}")
-        else:
-            found[name] = path
-    return found, unused
-
-
-def find_ct(folder: Path) -> Path | None:
-    for name in ("ct.nii.gz", "ct.nii"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def add_case_folder(conversion: Conversion, folder: Path, classes: list[str], test: bool = False) -> list[str]:
-    """Add ``<folder>/ct.nii.gz`` + ``segmentations/`` as a job (or as skipped); return unused mask names."""
-    ct = find_ct(folder)
-    if ct is None:
-        conversion.skipped.append(skipped_case(folder.name, folder, "no ct.nii.gz in the case folder"))
-        return []
-    if not (folder / MASKS).is_dir():
-        conversion.skipped.append(skipped_case(folder.name, folder, f"no {MASKS}/ folder: the case annotates nothing"))
-        return []
-    try:
-        masks, unused = mask_files(folder / MASKS, classes)
-    except ValueError as e:
-        conversion.skipped.append(CaseResult(folder.name, problems=[Problem(str(folder), str(e), True)]))
-        return []
-    if not masks:
-        conversion.skipped.append(skipped_case(folder.name, folder / MASKS,
-                                               "no mask of the selected classes: the case annotates nothing"))
-        return unused
-    convert = functools.partial(convert_mask_case, folder.name, ct, masks, conversion.labels)
-    conversion.jobs.append(CaseJob(folder.name, convert, (ct, *masks.values()), str(folder), test))
-    return unused
-
-
-def case_folders(src: Path) -> list[Path]:
-    """The case folders in ``src``: sub-folders whose names do not start with '.' (see ``left_out_entries``)."""
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src} is not a folder")
-    return sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def left_out_entries(src: Path) -> list[CaseResult]:
-    """Entries of ``src`` that look like case folders but are not converted: hidden folders, dangling links."""
-    left_out = []
-    for path in sorted(src.iterdir()):
-        if path.is_symlink() and not path.exists():
-            left_out.append(skipped_case(path.name, path, "dangling symbolic link"))
-        elif path.is_dir() and path.name.startswith("."):
-            left_out.append(skipped_case(path.name, path, "hidden folder (its name starts with '.'), not converted"))
-    return left_out
 
 
 def plan_abdomenatlas(src: Path, classes: list[str], combined_labels: bool) -> Conversion:

@@ -4,7 +4,7 @@ Rules, applied to every converter:
 - every NIfTI file is fully decoded first (``fileio.check_image_file``): truncated, damaged
   and NaN-holding files are fatal problems naming the file;
 - the CT must be a readable 3D single-channel image; masks must have its size exactly and
-  its spacing, origin and direction within ``GEOMETRY_TOLERANCE``; the label map is written
+  its spacing, origin and direction within ``fileio.GEOMETRY_TOLERANCE``; the label map is written
   with the CT's exact geometry;
 - masks must be binary: values {0, 1} or {0, 255} (any dtype); empty masks are fine;
 - overlapping masks are resolved by *smaller structure wins* (the class with fewer voxels
@@ -24,10 +24,8 @@ from typing import Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_suprem.fileio import (Grid, atomic_path, check_image_file, check_single_volume, read_header,
-                                  read_image_array, write_image)
-
-GEOMETRY_TOLERANCE = 1e-4  # absolute, in mm (spacing, origin) and direction-cosine units
+from nnunet_suprem.fileio import (Grid, atomic_path, check_image_file, check_single_volume, geometry, grid_mismatch,
+                                  read_header, read_volume, write_image)
 
 
 @dataclass
@@ -64,21 +62,6 @@ def label_dtype(max_value: int) -> type:
     return np.uint8 if max_value <= np.iinfo(np.uint8).max else np.uint16
 
 
-def geometry_mismatch(reference: Grid, image: Grid) -> str | None:
-    """Why ``image`` is not on ``reference``'s voxel grid, or None."""
-    if image.GetSize() != reference.GetSize():
-        return f"size {image.GetSize()} != CT size {reference.GetSize()}"
-    for what in ("Spacing", "Origin", "Direction"):
-        a, b = (getattr(im, f"Get{what}")() for im in (image, reference))
-        if not np.allclose(a, b, rtol=0, atol=GEOMETRY_TOLERANCE):
-            return f"{what.lower()} {_rounded(a)} != CT {what.lower()} {_rounded(b)}"
-    return None
-
-
-def _rounded(values) -> tuple[float, ...]:
-    return tuple(round(float(v), 5) for v in values)
-
-
 def _read_ct(ct_path: Path, result: CaseResult) -> Grid | None:
     """The CT after a full integrity check: only its header when it is copied byte for byte (already .nii.gz),
     else the image to re-encode."""
@@ -99,14 +82,13 @@ def _copied_as_is(ct_path: Path) -> bool:
 def _read_on_grid(path: Path, ct: Grid, result: CaseResult) -> np.ndarray | None:
     """The voxels of a mask or label map on the CT's grid (decoded once, fully checked), or None."""
     try:
-        array, grid = read_image_array(path)
-        check_single_volume(grid, path)
-    except (ValueError, RuntimeError) as e:
+        array, grid = read_volume(path)
+    except ValueError as e:
         result.problems.append(Problem.from_error(path, e))
         return None
-    mismatch = geometry_mismatch(ct, grid)
+    mismatch = grid_mismatch(geometry(grid), geometry(ct))
     if mismatch:
-        result.problems.append(Problem(str(path), mismatch, True))
+        result.problems.append(Problem(str(path), f"not on the CT's grid: {mismatch}", True))
         return None
     return array
 

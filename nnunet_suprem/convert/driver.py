@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -15,6 +16,7 @@ from nnunet_suprem.manifest import MANIFEST_KEY, build_manifest
 from nnunet_suprem.nnunet_env import CANONICAL_READER
 
 REPORT_NAME = "conversion_report.json"
+log = logging.getLogger(__name__)
 
 
 class ConversionError(ValueError):
@@ -114,7 +116,7 @@ def run_conversion(conversion: Conversion, staging: DatasetStaging, source: str,
     staging.remove_files_except({f for job in jobs if job.case in finished for f in job.outputs(file_ending)})
     todo = [(job, sources[job.case]) for job in jobs if job.case not in finished]
     if finished:
-        print(f"resuming: {len(finished)} of {len(jobs)} cases were converted by an earlier run with the same sources")
+        log.info(f"resuming: {len(finished)} of {len(jobs)} cases were converted by an earlier run with the same sources")
     new = map_with_progress(functools.partial(_run_job, staging=staging, file_ending=file_ending), todo,
                             num_processes, desc=f"converting {staging.name}")
     skipped_early = [{**s.to_json(), "test": False} for s in (*conversion.skipped, *invalid)]
@@ -136,7 +138,7 @@ def run_conversion(conversion: Conversion, staging: DatasetStaging, source: str,
         "notes": conversion.notes,
     }
     write_json(report, staging.path / REPORT_NAME)
-    _print_summary(report)
+    _log_summary(report)
     if strict and problems:
         raise ConversionError(f"{len(problems)} problem(s) and --strict: nothing was published; see "
                               f"{staging.path / REPORT_NAME}. Fix them and rerun the same command to resume.")
@@ -155,13 +157,13 @@ def run_conversion(conversion: Conversion, staging: DatasetStaging, source: str,
     return staging.commit(expected | {"dataset.json", REPORT_NAME})
 
 
-def _print_summary(report: dict) -> None:
-    print(f"{report['dataset']}: converted {report['converted_cases']} case(s), skipped {len(report['skipped_cases'])}, "
+def _log_summary(report: dict) -> None:
+    log.info(f"{report['dataset']}: converted {report['converted_cases']} case(s), skipped {len(report['skipped_cases'])}, "
           f"{report['partially_annotated_cases']} partially annotated, {len(report['problems'])} problem(s)")
     for p in report["problems"][:20]:
-        print(f"  [{'skipped' if p['fatal'] else 'warning'}] {p['case']}: {p['file']}: {p['problem']}")
+        log.info(f"  [{'skipped' if p['fatal'] else 'warning'}] {p['case']}: {p['file']}: {p['problem']}")
     if len(report["problems"]) > 20:
-        print(f"  ... {len(report['problems']) - 20} more in {REPORT_NAME}")
+        log.info(f"  ... {len(report['problems']) - 20} more in {REPORT_NAME}")
 
 
 def skipped_case(case: str, origin: str | Path, problem: str) -> CaseResult:

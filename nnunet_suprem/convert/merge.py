@@ -1,7 +1,8 @@
 """``nnunet-suprem merge``: merge nnU-Net raw datasets with different label sets into one partial-label dataset.
 
 Every source label is mapped to a class of the target taxonomy by canonical name and
-synonyms (``taxonomy.canonical_name``), or by a user mapping file::
+synonyms (``taxonomy.match_classes``; a source with two labels of one class is refused), or by a
+user mapping file::
 
     {
       "*":               {"tumor": null},                  # any source: drop (voxels become background)
@@ -31,7 +32,7 @@ from nnunet_suprem.fileio import (NIFTI_ENDINGS, atomic_path, check_file_ending,
                                   check_single_volume, check_text, read_header)
 from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels
 from nnunet_suprem.nnunet_env import CANONICAL_READER, raw_root
-from nnunet_suprem.taxonomy import TAXONOMIES, canonical_name, in_taxonomy_order, label_dict
+from nnunet_suprem.taxonomy import TAXONOMIES, in_taxonomy_order, label_dict, match_classes, resolve_classes
 
 TARGETS = ("abdomenatlas1.1", "union")
 DROP, IGNORE = None, "ignore"
@@ -94,25 +95,23 @@ class Source:
         self.prefix = name[11:]
 
     def label_targets(self, mapping: Mapping[str, Mapping], targets: Sequence[str] | None) -> dict[str, str | None]:
-        """``{source label: target class | None (drop) | "ignore"}``; raises listing what cannot be mapped."""
+        """``{source label: target class | None (drop) | "ignore"}``; raises listing what cannot be mapped.
+
+        Labels are matched by name unless ``mapping`` names them; two labels of one class are an error
+        (:func:`nnunet_suprem.taxonomy.resolve_classes`), whether mapped or not.
+        """
         user = {**mapping.get("*", {}), **mapping.get(self.id.lstrip("0"), {}), **mapping.get(self.id, {}),
                 **mapping.get(self.name, {})}
-        result, unmapped = {}, []
-        for label in foreground_labels(self.dataset_json):
-            if label in user:
-                result[label] = user[label]
-            elif targets is None:
-                result[label] = canonical_name(label)
-            else:
-                matches = [t for t in targets if canonical_name(t) == canonical_name(label)]
-                if matches:
-                    result[label] = matches[0]
-                else:
-                    unmapped.append(label)
+        labels, source = foreground_labels(self.dataset_json), f"{self.json_file} labels"
+        if targets is None:
+            by_name = {label: canonical for canonical, label in resolve_classes(labels, source).items()}
+        else:
+            by_name = match_classes(labels, targets, names_source=source, targets_source="target taxonomy")
+        unmapped = [label for label in labels if label not in user and by_name[label] is None]
         if unmapped:
             raise ValueError(f"{self.name}: labels {unmapped} match no class of the target taxonomy; map them "
                              f"with --map (a class name, null to drop, or \"ignore\")")
-        return result
+        return {label: user[label] if label in user else by_name[label] for label in labels}
 
 
 def relabel_case(case: str, source_label: str, images: list[str], dataset_json: dict, lut: np.ndarray,

@@ -14,9 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunet_suprem.convert.abdomenatlas import MASKS, add_case_folder, case_folders, left_out_entries, select_classes
 from nnunet_suprem.convert.driver import Conversion, add_common_arguments, run_conversion
+from nnunet_suprem.convert.mask_conversion import add_case_folder, left_out_entries, select_classes
 from nnunet_suprem.convert.staging import DatasetStaging
+from nnunet_suprem.mask_folders import MASKS, case_folders
 from nnunet_suprem.nnunet_env import CANONICAL_READER
 from nnunet_suprem.taxonomy import (SUPREM_GROUPS, TOTALSEGMENTATOR_V1, TOTALSEGMENTATOR_V1_TO_V2, TOTALSEGMENTATOR_V2,
                                     label_dict, totalsegmentator_version)

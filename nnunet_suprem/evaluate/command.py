@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -16,6 +17,7 @@ from nnunet_suprem.taxonomy import TAXONOMIES
 
 DEFAULT_TOLERANCE_MM = 1.0  # SuPreM's direct-inference evaluation uses NSD at 1 mm
 OUTPUTS = ("per_case.csv", "per_class.csv", "summary.json", "dice_boxplot.png")
+log = logging.getLogger(__name__)
 
 
 def evaluate(prediction_folder: str | Path, reference_folder: str | Path, out_dir: str | Path, *,
@@ -23,7 +25,7 @@ def evaluate(prediction_folder: str | Path, reference_folder: str | Path, out_di
              mapping_file: str | Path | None = None, classes: Sequence[str] | None = None,
              tolerance: float | None = DEFAULT_TOLERANCE_MM, compare_folder: str | Path | None = None,
              compare_labels: Sequence[str] | None = None, num_processes: int = 1, chill: bool = False) -> dict:
-    """Evaluate, write :data:`OUTPUTS` into ``out_dir``, print the per-class table; returns the summary.
+    """Evaluate, write :data:`OUTPUTS` into ``out_dir``, log the per-class table; returns the summary.
 
     ``tolerance`` None computes Dice only. With ``compare_folder`` (B) each class also gets B's
     statistics and a paired Wilcoxon test of B against the predictions (A). ``--map`` entries
@@ -34,12 +36,13 @@ def evaluate(prediction_folder: str | Path, reference_folder: str | Path, out_di
     prediction = open_folder(prediction_folder, prediction_labels, "--pred-labels")
     reference = open_folder(reference_folder, reference_labels, "--gt-labels")
     mapping = load_mapping(mapping_file) if mapping_file else None
-    matching = match_label_sets(prediction.classes, reference.classes, mapping, classes)
+    matching = match_label_sets(prediction.classes, reference.classes, mapping, classes,
+                                sources=(_labels_source(prediction), _labels_source(reference)))
     for message in matching.messages():
-        print(message)
+        log.info(message)
     results, unreferenced = evaluate_folders(prediction, reference, matching, tolerance, num_processes, chill)
     if unreferenced:
-        print(f"not evaluated, no ground truth: {len(unreferenced)} predicted case(s) {unreferenced[:10]}")
+        log.info(f"not evaluated, no ground truth: {len(unreferenced)} predicted case(s) {unreferenced[:10]}")
     names = [r for r, _ in matching.pairs]
     statistics = class_statistics(results, names)
 
@@ -61,8 +64,8 @@ def evaluate(prediction_folder: str | Path, reference_folder: str | Path, out_di
     write_per_class_csv(out_dir / "per_class.csv", statistics, matching, other, tests)
     write_json(summary, out_dir / "summary.json")
     write_boxplot(out_dir / "dice_boxplot.png", plotted, names)
-    print(format_table(statistics, matching, summary["foreground_mean"], other, tests))
-    print(f"{len(results)} cases; wrote {', '.join(OUTPUTS)} to {out_dir}")
+    log.info(format_table(statistics, matching, summary["foreground_mean"], other, tests))
+    log.info(f"{len(results)} cases; wrote {', '.join(OUTPUTS)} to {out_dir}")
     return summary
 
 
@@ -71,13 +74,18 @@ def _evaluate_second_folder(folder: str | Path, labels: Sequence[str] | None, re
                             num_processes: int, chill: bool) -> list[dict]:
     """Per-case results of a second prediction folder on the same ground-truth classes ``names``."""
     second = open_folder(folder, labels, "--compare-labels")
+    sources = _labels_source(second), _labels_source(reference)
     pairs = dict(match_label_sets(second.classes, reference.classes,
-                                  mapping and mapping_for(mapping, second.classes)).pairs)
+                                  mapping and mapping_for(mapping, second.classes, sources[0]), sources=sources).pairs)
     missing = [name for name in names if name not in pairs]
     if missing:
         raise ValueError(f"{folder} has no prediction of the ground-truth classes {missing}")
     matching = ClassMatching(tuple((name, pairs[name]) for name in names), (), ())
     return evaluate_folders(second, reference, matching, tolerance, num_processes, chill)[0]
+
+
+def _labels_source(folder: SegmentationFolder) -> str:
+    return f"{folder.path} classes"
 
 
 def add_subparser(subparsers) -> None:

@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_suprem.evaluate.folders import CaseSource, Segmentation, SegmentationFolder, check_same_grid
+from nnunet_suprem.evaluate.folders import CaseSource, Segmentation, SegmentationFolder
 from nnunet_suprem.evaluate.labels import ClassMatching
 from nnunet_suprem.evaluate.metrics import dice, surface_dice, union_box
+from nnunet_suprem.fileio import check_same_grid
 from nnunet_suprem.jobs import map_with_progress
 
 DICE, NSD = "Dice", "NSD"

@@ -16,15 +16,12 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from nnunet_suprem.convert.abdomenatlas import MASKS, case_folders, mask_files
-from nnunet_suprem.convert.cases import GEOMETRY_TOLERANCE
 from nnunet_suprem.evaluate.labels import DEFAULT_FILE_ENDING, parse_label_spec, read_dataset_json
 from nnunet_suprem.evaluate.metrics import Box
-from nnunet_suprem.fileio import Grid, check_single_volume, read_image_array
-from nnunet_suprem.taxonomy import canonical_name
+from nnunet_suprem.fileio import NIFTI_ENDINGS, Geometry, check_same_grid, geometry, read_volume
+from nnunet_suprem.mask_folders import MASKS, case_folders, folder_classes, has_masks, mask_files
 
-MASK_ENDINGS = (".nii.gz", ".nii")
-IMAGE_ENDINGS = (*MASK_ENDINGS, ".mha", ".nrrd")
+IMAGE_ENDINGS = (*NIFTI_ENDINGS, ".mha", ".nrrd")
 
 
 @dataclass(frozen=True)
@@ -36,9 +33,6 @@ class Region:
 
     def mask(self, box: Box) -> np.ndarray:
         return self.array[box] == self.value
-
-
-Geometry = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]
 
 
 @dataclass
@@ -55,26 +49,9 @@ class Segmentation:
         return self.grid[1][::-1]
 
 
-def geometry(image: Grid) -> Geometry:
-    """Size, spacing, origin and direction of ``image``."""
-    return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
-
-
-def check_same_grid(a: Geometry, a_path: Path, b: Geometry, b_path: Path) -> None:
-    """ValueError naming both files unless ``a`` and ``b`` share size exactly and spacing, origin and direction
-    within ``GEOMETRY_TOLERANCE``."""
-    for what, x, y in zip(("size", "spacing", "origin", "direction"), a, b):
-        if not np.allclose(x, y, rtol=0, atol=GEOMETRY_TOLERANCE):
-            raise ValueError(f"geometry mismatch between {a_path} and {b_path}: {what} "
-                             f"{tuple(round(v, 5) for v in x)} != {tuple(round(v, 5) for v in y)}")
-
-
 def _read(path: Path) -> tuple[np.ndarray, Geometry]:
-    try:
-        array, image = read_image_array(path)  # fully decoded and checked
-    except RuntimeError as e:
-        raise ValueError(f"{path}: unreadable ({str(e).strip().splitlines()[-1]})") from None
-    check_single_volume(image, path)
+    """A segmentation's voxels as non-negative integers, and its grid."""
+    array, image = read_volume(path)
     if array.dtype.kind == "f":
         if not np.array_equal(array, np.round(array)):
             raise ValueError(f"{path}: segmentation has non-integer values")
@@ -144,27 +121,15 @@ class SegmentationFolder:
         return self.annotated.get(case, frozenset(self.classes))
 
 
-def _has_masks(folder: Path) -> bool:
-    return (folder / MASKS).is_dir()
-
-
 def _mask_folder(path: Path, labels: Sequence[str] | None, option: str) -> SegmentationFolder:
     if labels:
         raise ValueError(f"{option} applies to label maps; {path} holds per-organ mask folders "
                          f"(<case>/{MASKS}/<class>.nii.gz: class names come from the file names)")
-    folders = [f for f in case_folders(path) if _has_masks(f)]
-    by_canonical: dict[str, str] = {}  # first spelling of each class, in file-name order
-    for folder in folders:
-        for file in sorted(p for p in (folder / MASKS).iterdir() if p.name.endswith(MASK_ENDINGS)):
-            name = file.name[: -len(next(e for e in MASK_ENDINGS if file.name.endswith(e)))]
-            by_canonical.setdefault(canonical_name(name), name)
-    classes = tuple(by_canonical.values())
+    folders = [f for f in case_folders(path) if has_masks(f)]
+    classes = tuple(folder_classes(folders, path))
     cases, annotated = {}, {}
     for folder in folders:
-        try:
-            files, _ = mask_files(folder / MASKS, classes)
-        except ValueError as e:
-            raise ValueError(f"{folder / MASKS}: {e}") from None
+        files, _ = mask_files(folder / MASKS, classes)
         cases[folder.name] = MaskFolderCase(folder, files)
         if len(files) < len(classes):
             annotated[folder.name] = frozenset(files)
@@ -199,7 +164,7 @@ def open_folder(path: str | Path, labels: Sequence[str] | None = None, option: s
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a folder")
     has_files = any(f.is_file() and f.name.endswith(IMAGE_ENDINGS) for f in path.iterdir())
-    has_mask_folders = any(f.is_dir() and _has_masks(f) for f in path.iterdir())
+    has_mask_folders = any(f.is_dir() and has_masks(f) for f in path.iterdir())
     if has_files and has_mask_folders:
         raise ValueError(f"{path} holds both label-map files and <case>/{MASKS}/ folders; keep one layout per folder")
     folder = _mask_folder(path, labels, option) if has_mask_folders else _label_map_folder(path, labels, option)

@@ -2,7 +2,8 @@
 
 Classes are paired by their taxonomy canonical name (``postcava`` = ``inferior_vena_cava``,
 ``Right Kidney`` = ``kidney_right``; sides never match across) through
-:func:`nnunet_suprem.taxonomy.match_classes`, after the explicit pairs of a ``--map`` file.
+:func:`nnunet_suprem.taxonomy.match_classes`, after the explicit pairs of a ``--map`` file. A label
+set or ``--classes`` list with two names of one class is refused (``taxonomy.resolve_classes``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels
-from nnunet_suprem.taxonomy import TAXONOMIES, canonical_name, label_dict, match_classes
+from nnunet_suprem.taxonomy import TAXONOMIES, canonical_name, label_dict, match_classes, resolve_classes
 
 DEFAULT_FILE_ENDING = ".nii.gz"
 
@@ -94,57 +95,51 @@ class ClassMatching:
         return out
 
 
-def _same_class(name: str, names: Sequence[str]) -> list[str]:
-    """``[name]`` if it is one of ``names``, else those of ``names`` with its canonical name."""
-    if name in names:
-        return [name]
-    return [n for n in names if canonical_name(n) == canonical_name(name)]
+def _lookup(name: str, classes: Mapping[str, str], what: str) -> str:
+    """The class of ``classes`` (``{canonical name: class}``) that ``name`` names; ValueError naming ``what``."""
+    found = classes.get(canonical_name(name))
+    if found is None:
+        raise ValueError(f"{what} {name!r} is not among {list(classes.values())}")
+    return found
 
 
-def _lookup(name: str, names: Sequence[str], what: str) -> str:
-    found = _same_class(name, names)
-    if len(found) != 1:
-        raise ValueError(f"{what} {name!r} is not among {list(names)}")
-    return found[0]
-
-
-def mapping_for(mapping: Mapping[str, str | None], classes: Sequence[str]) -> dict[str, str | None]:
-    """The entries of a ``--map`` whose prediction class is one of ``classes``."""
-    return {source: target for source, target in mapping.items() if _same_class(source, classes)}
+def mapping_for(mapping: Mapping[str, str | None], classes: Sequence[str], source: str) -> dict[str, str | None]:
+    """The entries of a ``--map`` whose prediction class is one of ``classes`` (from ``source``)."""
+    known = resolve_classes(classes, source)
+    return {prediction: target for prediction, target in mapping.items() if canonical_name(prediction) in known}
 
 
 def match_label_sets(prediction: Sequence[str], reference: Sequence[str],
-                     mapping: Mapping[str, str | None] | None = None,
-                     classes: Sequence[str] | None = None) -> ClassMatching:
+                     mapping: Mapping[str, str | None] | None = None, classes: Sequence[str] | None = None,
+                     sources: tuple[str, str] = ("prediction classes", "ground-truth classes")) -> ClassMatching:
     """Pair prediction and ground-truth classes: ``mapping`` first, then by canonical name.
 
     ``classes`` (names or synonyms of either side) restricts the pairs; the classes it leaves
-    out are not reported as skipped. ValueError when a mapping or ``classes`` entry names an
+    out are not reported as skipped. ValueError when a label set (named by ``sources``) or
+    ``classes`` holds two names of one class, when a mapping or ``classes`` entry names an
     unknown class, or when no class is left to evaluate.
     """
+    predicted, referenced = resolve_classes(prediction, sources[0]), resolve_classes(reference, sources[1])
     explicit: dict[str, str | None] = {}
     for source, target in (mapping or {}).items():
-        pred = _lookup(source, prediction, "--map: prediction class")
-        explicit[pred] = None if target is None else _lookup(target, reference, f"--map: ground-truth class for {source!r}")
+        pred = _lookup(source, predicted, "--map: prediction class")
+        explicit[pred] = None if target is None else _lookup(target, referenced, f"--map: ground-truth class for {source!r}")
     claimed = [t for t in explicit.values() if t is not None]
     if len(set(claimed)) != len(claimed):
         raise ValueError(f"--map: several prediction classes map to one ground-truth class: {claimed}")
-    try:
-        automatic = match_classes([p for p in prediction if p not in explicit], [r for r in reference if r not in claimed])
-    except ValueError as e:
-        raise ValueError(f"cannot pair the classes by name ({e}); pair them with --map") from None
+    automatic = match_classes([p for p in prediction if p not in explicit], [r for r in reference if r not in claimed])
     by_reference = {target: pred for pred, target in {**automatic, **explicit}.items() if target is not None}
     pairs = [(r, by_reference[r]) for r in reference if r in by_reference]
     skipped = (tuple(p for p in prediction if p not in by_reference.values()),
                tuple(r for r in reference if r not in by_reference))
     if classes:
+        wanted = resolve_classes(classes, "--classes")
         known = {canonical_name(n) for pair in pairs for n in pair}
-        unknown = [c for c in classes if canonical_name(c) not in known]
+        unknown = [name for canonical, name in wanted.items() if canonical not in known]
         if unknown:
             raise ValueError(f"--classes {unknown} are not classes of both label sets; evaluable: "
                              f"{[r for r, _ in pairs]}")
-        wanted = {canonical_name(c) for c in classes}
-        pairs = [(r, p) for r, p in pairs if wanted & {canonical_name(r), canonical_name(p)}]
+        pairs = [(r, p) for r, p in pairs if wanted.keys() & {canonical_name(r), canonical_name(p)}]
         skipped = (), ()
     if not pairs:
         raise ValueError(f"no prediction class {list(prediction)} matches a ground-truth class {list(reference)}; "

@@ -19,7 +19,7 @@ import numpy as np
 from nnunet_suprem.evaluate.report import write_csv
 from nnunet_suprem.evaluate.stats import CONFIDENCE, crossed_bootstrap_ci
 from nnunet_suprem.fileio import atomic_path
-from nnunet_suprem.taxonomy import canonical_name
+from nnunet_suprem.taxonomy import match_classes
 
 ARMS = ("pretrained", "scratch")
 DIFFERENCE = "pretrained-scratch"
@@ -32,11 +32,12 @@ NAN = float("nan")
 
 def class_groups(classes: Iterable[str], known: Collection[str] | None) -> dict[str, str]:
     """``seen`` for each class whose canonical name (synonyms included) is one of the checkpoint's ``known``
-    classes, else ``novel``; ``unknown`` for every class when the checkpoint records no class names (None)."""
+    classes, else ``novel``; ``unknown`` for every class when the checkpoint records no class names (None).
+    Either list naming one class twice is a ValueError (:func:`nnunet_suprem.taxonomy.resolve_classes`)."""
     if known is None:
         return {name: UNKNOWN for name in classes}
-    canonical = {canonical_name(k) for k in known}
-    return {name: SEEN if canonical_name(name) in canonical else NOVEL for name in classes}
+    matches = match_classes(classes, sorted(known), names_source="scored classes", targets_source="checkpoint classes")
+    return {name: NOVEL if match is None else SEEN for name, match in matches.items()}
 
 
 def evaluation_rows(summary: Mapping, arm: str, n: int, draw: int, groups: Mapping[str, str]) -> list[dict]:

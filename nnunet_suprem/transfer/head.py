@@ -119,7 +119,8 @@ def match_head_rows(source_labels: Mapping[str, object], target_labels: Mapping[
     source_names = [n for n in source_rows if n != BACKGROUND and (source_known is None or n in source_known)]
     target_names = [n for n in target_rows if n != BACKGROUND]
     try:
-        matches = match_classes(target_names, source_names)
+        matches = match_classes(target_names, source_names, names_source="target labels",
+                                targets_source="checkpoint labels")
     except ValueError as e:
         raise HeadTransferRefused(str(e)) from None
     result = HeadRows(source_count=len(source_rows), target_count=len(target_rows), novel_rows=novel_rows)
