@@ -60,7 +60,7 @@ def add_subparser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from nnunet_suprem.plans_presets.suprem_release import SuPreMReleasePlanner
+    from nnunet_suprem.planning.planners import SuPreMReleasePlanner
     from nnunet_suprem.transfer.apply import write_nnunet_weights
     from nnunet_suprem.transfer.checkpoint import read_checkpoint
 

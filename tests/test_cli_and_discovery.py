@@ -78,13 +78,13 @@ def test_doctor_is_happy_when_set_up(nnunet_env):
 
 @pytest.mark.e2e
 def test_wheel_ships_the_trainer_and_planner_modules(tmp_path):
-    """A non-editable install carries trainers/ as nnunet_suprem/ext_trainers and plans/ as
-    nnunet_suprem/plans_presets (one source, no copies)."""
+    """A non-editable install carries trainers/ as nnunet_suprem/ext_trainers (one source, no copies), and the
+    planners in nnunet_suprem/planning."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("nnunet_suprem-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for folder, package in (("trainers", "ext_trainers"), ("plans", "plans_presets")):
-        for module in (p.name for p in (REPO / folder).glob("*.py")):
-            assert f"nnunet_suprem/{package}/{module}" in names
-        assert not any(n.startswith(f"{folder}/") for n in names)
+    for module in (p.name for p in (REPO / "trainers").glob("*.py")):
+        assert f"nnunet_suprem/ext_trainers/{module}" in names
+    assert not any(n.startswith("trainers/") for n in names)
+    assert "nnunet_suprem/planning/planners.py" in names
