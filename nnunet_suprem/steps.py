@@ -43,14 +43,12 @@ class Step:
 
 
 def trainer_epochs(name: str) -> int | None:
-    """Epochs of one of our trainer classes (their ``epochs`` attribute), None for other trainers or nnU-Net's
-    default (set only when a trainer is built)."""
-    from nnunet_suprem.training import finetune_trainer, suprem_trainer
+    """Epochs of one of our training-length variants (their ``epochs`` attribute), None for other trainers (nnU-Net's
+    default is set only when a trainer is built)."""
+    from nnunet_suprem.training import variants
 
-    for module in (finetune_trainer, suprem_trainer):
-        if hasattr(module, name):
-            return getattr(module, name).epochs
-    return None
+    trainer = getattr(variants, name, None)
+    return trainer.epochs if isinstance(trainer, type) else None
 
 
 def resumable(step: Step) -> list[str]:

@@ -47,6 +47,21 @@ def test_nnunet_lookup_finds_our_trainers(monkeypatch):
     assert recursive_find_trainer_class_by_name("SuPreMTrainer") is SuPreMTrainer  # one class, not a copy
 
 
+def test_trainer_modules_expose_every_class_under_its_own_name():
+    """nnU-Net finds a trainer by its class name (and checkpoints record it): the generated training-length variants
+    must be named as exposed; the demo finds their epochs."""
+    from nnunet_suprem.ext_trainers import suprem_finetune_trainers, suprem_trainers
+    from nnunet_suprem.steps import trainer_epochs
+    from nnunet_suprem.training.suprem_trainer import SuPreMTrainer
+
+    exposed = {name: value for module in (suprem_trainers, suprem_finetune_trainers)
+               for name, value in vars(module).items() if isinstance(value, type) and issubclass(value, SuPreMTrainer)}
+    assert len(exposed) == 22 and all(trainer.__name__ == name for name, trainer in exposed.items())
+    assert exposed["SuPreMFinetuneTrainer_10epochs_12iterations"].iterations_per_epoch == 12
+    assert trainer_epochs("SuPreMTrainer_16epochs_20iterations") == 16 and trainer_epochs("SuPreMTrainer") is None
+    assert trainer_epochs("nnUNetTrainer") is None
+
+
 def test_with_ext_trainers_appends_once():
     env = with_ext_trainers({"nnUNet_extTrainer": "/somewhere/else"})
     assert env["nnUNet_extTrainer"].split(os.pathsep) == ["/somewhere/else", str(trainers_dir())]

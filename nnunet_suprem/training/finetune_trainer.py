@@ -193,39 +193,6 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
             self.network = set_requires_grad(self.network, parameters, not frozen)
 
 
-class SuPreMFinetuneTrainer_smoke(SuPreMFinetuneTrainer):
-    """Pipeline check in about a minute on a CPU: 2 epochs of 2 iterations (1 head-only, 1 whole network)."""
-    epochs = 2
-    iterations_per_epoch = 2
-    val_iterations_per_epoch = 1
-
-
-class SuPreMFinetuneTrainer_50epochs(SuPreMFinetuneTrainer):
-    epochs = 50
-
-
-class SuPreMFinetuneTrainer_100epochs(SuPreMFinetuneTrainer):
-    epochs = 100
-
-
-class SuPreMFinetuneTrainer_250epochs(SuPreMFinetuneTrainer):
-    epochs = 250
-
-
-class SuPreMFinetuneTrainer_10epochs_12iterations(SuPreMFinetuneTrainer):
-    """Fine-tuning budget of ``nnunet-suprem demo --fast``."""
-    epochs = 10
-    iterations_per_epoch = 12
-    val_iterations_per_epoch = 3
-
-
-class SuPreMFinetuneTrainer_40epochs_25iterations(SuPreMFinetuneTrainer):
-    """Fine-tuning budget of ``nnunet-suprem demo``."""
-    epochs = 40
-    iterations_per_epoch = 25
-    val_iterations_per_epoch = 6
-
-
 class SuPreMFinetuneTrainerNoHeadTransfer(SuPreMFinetuneTrainer):
     """Every segmentation head starts fresh, even the rows of classes the checkpoint knows."""
     head_transfer = False
@@ -235,6 +202,3 @@ class SuPreMFinetuneTrainerEncoder(SuPreMFinetuneTrainer):
     """Loads only the pre-trained encoder; the decoder starts fresh and trains as a new layer."""
     encoder_only = True
 
-
-class SuPreMFinetuneTrainerEncoder_100epochs(SuPreMFinetuneTrainerEncoder):
-    epochs = 100
