@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from nnunet_suprem import __version__, demo, doctor, evaluate, fewshot, orientation, suprem_import, synth
@@ -20,6 +21,30 @@ def _add_trainers_dir(subparsers) -> None:
                     "so that nnUNetv2_train/nnUNetv2_predict -tr SuPreMTrainer find our trainers.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=lambda args: print(trainers_dir()))
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """A stream handler on whatever ``sys.stdout`` is when a message comes (callers and tests redirect it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _) -> None:
+        pass
+
+
+def configure_logging() -> None:
+    """Show the library's messages (``nnunet_suprem`` loggers, INFO and up) on stdout as plain lines, unless the
+    ``nnunet_suprem`` logger has a handler already."""
+    logger = logging.getLogger("nnunet_suprem")
+    if logger.handlers:
+        return
+    handler = _StdoutHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging()
     try:
         result = args.func(args)
     except (ValueError, OSError, ConfigurationError) as e:
