@@ -201,4 +201,3 @@ class SuPreMFinetuneTrainerNoHeadTransfer(SuPreMFinetuneTrainer):
 class SuPreMFinetuneTrainerEncoder(SuPreMFinetuneTrainer):
     """Loads only the pre-trained encoder; the decoder starts fresh and trains as a new layer."""
     encoder_only = True
-
