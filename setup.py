@@ -10,11 +10,9 @@ setup(
     python_requires=">=3.10",
     # `trainers/` is the directory users put on nnUNet_extTrainer. It is installed as the
     # package `nnunet_suprem.ext_trainers` so that a non-editable install ships it too
-    # (one source; `nnunet-suprem trainers-dir` prints where it is). `plans/` (our experiment
-    # planners) is installed the same way, as `nnunet_suprem.plans_presets`.
-    packages=[*find_packages(include=["nnunet_suprem", "nnunet_suprem.*"]), "nnunet_suprem.ext_trainers",
-              "nnunet_suprem.plans_presets"],
-    package_dir={"nnunet_suprem.ext_trainers": "trainers", "nnunet_suprem.plans_presets": "plans"},
+    # (one source; `nnunet-suprem trainers-dir` prints where it is).
+    packages=[*find_packages(include=["nnunet_suprem", "nnunet_suprem.*"]), "nnunet_suprem.ext_trainers"],
+    package_dir={"nnunet_suprem.ext_trainers": "trainers"},
     install_requires=[
         "nnunetv2>=2.8",
         "torch",

@@ -13,6 +13,7 @@ resumes.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from nnunet_suprem.fileio import atomic_path
 from nnunet_suprem.nnunet_env import dataset_name, with_ext_trainers
 from nnunet_suprem.steps import (Step, add_device_argument, default_device, prepare_out, report_failure, run_steps,
                                  trainer_epochs)
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = "suprem_demo"
 DEMO_SETTINGS_FILE = "demo.json"
@@ -135,15 +138,15 @@ class Demo:
         start = time.perf_counter()
         run_steps(self.steps(), self.out, self.environment(), self.device)
         folder = self.out / "fewshot"
-        print(f"\nfine-tuning: a few-shot study in {folder} (as nnunet-suprem fewshot)", flush=True)
+        logger.info("\nfine-tuning: a few-shot study in %s (as nnunet-suprem fewshot)", folder)
         fewshot = run_study(self.study(), folder, self.device, 2)
         figure = self.out / "learning_curves.png"
         plot_learning_curves({arm: [learning_curve(fewshot.model_folder(arm) / f"fold_{fold}")
                                     for _, _, fold in fewshot.runs()] for arm in ARMS},
                              figure, f"Fine-tuning on the target, {TRAIN_CASES} training cases")
-        print(f"learning curves: {figure}\ntotal {time.perf_counter() - start:.0f} s; everything is in {self.out}:\n"
-              f"  export nnUNet_raw={self.raw} nnUNet_preprocessed={folder / 'nnUNet_preprocessed'} "
-              f"nnUNet_results={folder / 'nnUNet_results'}")
+        logger.info("learning curves: %s\ntotal %.0f s; everything is in %s:\n  export nnUNet_raw=%s "
+                    "nnUNet_preprocessed=%s nnUNet_results=%s", figure, time.perf_counter() - start, self.out,
+                    self.raw, folder / "nnUNet_preprocessed", folder / "nnUNet_results")
 
 
 def learning_curve(fold_folder: Path) -> list[float]:

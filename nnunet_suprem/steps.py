@@ -1,4 +1,4 @@
-"""Running a study as commands a user could type: each printed before it runs, its output in ``OUT/logs``.
+"""Running a study as commands a user could type: each logged before it runs, its output in ``OUT/logs``.
 
 Used by ``nnunet-suprem demo`` and ``nnunet-suprem fewshot``. A step is done when its marker in
 ``OUT/.steps_done`` records the same command and the same input files (size, modification time) and its output
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shlex
@@ -24,6 +25,8 @@ from nnunet_suprem.fileio import source_fingerprint, write_json
 
 DONE_FOLDER = ".steps_done"
 LOG_FOLDER = "logs"
+
+logger = logging.getLogger(__name__)
 
 
 class StepFailed(Exception):
@@ -43,14 +46,12 @@ class Step:
 
 
 def trainer_epochs(name: str) -> int | None:
-    """Epochs of one of our trainer classes (their ``epochs`` attribute), None for other trainers or nnU-Net's
-    default (set only when a trainer is built)."""
-    from nnunet_suprem.training import finetune_trainer, suprem_trainer
+    """Epochs of one of our training-length variants (their ``epochs`` attribute), None for other trainers (nnU-Net's
+    default is set only when a trainer is built)."""
+    from nnunet_suprem.training import variants
 
-    for module in (finetune_trainer, suprem_trainer):
-        if hasattr(module, name):
-            return getattr(module, name).epochs
-    return None
+    trainer = getattr(variants, name, None)
+    return trainer.epochs if isinstance(trainer, type) else None
 
 
 def resumable(step: Step) -> list[str]:
@@ -88,22 +89,22 @@ def is_done(step: Step, done_folder: Path) -> bool:
 
 
 def run_steps(steps: Sequence[Step], out: Path, env: Mapping[str, str], device: str) -> None:
-    """Run the steps not done yet, in order, printing each command; raises :class:`StepFailed`."""
+    """Run the steps not done yet, in order, logging each command; raises :class:`StepFailed`."""
     done_folder, logs = out / DONE_FOLDER, out / LOG_FOLDER
     done_folder.mkdir(parents=True, exist_ok=True)
     logs.mkdir(exist_ok=True)
     for number, step in enumerate(steps, 1):
         header = f"[{number}/{len(steps)}] {step.title}"
         if is_done(step, done_folder):
-            print(f"{header}: done before", flush=True)
+            logger.info("%s: done before", header)
             continue
         command = resumable(step)
-        print(f"{header}\n  $ {shlex.join(command)}", flush=True)
+        logger.info("%s\n  $ %s", header, shlex.join(command))
         start = time.perf_counter()
         step_env = {**env, **training_environment(device)} if step.results_folder is not None else dict(env)
         run_logged(command, step_env, logs / f"{step.name}.log", step.results_folder is not None, step.epochs)
         write_json(_marker(step), done_folder / step.name)
-        print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+        logger.info("  %.0f s", time.perf_counter() - start)
 
 
 def run_logged(command: Sequence[str], env: Mapping[str, str], log: Path, training: bool = False,

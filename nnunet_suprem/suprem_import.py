@@ -60,7 +60,7 @@ def add_subparser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from nnunet_suprem.plans_presets.suprem_release import SuPreMReleasePlanner
+    from nnunet_suprem.planning.planners import SuPreMReleasePlanner
     from nnunet_suprem.transfer.apply import write_nnunet_weights
     from nnunet_suprem.transfer.checkpoint import read_checkpoint
 
@@ -90,13 +90,10 @@ def run(args: argparse.Namespace) -> None:
         args.num_processes, not args.no_preprocess, args.overwrite, args.verify_dataset_integrity)
     write_nnunet_weights(output, network, state, report, checkpoint, dataset_json["labels"])
 
-    lines = report.lines()
-    if not args.verbose:
-        lines = [line for line in lines if not line.startswith("  loaded")]
     config = plans["configurations"][args.configuration]
     dropped = checkpoint.extra.get("universal_model_head")
     print(f"{checkpoint.path} ({checkpoint.format}) -> {dataset} {plans_name} {args.configuration}")
-    print("\n".join(lines))
+    print("\n".join(report.lines(loaded=args.verbose)))
     print(f"backbone: all {len(report.loaded)} tensors loaded ({report.encoder_loaded_fraction:.1%} of the encoder); "
           + (f"Universal Model head dropped ({len(dropped)} tensors); " if dropped else "")
           + f"new head {release.head} for the {len(dataset_json['labels'])} labels of {dataset}")
@@ -133,20 +130,21 @@ def load_backbone(checkpoint: Checkpoint, release: ReleasedArchitecture,
     def in_head(key: str) -> bool:
         return key == release.head or key.startswith(release.head + ".")
 
+    def outside_head(key: str, why: str) -> bool:  # a skipped tensor that is a problem
+        return not in_head(key)
+
     backbone_keys = frozenset(k for k in checkpoint.state_dict if not in_head(k))
     if checkpoint.pretrained_keys is not None:
         backbone_keys &= checkpoint.pretrained_keys
     checkpoint = dataclasses.replace(checkpoint, pretrained_keys=backbone_keys)  # the head is always new
     state, report = transfer_checkpoint(checkpoint, network, dataset_json["labels"], min_encoder_fraction=0.0)
-    problems = [f"{k}: {why}" for k, why in report.skipped.items() if not in_head(k)]
-    problems += [f"{k}: checkpoint {tuple(a)} vs network {tuple(b)}" for k, (a, b) in report.mismatched.items()]
+    problems = report.problems(outside_head)
     if problems:
         total = sum(1 for names in tensor_names(network.state_dict(keep_vars=True)) if not in_head(names[0]))
-        listed = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         unused = f"\nits keys look like: {', '.join(report.unused[:5])}" if report.unused else ""
         raise ValueError(f"{checkpoint.path}: not a SuPreM {release.name} backbone ({release.release_file}): "
                          f"{len(problems)} of the {total} backbone tensors are missing or have another shape:\n"
-                         f"  {listed}{unused}\nCheck --arch.")
+                         f"{report.problem_listing(outside_head)}{unused}\nCheck --arch.")
     for key in report.skipped:
         report.skipped[key] = "new head for the target's classes; the checkpoint's head is dropped"
     return network, state, report

@@ -111,7 +111,7 @@ def planned_phantom_dataset(tmp_path_factory) -> dict:
 @pytest.fixture
 def make_trainer(planned_phantom_dataset, monkeypatch, tmp_path):
     """Builds trainers in-process on the planned phantom dataset (results in a fresh folder)."""
-    from nnunet_suprem.training.suprem_trainer import SuPreMTrainer_smoke
+    from nnunet_suprem.training.variants import SuPreMTrainer_smoke
 
     env = planned_phantom_dataset["env"]
     for name in ("nnUNet_raw", "nnUNet_preprocessed"):

@@ -47,6 +47,21 @@ def test_nnunet_lookup_finds_our_trainers(monkeypatch):
     assert recursive_find_trainer_class_by_name("SuPreMTrainer") is SuPreMTrainer  # one class, not a copy
 
 
+def test_trainer_modules_expose_every_class_under_its_own_name():
+    """nnU-Net finds a trainer by its class name (and checkpoints record it): the generated training-length variants
+    must be named as exposed; the demo finds their epochs."""
+    from nnunet_suprem.ext_trainers import suprem_finetune_trainers, suprem_trainers
+    from nnunet_suprem.steps import trainer_epochs
+    from nnunet_suprem.training.suprem_trainer import SuPreMTrainer
+
+    exposed = {name: value for module in (suprem_trainers, suprem_finetune_trainers)
+               for name, value in vars(module).items() if isinstance(value, type) and issubclass(value, SuPreMTrainer)}
+    assert len(exposed) == 22 and all(trainer.__name__ == name for name, trainer in exposed.items())
+    assert exposed["SuPreMFinetuneTrainer_10epochs_12iterations"].iterations_per_epoch == 12
+    assert trainer_epochs("SuPreMTrainer_16epochs_20iterations") == 16 and trainer_epochs("SuPreMTrainer") is None
+    assert trainer_epochs("nnUNetTrainer") is None
+
+
 def test_with_ext_trainers_appends_once():
     env = with_ext_trainers({"nnUNet_extTrainer": "/somewhere/else"})
     assert env["nnUNet_extTrainer"].split(os.pathsep) == ["/somewhere/else", str(trainers_dir())]
@@ -78,13 +93,13 @@ def test_doctor_is_happy_when_set_up(nnunet_env):
 
 @pytest.mark.e2e
 def test_wheel_ships_the_trainer_and_planner_modules(tmp_path):
-    """A non-editable install carries trainers/ as nnunet_suprem/ext_trainers and plans/ as
-    nnunet_suprem/plans_presets (one source, no copies)."""
+    """A non-editable install carries trainers/ as nnunet_suprem/ext_trainers (one source, no copies), and the
+    planners in nnunet_suprem/planning."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("nnunet_suprem-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for folder, package in (("trainers", "ext_trainers"), ("plans", "plans_presets")):
-        for module in (p.name for p in (REPO / folder).glob("*.py")):
-            assert f"nnunet_suprem/{package}/{module}" in names
-        assert not any(n.startswith(f"{folder}/") for n in names)
+    for module in (p.name for p in (REPO / "trainers").glob("*.py")):
+        assert f"nnunet_suprem/ext_trainers/{module}" in names
+    assert not any(n.startswith("trainers/") for n in names)
+    assert "nnunet_suprem/planning/planners.py" in names

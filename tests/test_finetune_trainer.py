@@ -6,7 +6,8 @@ import torch
 
 from conftest import command, run
 from nnunet_suprem.nnunet_env import trainers_dir
-from nnunet_suprem.training.finetune_trainer import SuPreMFinetuneTrainer, SuPreMFinetuneTrainer_smoke
+from nnunet_suprem.training.finetune_trainer import SuPreMFinetuneTrainer
+from nnunet_suprem.training.variants import SuPreMFinetuneTrainer_smoke
 from nnunet_suprem.training.schedules import finetune_lr_factors
 from nnunet_suprem.transfer.apply import build_network_from_plans
 

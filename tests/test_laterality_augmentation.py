@@ -42,7 +42,7 @@ def _kidney_left_voxels_right_of_midline(trainer, left_right_axis: int, batches:
 def test_kidney_left_stays_left_through_nnunet_augmentation(anisotropic_dataset, configuration, monkeypatch):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_suprem.training.suprem_trainer import SuPreMTrainer_smoke
+    from nnunet_suprem.training.variants import SuPreMTrainer_smoke
 
     for name, value in anisotropic_dataset.items():
         monkeypatch.setenv(name, value)

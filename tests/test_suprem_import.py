@@ -162,7 +162,7 @@ def test_the_network_sees_ras_arrays_in_suprems_axis_order(target, imported):
 
 def test_the_suprem_default_recipe_plans_96_cubed_at_1_5_mm(target, imported):
     from nnunet_suprem.architectures import ARCHITECTURES
-    from nnunet_suprem.plans_presets.suprem_release import SuPreMReleasePlanner
+    from nnunet_suprem.planning.planners import SuPreMReleasePlanner
 
     with pytest.MonkeyPatch.context() as mp:
         for name, value in target["folders"].items():

@@ -7,7 +7,8 @@ import torch
 
 from nnunet_suprem.training.laterality import LateralMirrorTransform
 from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
-from nnunet_suprem.training.suprem_trainer import BatchAnnotatedLoss, SuPreMTrainer_smoke
+from nnunet_suprem.training.suprem_trainer import BatchAnnotatedLoss
+from nnunet_suprem.training.variants import SuPreMTrainer_smoke
 
 
 def test_manifest_selects_the_marginal_loss_and_masks(make_trainer):

@@ -1,6 +1,10 @@
 """SuPreM pre-training trainers: ``nnUNetv2_train D 3d_fullres F -tr SuPreMTrainer``."""
 from nnunet_suprem.training.suprem_trainer import (  # noqa: F401  (exposed to nnU-Net's trainer lookup)
     SuPreMTrainer,
+    SuPreMTrainerExclusion,
+    SuPreMTrainerRecipe,
+)
+from nnunet_suprem.training.variants import (  # noqa: F401  (exposed to nnU-Net's trainer lookup)
     SuPreMTrainer_5epochs,
     SuPreMTrainer_10epochs_12iterations,
     SuPreMTrainer_16epochs_20iterations,
@@ -10,6 +14,4 @@ from nnunet_suprem.training.suprem_trainer import (  # noqa: F401  (exposed to n
     SuPreMTrainer_250epochs,
     SuPreMTrainer_1000epochs,
     SuPreMTrainer_smoke,
-    SuPreMTrainerExclusion,
-    SuPreMTrainerRecipe,
 )

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnunet_suprem.planning.topology import downsampling_per_axis
+
 COUNTED_LAYERS = (nn.Conv3d, nn.ConvTranspose3d, nn.Linear)
 """Layers whose outputs nnU-Net's memory estimate counts (its U-Nets count convolution outputs)."""
 
@@ -43,13 +45,9 @@ class FixedTopologyNetwork:
                              f"{[list(level) for level in cls.strides]}, got {strides}")
 
     @classmethod
-    def divisors(cls) -> tuple[int, ...]:
-        return tuple(int(np.prod([level[axis] for level in cls.strides])) for axis in range(len(cls.strides[0])))
-
-    @classmethod
     def check_patch_size(cls, size: Sequence[int], what: str = "patch") -> None:
         """ValueError unless every axis is a positive multiple of the network's total downsampling."""
-        divisors = cls.divisors()
+        divisors = downsampling_per_axis(cls.strides)
         if (len(size) != len(divisors) or any(s < d or s % d for s, d in zip(size, divisors))
                 or np.prod([s // d for s, d in zip(size, divisors)]) < cls.min_bottleneck_voxels):
             deepest = f" and at least {cls.min_bottleneck_voxels} voxels at the deepest level" \

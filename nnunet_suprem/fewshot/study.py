@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +28,8 @@ from nnunet_suprem.planning.recipes import TRANSFER_PLANS_NAME
 from nnunet_suprem.planning.split import SPLITS_FILE, few_shot_splits, training_cases
 from nnunet_suprem.steps import (Step, add_device_argument, default_device, prepare_out, report_failure, run_steps,
                                  trainer_epochs)
+
+logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "fewshot.json"
 OUTPUTS = ("fewshot.csv", "summary.csv", "summary.md", "fewshot.png")
@@ -193,8 +196,7 @@ class FewShot:
         start = time.perf_counter()
         run_steps(self.steps(self.prepare(cases)), self.out, self.environment(), self.device)
         text = self.report()
-        print(f"\n{text}\n\n{time.perf_counter() - start:.0f} s; wrote {', '.join(OUTPUTS)} to {self.out}",
-              flush=True)
+        logger.info("\n%s\n\n%.0f s; wrote %s to %s", text, time.perf_counter() - start, ", ".join(OUTPUTS), self.out)
         return text
 
     # --- the result ------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import shlex
 from typing import Callable
@@ -9,13 +10,15 @@ from typing import Callable
 from nnunet_suprem.jobs import default_num_processes
 from nnunet_suprem.nnunet_env import dataset_folder_name, preprocessed_root, raw_root
 
+logger = logging.getLogger(__name__)
+
 
 def plan_and_preprocess(dataset_id: int, plans_name: str, configuration: str, make_planner: Callable[[], object],
                         num_processes: int, preprocess: bool = True, overwrite: bool = False,
                         verify: bool = False) -> dict:
     """Plan ``dataset_id`` with ``make_planner()`` (fingerprint extracted if missing), preprocess ``configuration``.
 
-    Refuses to replace an existing plans file unless ``overwrite``; without ``preprocess`` prints the
+    Refuses to replace an existing plans file unless ``overwrite``; without ``preprocess`` logs the
     ``nnUNetv2_preprocess`` command instead. Returns the plans.
     """
     raw_root()  # a clear error when nnUNet_raw is not set
@@ -34,7 +37,7 @@ def plan_and_preprocess(dataset_id: int, plans_name: str, configuration: str, ma
     else:
         command = ["nnUNetv2_preprocess", "-d", str(dataset_id), "-plans_name", plans_name, "-c", configuration,
                    "-np", str(num_processes)]
-        print(f"Not preprocessed (--no-preprocess). Preprocess with:\n  {shlex.join(command)}")
+        logger.info("Not preprocessed (--no-preprocess). Preprocess with:\n  %s", shlex.join(command))
     return plans
 
 

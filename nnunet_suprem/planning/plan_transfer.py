@@ -35,7 +35,7 @@ def add_subparser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from nnunet_suprem.plans_presets import transfer_planner_class
+    from nnunet_suprem.planning.planners import transfer_planner_class
 
     pretrained = load_pretrained(args.pretrained, args.configuration)
     planner_class = transfer_planner_class(pretrained)

@@ -25,7 +25,7 @@ def add_subparser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from nnunet_suprem.plans_presets import SuPreMPlanner
+    from nnunet_suprem.planning.planners import SuPreMPlanner
 
     plans = plan_and_preprocess(
         args.dataset_id, args.plans_name, "3d_fullres",

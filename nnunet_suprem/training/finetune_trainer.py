@@ -25,8 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_suprem.training.schedules import FinetuneLRScheduler
 from nnunet_suprem.training.suprem_trainer import SuPreMTrainer
-from nnunet_suprem.transfer.apply import DEFAULT_MIN_ENCODER_FRACTION, pretrained_names, transfer_checkpoint
+from nnunet_suprem.transfer.apply import pretrained_names, transfer_checkpoint
 from nnunet_suprem.transfer.checkpoint import load_weights_only, read_checkpoint
+from nnunet_suprem.transfer.defaults import DEFAULT_MIN_ENCODER_FRACTION, DEFAULT_NOVEL_ROWS
 
 _TRAINER_OF_NETWORK: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 """id(network) -> the fine-tuning trainer that built it (entries vanish with their trainer)."""
@@ -98,7 +99,7 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
 
     encoder_only: bool = False
     head_transfer: bool = True
-    novel_rows: str = "background"
+    novel_rows: str = DEFAULT_NOVEL_ROWS
     min_encoder_fraction: float = DEFAULT_MIN_ENCODER_FRACTION
     head_epochs_fraction: float = 0.02
     warmup_epochs_fraction: float = 0.05
@@ -151,8 +152,8 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
         self.pretrained_keys = frozenset(pretrained_names(network, report))
         self.print_to_log_file(f"Pre-trained weights: {fname} ({checkpoint.format})"
                                f"{', encoder only' if self.encoder_only else ''}")
-        for line in report.lines():
-            self.print_to_log_file(line, also_print_to_console=not line.startswith("  loaded"), add_timestamp=False)
+        for kind, line in report.entries():
+            self.print_to_log_file(line, also_print_to_console=kind != "loaded", add_timestamp=False)
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
@@ -192,39 +193,6 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
             self.network = set_requires_grad(self.network, parameters, not frozen)
 
 
-class SuPreMFinetuneTrainer_smoke(SuPreMFinetuneTrainer):
-    """Pipeline check in about a minute on a CPU: 2 epochs of 2 iterations (1 head-only, 1 whole network)."""
-    epochs = 2
-    iterations_per_epoch = 2
-    val_iterations_per_epoch = 1
-
-
-class SuPreMFinetuneTrainer_50epochs(SuPreMFinetuneTrainer):
-    epochs = 50
-
-
-class SuPreMFinetuneTrainer_100epochs(SuPreMFinetuneTrainer):
-    epochs = 100
-
-
-class SuPreMFinetuneTrainer_250epochs(SuPreMFinetuneTrainer):
-    epochs = 250
-
-
-class SuPreMFinetuneTrainer_10epochs_12iterations(SuPreMFinetuneTrainer):
-    """Fine-tuning budget of ``nnunet-suprem demo --fast``."""
-    epochs = 10
-    iterations_per_epoch = 12
-    val_iterations_per_epoch = 3
-
-
-class SuPreMFinetuneTrainer_40epochs_25iterations(SuPreMFinetuneTrainer):
-    """Fine-tuning budget of ``nnunet-suprem demo``."""
-    epochs = 40
-    iterations_per_epoch = 25
-    val_iterations_per_epoch = 6
-
-
 class SuPreMFinetuneTrainerNoHeadTransfer(SuPreMFinetuneTrainer):
     """Every segmentation head starts fresh, even the rows of classes the checkpoint knows."""
     head_transfer = False
@@ -233,7 +201,3 @@ class SuPreMFinetuneTrainerNoHeadTransfer(SuPreMFinetuneTrainer):
 class SuPreMFinetuneTrainerEncoder(SuPreMFinetuneTrainer):
     """Loads only the pre-trained encoder; the decoder starts fresh and trains as a new layer."""
     encoder_only = True
-
-
-class SuPreMFinetuneTrainerEncoder_100epochs(SuPreMFinetuneTrainerEncoder):
-    epochs = 100

@@ -1,4 +1,4 @@
-"""SuPreMTrainer and its variants.
+"""SuPreMTrainer and its variants with other behaviour (training lengths: :mod:`nnunet_suprem.training.variants`).
 
 The classes live here (an importable, installed module); the thin modules in ``trainers/``
 expose them to nnU-Net's ``nnUNet_extTrainer`` lookup.
@@ -274,58 +274,6 @@ class SuPreMTrainer(nnUNetTrainer):
         summary = restrict_summary_file(summary_file, annotated, self.dataset_json["file_ending"])
         self.print_to_log_file("Mean Validation Dice on annotated classes only (summary.json rewritten): ",
                                summary["foreground_mean"]["Dice"], also_print_to_console=True)
-
-
-class SuPreMTrainer_5epochs(SuPreMTrainer):
-    epochs = 5
-
-
-class SuPreMTrainer_50epochs(SuPreMTrainer):
-    epochs = 50
-
-
-class SuPreMTrainer_250epochs(SuPreMTrainer):
-    epochs = 250
-
-
-class SuPreMTrainer_1000epochs(SuPreMTrainer):
-    epochs = 1000
-
-
-class SuPreMTrainer_smoke(SuPreMTrainer):
-    """Checks a pipeline end to end in about a minute on a CPU: 2 epochs of 2 iterations (SuPreMFinetuneTrainer_smoke's
-    budget). Not for real training."""
-    epochs = 2
-    iterations_per_epoch = 2
-    val_iterations_per_epoch = 1
-
-
-class SuPreMTrainer_16epochs_20iterations(SuPreMTrainer):
-    """Pre-training budget of ``nnunet-suprem demo --fast`` (minutes on a CPU, tiny phantoms)."""
-    epochs = 16
-    iterations_per_epoch = 20
-    val_iterations_per_epoch = 4
-
-
-class SuPreMTrainer_10epochs_12iterations(SuPreMTrainer):
-    """From-scratch baseline of ``nnunet-suprem demo --fast``: SuPreMFinetuneTrainer_10epochs_12iterations's budget."""
-    epochs = 10
-    iterations_per_epoch = 12
-    val_iterations_per_epoch = 3
-
-
-class SuPreMTrainer_100epochs_25iterations(SuPreMTrainer):
-    """Pre-training budget of ``nnunet-suprem demo``."""
-    epochs = 100
-    iterations_per_epoch = 25
-    val_iterations_per_epoch = 6
-
-
-class SuPreMTrainer_40epochs_25iterations(SuPreMTrainer):
-    """From-scratch baseline of ``nnunet-suprem demo``: SuPreMFinetuneTrainer_40epochs_25iterations's budget."""
-    epochs = 40
-    iterations_per_epoch = 25
-    val_iterations_per_epoch = 6
 
 
 class SuPreMTrainerExclusion(SuPreMTrainer):

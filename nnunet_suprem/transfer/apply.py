@@ -10,7 +10,7 @@ from torch import nn
 
 from nnunet_suprem.fileio import atomic_path
 from nnunet_suprem.transfer.checkpoint import TRANSFER_METADATA_KEY, Checkpoint
-from nnunet_suprem.transfer.command import DEFAULT_MIN_ENCODER_FRACTION
+from nnunet_suprem.transfer.defaults import DEFAULT_MIN_ENCODER_FRACTION, DEFAULT_NOVEL_ROWS
 from nnunet_suprem.transfer.head import IGNORE_LABEL, HeadRows, HeadTransferRefused, match_head_rows
 from nnunet_suprem.transfer.nnssl import rename_modules
 from nnunet_suprem.transfer.state_dict import TransferReport, require_encoder_fraction, transfer_state
@@ -31,7 +31,7 @@ def encoder_prefixes(network: nn.Module) -> tuple[tuple[str, ...], tuple[str, ..
 
 
 def head_plan(checkpoint: Checkpoint, target_labels: dict | None, head_transfer: bool = True,
-              novel_rows: str = "background") -> tuple[bool, HeadRows]:
+              novel_rows: str = DEFAULT_NOVEL_ROWS) -> tuple[bool, HeadRows]:
     """(load the heads whole, which output rows to carry) for a checkpoint and the target's labels.
 
     Heads are taken whole when both label sets are identical (and every row of the checkpoint's head is
@@ -58,7 +58,8 @@ def head_plan(checkpoint: Checkpoint, target_labels: dict | None, head_transfer:
 
 def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_labels: dict[str, int] | None = None,
                         encoder_only: bool = False, min_encoder_fraction: float = DEFAULT_MIN_ENCODER_FRACTION,
-                        head_transfer: bool = True, novel_rows: str = "background") -> tuple[dict, TransferReport]:
+                        head_transfer: bool = True,
+                        novel_rows: str = DEFAULT_NOVEL_ROWS) -> tuple[dict, TransferReport]:
     """Fill ``network``'s state from ``checkpoint`` (nothing is loaded yet; call ``load_state_dict``).
 
     Segmentation heads (nnU-Net's ``seg_layers``, every deep-supervision output, or a network's ``key_to_head``)

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 from nnunet_suprem.nnunet_env import dataset_folder_name, preprocessed_root
-
-DEFAULT_MIN_ENCODER_FRACTION = 0.9
-"""Share of the encoder that must load for a transfer to go ahead (torch is imported only when a command runs)."""
+from nnunet_suprem.transfer.defaults import DEFAULT_MIN_ENCODER_FRACTION, DEFAULT_NOVEL_ROWS, NOVEL_ROWS
 
 
 def preprocessed_dataset_folder(dataset_id: int | str) -> Path:
@@ -53,7 +51,7 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--encoder-only", action="store_true", help="take only the encoder; the decoder starts fresh")
     p.add_argument("--no-head-transfer", action="store_true",
                    help="re-initialise every segmentation head, even for classes the checkpoint knows")
-    p.add_argument("--novel-rows", choices=("background", "init"), default="background",
+    p.add_argument("--novel-rows", choices=NOVEL_ROWS, default=DEFAULT_NOVEL_ROWS,
                    help="how the output rows of classes the checkpoint does not know start: 'background' (default) "
                         "a copy of the background row with the bias lowered by log(k+1), so the seen classes are "
                         "predicted exactly as before; 'init': the network's own random initialisation")
@@ -83,10 +81,7 @@ def run(args: argparse.Namespace) -> None:
                                         novel_rows=args.novel_rows)
     network.load_state_dict(state)
     write_nnunet_weights(output, network, state, report, checkpoint, dataset_json["labels"])
-    lines = report.lines()
-    if not args.verbose:
-        lines = [line for line in lines if not line.startswith("  loaded")]
     print(f"{checkpoint.path} ({checkpoint.format}) -> {plans['dataset_name']} {args.plans} {args.configuration}")
-    print("\n".join(lines))
+    print("\n".join(report.lines(loaded=args.verbose)))
     print(f"wrote {output}\nuse it with: nnUNetv2_train {args.dataset_id} {args.configuration} FOLD "
           f"-p {args.plans} -tr SuPreMFinetuneTrainer -pretrained_weights {output}")

@@ -39,10 +39,10 @@ from typing import Collection, Mapping
 import torch
 
 from nnunet_suprem.taxonomy import match_classes
+from nnunet_suprem.transfer.defaults import DEFAULT_NOVEL_ROWS, NOVEL_ROWS
 
 IGNORE_LABEL = "ignore"
 BACKGROUND = "background"
-NOVEL_ROWS = ("background", "init")
 """How novel classes' output rows start: from the background row (default) or as the network initialised them."""
 
 
@@ -88,7 +88,7 @@ class HeadRows:
     target_count: int = 0
     note: str = ""
     """How it was decided (why nothing is carried, when nothing is)."""
-    novel_rows: str = "background"
+    novel_rows: str = DEFAULT_NOVEL_ROWS
     """How the new rows start (``NOVEL_ROWS``)."""
 
     @property
@@ -105,7 +105,7 @@ class HeadRows:
 
 
 def match_head_rows(source_labels: Mapping[str, object], target_labels: Mapping[str, object],
-                    source_known: Collection[str] | None = None, novel_rows: str = "background") -> HeadRows:
+                    source_known: Collection[str] | None = None, novel_rows: str = DEFAULT_NOVEL_ROWS) -> HeadRows:
     """Match the target's output rows to the checkpoint's by canonical class name.
 
     ``source_known``: checkpoint classes whose rows hold pre-trained values (None: all); the others are not

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -23,7 +23,15 @@ HEAD_MARKERS = (".seg_layers.",)
 DECODER_STAGE = re.compile(r"^decoder\.(stages|transpconvs|seg_layers)\.(\d+)\.")
 """Per-stage modules of nnU-Net's UNetDecoder (``decoder.encoder.*`` is the encoder); index 0 is the deepest."""
 NOT_PRETRAINED = "in the checkpoint but not pre-trained there: initialised fresh"
+NOT_IN_CHECKPOINT = "not in the checkpoint"
+LISTED_PROBLEMS = 10
+"""Problems an error message lists before saying how many more there are."""
 TRANSPOSED_CONV = re.compile(r"^decoder\.transpconvs\.(\d+)\.weight$")
+
+
+def not_in_checkpoint(key: str, why: str) -> bool:
+    """Whether a tensor was skipped because the checkpoint lacks it (a :meth:`TransferReport.problems` filter)."""
+    return why == NOT_IN_CHECKPOINT
 
 
 @dataclass
@@ -60,17 +68,37 @@ class TransferReport:
                 f"{len(self.mismatched)} shape-mismatched, {len(self.unused)} checkpoint keys unused; "
                 f"{self.encoder_loaded_fraction:.1%} of the encoder loaded")
 
-    def lines(self) -> list[str]:
-        """Every key with its fate, for logs."""
-        out = [f"Weight transfer: {self.summary()}"]
+    def entries(self) -> list[tuple[str, str]]:
+        """``(kind, line)`` for the log: the summary (kind ``"summary"``), the head transfer (``"head"``), then every
+        key with its fate (kind ``"loaded"``, ``"rows"``, ``"skipped"``, ``"mismatched"`` or ``"unused"``)."""
+        out = [("summary", f"Weight transfer: {self.summary()}")]
         if self.head:
-            out.append(f"Head transfer: {self.head}")
-        out += [f"  loaded      {k}" + (f"  [{self.adapted[k]}]" if k in self.adapted else "") for k in self.loaded]
-        out += [f"  rows        {k}  ({rows})" for k, rows in self.rows_carried.items()]
-        out += [f"  skipped     {k}  ({why})" for k, why in self.skipped.items()]
-        out += [f"  mismatched  {k}  checkpoint {tuple(a)} vs network {tuple(b)}" for k, (a, b) in self.mismatched.items()]
-        out += [f"  unused      {k}" for k in self.unused]
+            out.append(("head", f"Head transfer: {self.head}"))
+        out += [("loaded", f"  loaded      {k}" + (f"  [{self.adapted[k]}]" if k in self.adapted else ""))
+                for k in self.loaded]
+        out += [("rows", f"  rows        {k}  ({rows})") for k, rows in self.rows_carried.items()]
+        out += [("skipped", f"  skipped     {k}  ({why})") for k, why in self.skipped.items()]
+        out += [("mismatched", f"  mismatched  {k}  checkpoint {tuple(a)} vs network {tuple(b)}")
+                for k, (a, b) in self.mismatched.items()]
+        out += [("unused", f"  unused      {k}") for k in self.unused]
         return out
+
+    def lines(self, loaded: bool = True) -> list[str]:
+        """Every key with its fate, for logs; without ``loaded`` the keys that loaded are left out."""
+        return [line for kind, line in self.entries() if loaded or kind != "loaded"]
+
+    def problems(self, skipped: Callable[[str, str], bool] = not_in_checkpoint) -> list[str]:
+        """``key: what is wrong`` for each shape-mismatched tensor, then for each skipped one that ``skipped(key,
+        reason)`` selects (by default those the checkpoint lacks)."""
+        return ([f"{k}: checkpoint {tuple(a)} vs network {tuple(b)}" for k, (a, b) in self.mismatched.items()]
+                + [f"{k}: {why}" for k, why in self.skipped.items() if skipped(k, why)])
+
+    def problem_listing(self, skipped: Callable[[str, str], bool] = not_in_checkpoint) -> str:
+        """The first :data:`LISTED_PROBLEMS` of :meth:`problems`, an indented line each, and how many more."""
+        problems = self.problems(skipped)
+        listed = "\n".join(f"  {p}" for p in problems[:LISTED_PROBLEMS])
+        more = len(problems) - LISTED_PROBLEMS
+        return listed + (f"\n  ... and {more} more" if more > 0 else "")
 
 
 def tensor_names(state_dict: Mapping[str, torch.Tensor]) -> list[list[str]]:
@@ -189,7 +217,7 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
         if found is None:
             report.skipped[key] = next((why for k, why in candidates if k is None),
                                        NOT_PRETRAINED if any(k in not_pretrained for k, _ in candidates)
-                                       else "not in the checkpoint")
+                                       else NOT_IN_CHECKPOINT)
             continue
         value = source[found]
         if value.shape != wanted.shape:
@@ -265,11 +293,9 @@ def require_encoder_fraction(report: TransferReport, minimum: float, source: str
     """Refuse a transfer that would load less than ``minimum`` of the encoder; the error lists the first problems."""
     if report.encoder_loaded_fraction >= minimum:
         return
-    problems = [f"{k}: checkpoint {tuple(a)} vs network {tuple(b)}" for k, (a, b) in report.mismatched.items()]
-    problems += [f"{k}: {why}" for k, why in report.skipped.items() if why == "not in the checkpoint"]
-    listed = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
     unused = f"\nunused checkpoint keys, e.g.: {', '.join(report.unused[:5])}" if report.unused else ""
     raise ValueError(f"{source}: only {report.encoder_loaded_fraction:.1%} of the target network's encoder would "
-                     f"load (required: {minimum:.0%}); the architectures differ. First problems:\n  {listed}{unused}\n"
+                     f"load (required: {minimum:.0%}); the architectures differ. First problems:\n"
+                     f"{report.problem_listing()}{unused}\n"
                      f"Plan the target with `nnunet-suprem plan-transfer` so that its topology equals the "
                      f"pre-trained model's.")
