@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -306,3 +307,21 @@ def _check_nifti_stream(chunks: Iterator[bytes], path: Path, keep: bool):
     if keep:
         return header, voxels[0] if len(voxels) == 1 else b"".join(voxels)
     return None
+
+
+def input_cases(folder: Path, file_ending: str, num_channels: int) -> dict[str, list[Path]]:
+    """``{case: [channel files]}`` of an nnU-Net input folder (``CASE_XXXX<file_ending>``): case names checked,
+    every case with all ``num_channels`` channels."""
+    pattern = re.compile(rf"(.+)_(\d{{4}}){re.escape(file_ending)}")
+    cases: dict[str, dict[int, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if match and path.is_file():
+            cases.setdefault(check_name(match.group(1), "case identifier", path), {})[int(match.group(2))] = path
+    if not cases:
+        raise ValueError(f"{folder}: no images named CASE_XXXX{file_ending}")
+    for case, channels in cases.items():
+        if sorted(channels) != list(range(num_channels)):
+            raise ValueError(f"{folder}: case {case} has channels {sorted(channels)}, expected "
+                             f"{list(range(num_channels))}")
+    return {case: [channels[c] for c in sorted(channels)] for case, channels in cases.items()}

@@ -12,7 +12,6 @@ cases' index order, through SimpleITK's ``DICOMOrient``) that predict right.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -79,25 +78,6 @@ def write_reoriented(source: Path, destination: Path, orientation: Sequence[int]
     write_image(sitk.DICOMOrient(image, reorient_code(current, orientation)), destination)
 
 
-def group_cases(folder: Path, file_ending: str, num_channels: int) -> dict[str, list[Path]]:
-    """``{case: [channel files]}`` of an nnU-Net input folder (``CASE_XXXX<file_ending>``), checked complete."""
-    from nnunet_suprem.fileio import check_name
-
-    pattern = re.compile(rf"(.+)_(\d{{4}}){re.escape(file_ending)}")
-    cases: dict[str, dict[int, Path]] = {}
-    for path in sorted(folder.iterdir()):
-        match = pattern.fullmatch(path.name)
-        if match and path.is_file():
-            cases.setdefault(check_name(match.group(1), "case identifier", path), {})[int(match.group(2))] = path
-    if not cases:
-        raise ValueError(f"{folder}: no images named CASE_XXXX{file_ending}")
-    for case, channels in cases.items():
-        if sorted(channels) != list(range(num_channels)):
-            raise ValueError(f"{folder}: case {case} has channels {sorted(channels)}, the model needs "
-                             f"{list(range(num_channels))}")
-    return {case: [channels[c] for c in sorted(channels)] for case, channels in cases.items()}
-
-
 def model_record(model_folder: Path, fold: str | None, checkpoint_name: str) -> tuple[dict | None, Path]:
     """The training orientation recorded in a model folder's checkpoint (``fold_<fold>``, default: the first fold
     that has ``checkpoint_name``; None: no record) and that checkpoint's path."""
@@ -130,7 +110,7 @@ def add_subparser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from nnunet_suprem.fileio import atomic_path
+    from nnunet_suprem.fileio import atomic_path, input_cases
 
     record, checkpoint = model_record(args.model_folder, args.fold, args.checkpoint)
     if record is None:
@@ -143,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
               f"predicts right")
         return 0
     dataset_json = json.loads((args.model_folder / "dataset.json").read_text())
-    cases = group_cases(args.input, dataset_json["file_ending"], len(dataset_json["channel_names"]))
+    cases = input_cases(args.input, dataset_json["file_ending"], len(dataset_json["channel_names"]))
     expected = tuple(record["left_right"])
     found = {case: image_orientation(record["reader"], str(files[0])) for case, files in cases.items()}
     unknown = sorted(case for case, o in found.items() if o is None)

@@ -125,7 +125,7 @@ def test_one_fold_per_size_and_draw_in_the_studys_own_folder(tmp_path):
 
     source = tmp_path / "nnUNet_preprocessed" / "Dataset005_Few"
     (source / "gt_segmentations").mkdir(parents=True)
-    (source / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
+    (source / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}))
     cases = [f"case_{i:02d}" for i in range(12)]
     for case in cases:
         (source / "gt_segmentations" / f"{case}.nii.gz").touch()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nnunet_suprem.fewshot.report import (ARMS, class_groups, evaluation_rows, plot_study, summarize_study,
                                           summary_markdown, write_long_table, write_summary_csv)
-from nnunet_suprem.fileio import atomic_path, check_file_ending, check_name, write_json
+from nnunet_suprem.fileio import atomic_path, check_file_ending, check_name, input_cases, write_json
 from nnunet_suprem.jobs import default_num_processes
 from nnunet_suprem.planning.recipes import TRANSFER_PLANS_NAME
 from nnunet_suprem.planning.split import SPLITS_FILE, few_shot_splits, training_cases
@@ -35,7 +35,6 @@ SETTINGS_FILE = "fewshot.json"
 OUTPUTS = ("fewshot.csv", "summary.csv", "summary.md", "fewshot.png")
 DEFAULT_PRETRAINED_TRAINER = "SuPreMFinetuneTrainer"
 DEFAULT_SCRATCH_TRAINER = "SuPreMTrainer"
-IMAGE_CHANNEL = "_0000"
 
 
 @dataclass(frozen=True)
@@ -136,14 +135,11 @@ class FewShot:
         return self.test_cases()
 
     def test_cases(self) -> list[str]:
-        ending = check_file_ending(json.loads((Path(self.study.preprocessed) / "dataset.json").read_text())
-                                   .get("file_ending"), Path(self.study.preprocessed) / "dataset.json")
-        suffix = f"{IMAGE_CHANNEL}{ending}"
-        images = Path(self.study.test_images)
-        cases = sorted(p.name[:-len(suffix)] for p in images.iterdir() if p.name.endswith(suffix))
-        if not cases:
-            raise FileNotFoundError(f"{images} holds no test images (<case>{suffix})")
-        return [f"{case}{ending}" for case in cases]
+        dataset_json_file = Path(self.study.preprocessed) / "dataset.json"
+        dataset_json = json.loads(dataset_json_file.read_text())
+        ending = check_file_ending(dataset_json.get("file_ending"), dataset_json_file)
+        cases = input_cases(Path(self.study.test_images), ending, len(dataset_json["channel_names"]))
+        return [f"{case}{ending}" for case in sorted(cases)]
 
     # --- the commands ----------------------------------------------------------------------------------------
     def steps(self, prediction_files: list[str]) -> list[Step]:
