@@ -18,9 +18,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nnunet_suprem.fewshot.report import ARMS
+from nnunet_suprem.fewshot.curves import first_epoch_means, plot_learning_curves, read_class_curves
+from nnunet_suprem.fewshot.report import ARMS, class_groups
 from nnunet_suprem.fewshot.study import Study, run_study
-from nnunet_suprem.fileio import atomic_path
 from nnunet_suprem.nnunet_env import dataset_name, with_ext_trainers
 from nnunet_suprem.steps import (Step, add_device_argument, default_device, prepare_out, report_failure, run_steps,
                                  trainer_epochs)
@@ -140,45 +140,18 @@ class Demo:
         folder = self.out / "fewshot"
         logger.info("\nfine-tuning: a few-shot study in %s (as nnunet-suprem fewshot)", folder)
         fewshot = run_study(self.study(), folder, self.device, 2)
+        runs = {arm: [read_class_curves(fewshot.model_folder(arm) / f"fold_{fold}") for _, _, fold in fewshot.runs()]
+                for arm in ARMS}
+        groups = class_groups(runs[ARMS[0]][0], fewshot.known_classes())
         figure = self.out / "learning_curves.png"
-        plot_learning_curves({arm: [learning_curve(fewshot.model_folder(arm) / f"fold_{fold}")
-                                    for _, _, fold in fewshot.runs()] for arm in ARMS},
-                             figure, f"Fine-tuning on the target, {TRAIN_CASES} training cases")
-        logger.info("learning curves: %s\ntotal %.0f s; everything is in %s:\n  export nnUNet_raw=%s "
-                    "nnUNet_preprocessed=%s nnUNet_results=%s", figure, time.perf_counter() - start, self.out,
-                    self.raw, folder / "nnUNet_preprocessed", folder / "nnUNet_results")
-
-
-def learning_curve(fold_folder: Path) -> list[float]:
-    """nnU-Net's pseudo Dice per epoch, from a fold's final checkpoint."""
-    from nnunet_suprem.transfer.checkpoint import load_weights_only
-
-    checkpoint = load_weights_only(fold_folder / "checkpoint_final.pth")
-    return [float(v) for v in checkpoint["logging"]["mean_fg_dice"]]
-
-
-def plot_learning_curves(curves: dict[str, list[list[float]]], path: Path, title: str) -> None:
-    """Pseudo Dice per epoch of each arm (mean over draws, band = s.d.)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    with plt.style.context("default"):  # nnU-Net's progress plots change seaborn's global style
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for arm, runs in curves.items():
-            values = np.array(runs, dtype=float)
-            mean, sd = np.nanmean(values, 0), np.nanstd(values, 0)
-            epochs = np.arange(1, values.shape[1] + 1)
-            ax.plot(epochs, mean, label=f"{arm} ({len(runs)} draw{'s' * (len(runs) > 1)})")
-            ax.fill_between(epochs, mean - sd, mean + sd, alpha=0.2)
-        ax.set(xlabel="epoch", ylabel="pseudo Dice (nnU-Net, validation cases)", title=title, ylim=(0, 1))
-        ax.legend()
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-        plt.close(fig)
+        plot_learning_curves(runs, groups, figure, f"Fine-tuning on the target, {TRAIN_CASES} training cases")
+        first = first_epoch_means(runs, groups)
+        logger.info("pseudo Dice after the first fine-tuning epoch (validation cases):\n%s\nlearning curves: %s",
+                    "\n".join(f"  {group:<6} " + ", ".join(f"{arm} {first[arm, group]:.3f}" for arm in ARMS)
+                              for group in dict.fromkeys(groups.values())), figure)
+        logger.info("total %.0f s; everything is in %s:\n  export nnUNet_raw=%s nnUNet_preprocessed=%s "
+                    "nnUNet_results=%s", time.perf_counter() - start, self.out, self.raw,
+                    folder / "nnUNet_preprocessed", folder / "nnUNet_results")
 
 
 def add_subparser(subparsers) -> None:

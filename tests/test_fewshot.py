@@ -12,6 +12,8 @@ import torch
 
 from conftest import cli, command, nnunet_folders, run, subprocess_env
 from nnunet_suprem.evaluate.stats import crossed_bootstrap_ci
+from nnunet_suprem.fewshot.curves import (class_curves, first_epoch_means, group_curve, plot_learning_curves,
+                                          read_class_curves)
 from nnunet_suprem.fewshot.report import (LONG_COLUMNS, class_groups, evaluation_rows, plot_study, summarize_study,
                                           summary_markdown, write_long_table)
 from nnunet_suprem.planning.split import few_shot_splits
@@ -85,6 +87,10 @@ def test_fewshot_runs_stock_commands_resumes_and_refuses_other_settings(target, 
     text = (out / "summary.md").read_text()
     assert "| 5 | liver | seen |" in text and "| 5 | mean, novel |" in text and text in first
     assert (out / "fewshot.png").stat().st_size > 0
+    # nnU-Net's per-class pseudo Dice of a real run, named by the target's labels: what the demo's curves plot
+    curves = read_class_curves(out / "nnUNet_results" / dataset / "SuPreMTrainer_smoke__nnUNetPlans__3d_fullres"
+                               / "fold_0")
+    assert list(curves) == classes and {len(c) for c in curves.values()} == {2}  # 2 epochs of the smoke trainer
 
     again = run(fewshot_args(target, out), env).stdout
     assert again.count("done before") == 6 and "$ " not in again
@@ -200,6 +206,27 @@ def test_long_table_and_summary_arithmetic(tmp_path):
     assert "| 5 | liver | seen | 0.750 [" in text and "| 5 | mean, all |  | 0.575 [" in text
     plot_study(summarize_study(rows + [{**row, "N": 10} for row in rows]), tmp_path / "fewshot.png", "title")
     assert (tmp_path / "fewshot.png").stat().st_size > 0
+
+
+def test_learning_curves_per_class_group(tmp_path):
+    """Columns of nnU-Net's per-class pseudo Dice follow the label values, not the dataset.json key order."""
+    labels = {"background": 0, "spleen": 3, "liver": 1, "kidney_left": 2}
+    checkpoint = {"init_args": {"dataset_json": {"labels": labels}},
+                  "logging": {"dice_per_class_or_region": [[0.8, 0.0, 0.1], [0.9, 0.2, float("nan")]]}}
+    curves = class_curves(checkpoint)
+    assert curves == {"liver": [0.8, 0.9], "kidney_left": [0.0, 0.2], "spleen": [0.1, curves["spleen"][1]]}
+    groups = {"liver": "seen", "kidney_left": "novel", "spleen": "novel"}
+    np.testing.assert_allclose(group_curve(curves, groups, "novel"), [0.05, 0.2])  # a NaN epoch is left out
+    scratch = {"liver": [0.0, 0.3], "kidney_left": [0.0, 0.1], "spleen": [0.0, 0.1]}
+    first = first_epoch_means({"pretrained": [curves], "scratch": [scratch, scratch]}, groups)
+    assert first == pytest.approx({("pretrained", "seen"): 0.8, ("pretrained", "novel"): 0.05,
+                                   ("scratch", "seen"): 0.0, ("scratch", "novel"): 0.0})
+    plot_learning_curves({"pretrained": [curves], "scratch": [scratch]}, groups, tmp_path / "c.png", "t")
+    assert (tmp_path / "c.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="no class of group 'seen'"):
+        group_curve(scratch, {"liver": "novel"}, "seen")
+    with pytest.raises(ValueError, match="region-based"):
+        class_curves({"init_args": {"dataset_json": {"labels": {"background": 0, "organ": [1, 2]}}}, "logging": {}})
 
 
 def test_crossed_bootstrap_ci():
