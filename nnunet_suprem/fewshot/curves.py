@@ -12,8 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_suprem.fewshot.report import ARMS
-from nnunet_suprem.fileio import atomic_path
+from nnunet_suprem.fewshot.report import ARMS, save_group_figure
 
 Curves = dict[str, list[float]]
 """Pseudo Dice per epoch of each class (by name)."""
@@ -76,10 +75,4 @@ def plot_learning_curves(runs: Mapping[str, Sequence[Curves]], groups: Mapping[s
                 ax.plot(epochs, mean, label=f"{arm} ({len(values)} run{'s' * (len(values) > 1)})")
                 ax.fill_between(epochs, mean - sd, mean + sd, alpha=0.2)
             ax.set(title=f"{group} classes", xlabel="epoch", ylim=(0, 1))
-        axes[0][0].set_ylabel("pseudo Dice (nnU-Net, validation cases)")
-        axes[0][0].legend()
-        fig.suptitle(title, fontsize="medium")
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-        plt.close(fig)
+        save_group_figure(fig, axes, "pseudo Dice (nnU-Net, validation cases)", title, path)

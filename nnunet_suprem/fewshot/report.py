@@ -145,10 +145,17 @@ def plot_study(summary: Sequence[Mapping], path: str | Path, title: str) -> None
                 ax.errorbar(n, mean, yerr=[mean - low, high - mean], marker="o", capsize=3, label=arm)
                 ax.fill_between(n, low, high, alpha=0.2)
             ax.set(title=f"{group} classes", xlabel="training cases N", xticks=n, ylim=(0, 1))
-        axes[0][0].set_ylabel(f"test Dice (mean, {CONFIDENCE:.0%} CI)")
-        axes[0][0].legend()
-        fig.suptitle(title, fontsize="medium")
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-        plt.close(fig)
+        save_group_figure(fig, axes, f"test Dice (mean, {CONFIDENCE:.0%} CI)", title, path)
+
+
+def save_group_figure(fig, axes, ylabel: str, title: str, path: str | Path) -> None:
+    """Label, title and write (atomically, PNG) a figure of one panel per class group, then close it."""
+    import matplotlib.pyplot as plt
+
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend()
+    fig.suptitle(title, fontsize="medium")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
