@@ -20,8 +20,10 @@ Curves = dict[str, list[float]]
 
 def class_curves(checkpoint: Mapping) -> Curves:
     """Per-class pseudo Dice per epoch from an nnU-Net checkpoint (its ``logging`` and dataset.json labels)."""
+    from nnunet_suprem.transfer.head import BACKGROUND, IGNORE_LABEL
+
     labels = checkpoint["init_args"]["dataset_json"]["labels"]
-    values = {name: value for name, value in labels.items() if name not in ("background", "ignore")}
+    values = {name: value for name, value in labels.items() if name not in (BACKGROUND, IGNORE_LABEL)}
     if any(not isinstance(value, int) for value in values.values()):
         raise ValueError("learning curves per class need integer labels; this model is region-based")
     names = sorted(values, key=values.get)
