@@ -117,6 +117,25 @@ def test_every_deep_supervision_head_carries_the_known_rows_and_outputs_match_ex
         assert torch.equal(g[:, list(CARRIED)], e[:, list(CARRIED.values())])
 
 
+DEVICES = ["meta", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_cpu_checkpoint_transfers_onto_a_network_on_another_device(device):
+    """The trainer builds its network on its device (cuda) before the weights (read to the CPU) are transferred:
+    every tensor of the transferred state, carried head rows included, lies on the network's device. ``meta``
+    stands in for a GPU where there is none (a tensor left on the CPU shows there too)."""
+    source, target = unet(len(SOURCE), seed=1), unet(len(TARGET) - 1, seed=2).to(device)
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)
+    state, report = transfer_checkpoint(checkpoint, target, TARGET)
+    assert set(report.rows_carried) == set(heads(target)) and report.loaded
+    assert {str(tensor.device.type) for tensor in state.values()} == {device}
+    target.load_state_dict(state)
+    if device == "cuda":
+        for key in heads(target):
+            assert torch.equal(state[key][list(CARRIED)].cpu(), source.state_dict()[key][list(CARRIED.values())])
+
+
 def test_novel_rows_from_the_background_keep_every_prediction_of_the_pretrained_model():
     source = unet(len(SOURCE), seed=1)
     with torch.no_grad():  # a confident background row, as after pre-training

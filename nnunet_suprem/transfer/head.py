@@ -158,7 +158,7 @@ def carry_rows(source: torch.Tensor, target: torch.Tensor, rows: Mapping[int, in
     out = target.detach().clone()
     if rows:
         index_t, index_s = zip(*sorted(rows.items()))
-        out[list(index_t)] = source.detach()[list(index_s)].to(dtype=out.dtype)
+        out[list(index_t)] = source.detach()[list(index_s)].to(device=out.device, dtype=out.dtype)
     novel = [r for r in range(out.shape[0]) if r not in rows]
     if background_row is not None and novel:
         if background_row not in rows:

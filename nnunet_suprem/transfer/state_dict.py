@@ -231,7 +231,7 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
                 report.mismatched[key] = (list(value.shape), list(wanted.shape))
                 continue
         for name in names:
-            state[name] = value.detach().to(dtype=wanted.dtype).clone()
+            state[name] = value.detach().to(device=wanted.device, dtype=wanted.dtype).clone()
         report.loaded.append(key)
         used.update(present)
         if in_encoder and wanted.is_floating_point():
