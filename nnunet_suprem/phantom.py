@@ -31,13 +31,21 @@ class Organ:
     radii: tuple[float, float, float]
     hu: float
     presence: float = 1.0  # probability that a case has this organ (e.g. after cholecystectomy)
+    scaled_axes: tuple[bool, bool, bool] = (True, True, True)  # the semi-axes that ``organ_scale`` enlarges
 
+    def scaled_radii(self, organ_scale: float) -> np.ndarray:
+        """Semi-axes with ``organ_scale`` applied along ``scaled_axes``."""
+        return np.asarray(self.radii) * np.where(self.scaled_axes, organ_scale, 1.0)
+
+
+_BODY_SIZED = (False, False, False)  # liver and lungs already span a coarse grid
+_TUBE = (True, True, False)  # vessels: thicker, not longer
 
 # Painted in this order: a later organ overwrites an earlier one where they touch.
 ORGANS: tuple[Organ, ...] = (
-    Organ("lung_left", (75, 15, 105), (55, 65, 55), -850),
-    Organ("lung_right", (-75, 15, 105), (55, 65, 55), -850),
-    Organ("liver", (-60, -5, 45), (70, 60, 50), 60),
+    Organ("lung_left", (75, 15, 105), (55, 65, 55), -850, scaled_axes=_BODY_SIZED),
+    Organ("lung_right", (-75, 15, 105), (55, 65, 55), -850, scaled_axes=_BODY_SIZED),
+    Organ("liver", (-60, -5, 45), (70, 60, 50), 60, scaled_axes=_BODY_SIZED),
     Organ("spleen", (80, 35, 45), (28, 40, 40), 48),
     Organ("stomach", (40, -40, 50), (38, 28, 35), 20),
     Organ("gall_bladder", (-45, -50, 5), (17, 17, 28), 8, presence=0.85),
@@ -46,14 +54,17 @@ ORGANS: tuple[Organ, ...] = (
     Organ("kidney_left", (62, 45, -5), (26, 24, 48), 160),
     Organ("kidney_right", (-62, 45, -15), (26, 24, 48), 160),
     Organ("pancreas", (10, 5, 10), (52, 12, 14), 45),
-    Organ("aorta", (12, 28, 0), (13, 13, 120), 190),
-    Organ("postcava", (-22, 22, 5), (15, 13, 100), 130),
+    Organ("aorta", (12, 28, 0), (13, 13, 120), 190, scaled_axes=_TUBE),
+    Organ("postcava", (-22, 22, 5), (15, 13, 100), 130, scaled_axes=_TUBE),
     Organ("bladder", (0, -35, -100), (35, 30, 28), 5),
     Organ("femur_left", (80, 10, -122), (22, 22, 38), 650),
     Organ("femur_right", (-80, 10, -122), (22, 22, 38), 650),
 )
 PHANTOM_CLASSES: tuple[str, ...] = tuple(in_taxonomy_order(o.name for o in ORGANS))
 """Class names a phantom can contain, in AbdomenAtlas order (the label order of its label maps)."""
+
+ORGAN_SCALE_RANGE = (0.5, 2.0)
+"""Allowed ``organ_scale``: beyond it organs swallow their neighbours or vanish on coarse grids."""
 
 BODY_RADII = (140.0, 105.0)  # body cross-section semi-axes (x, y) in mm
 BODY_HALF_LENGTH = 150.0  # the body fills z in [-150, 150] mm
@@ -143,8 +154,20 @@ def case_rng(seed: int, hospital: Hospital, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(hospital.name.encode()), index])
 
 
-def synthesize_case(hospital: Hospital, rng: np.random.Generator) -> Phantom:
-    """Draw one patient and image it with ``hospital``'s protocol."""
+def check_organ_scale(organ_scale: float) -> float:
+    low, high = ORGAN_SCALE_RANGE
+    if not low <= organ_scale <= high:
+        raise ValueError(f"organ scale {organ_scale} is outside [{low}, {high}]")
+    return organ_scale
+
+
+def synthesize_case(hospital: Hospital, rng: np.random.Generator, organ_scale: float = 1.0) -> Phantom:
+    """Draw one patient and image it with ``hospital``'s protocol.
+
+    ``organ_scale`` enlarges every organ smaller than the liver and lungs (vessels in cross-section only), so that
+    small organs span more voxels on coarse grids (the fast demo's phantoms); 1 is the reference anatomy.
+    """
+    check_organ_scale(organ_scale)
     direction = direction_from_orientation(hospital.orientation)
     shape = np.asarray(hospital.shape)
     spacing = np.asarray(hospital.spacing, dtype=float)
@@ -172,7 +195,7 @@ def synthesize_case(hospital: Hospital, rng: np.random.Generator) -> Phantom:
         if rng.random() >= organ.presence:
             continue
         c = np.asarray(organ.center) + rng.uniform(-6, 6, 3)
-        r = np.asarray(organ.radii) * rng.uniform(0.85, 1.15, 3)
+        r = organ.scaled_radii(organ_scale) * rng.uniform(0.85, 1.15, 3)
         inside = ((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2 <= 1
         inside &= body
         hu[inside] = organ.hu + rng.normal(0, 8)

@@ -20,7 +20,8 @@ from nnunet_suprem.jobs import default_num_processes, map_with_progress
 from nnunet_suprem.manifest import MANIFEST_KEY, build_manifest
 from nnunet_suprem.convert.driver import add_orientation_argument
 from nnunet_suprem.nnunet_env import CANONICAL_READER, new_dataset_folder
-from nnunet_suprem.phantom import HOSPITALS, PHANTOM_CLASSES, Hospital, case_rng, synthesize_case
+from nnunet_suprem.phantom import (HOSPITALS, ORGAN_SCALE_RANGE, PHANTOM_CLASSES, Hospital, case_rng,
+                                   check_organ_scale, synthesize_case)
 from nnunet_suprem.taxonomy import in_taxonomy_order, label_dict
 
 
@@ -31,24 +32,27 @@ class CaseSpec:
     hospital: Hospital
     index: int
     seed: int
+    organ_scale: float = 1.0
 
     def synthesize(self):
-        return synthesize_case(self.hospital, case_rng(self.seed, self.hospital, self.index))
+        return synthesize_case(self.hospital, case_rng(self.seed, self.hospital, self.index), self.organ_scale)
 
 
-def case_specs(hospitals: Sequence[Hospital], num_cases: int, seed: int, first_index: int = 0) -> list[CaseSpec]:
+def case_specs(hospitals: Sequence[Hospital], num_cases: int, seed: int, first_index: int = 0,
+               organ_scale: float = 1.0) -> list[CaseSpec]:
     """``num_cases`` cases per hospital, named ``<hospital>_<index>``."""
-    return [CaseSpec(f"{h.name}_{i:04d}", h, i, seed)
+    check_organ_scale(organ_scale)
+    return [CaseSpec(f"{h.name}_{i:04d}", h, i, seed, organ_scale)
             for h in hospitals for i in range(first_index, first_index + num_cases)]
 
 
 def write_abdomenatlas_dataset(out_dir: str | Path, hospitals: Sequence[Hospital], num_cases: int, seed: int = 0,
-                               num_processes: int = 1, overwrite: bool = False) -> list[str]:
+                               num_processes: int = 1, overwrite: bool = False, organ_scale: float = 1.0) -> list[str]:
     """Write ``<out_dir>/<case>/ct.nii.gz`` and ``segmentations/<class>.nii.gz`` per annotated class.
 
     Returns the case identifiers. ``out_dir`` appears complete or not at all.
     """
-    specs = case_specs(hospitals, num_cases, seed)
+    specs = case_specs(hospitals, num_cases, seed, organ_scale=organ_scale)
     with staged_directory(out_dir, overwrite) as staging:
         map_with_progress(functools.partial(_write_abdomenatlas_case, out_dir=staging), specs,
                           num_processes, desc="synth AbdomenAtlas")
@@ -66,7 +70,7 @@ def _write_abdomenatlas_case(spec: CaseSpec, out_dir: Path) -> None:
 def write_nnunet_dataset(dataset_id: int, name: str, hospitals: Sequence[Hospital], num_cases: int,
                          num_test_cases: int = 0, seed: int = 0, num_processes: int = 1,
                          overwrite: bool = False, raw_folder: str | Path | None = None,
-                         keep_orientation: bool = False) -> Path:
+                         keep_orientation: bool = False, organ_scale: float = 1.0) -> Path:
     """Write ``DatasetXXX_name`` into ``raw_folder`` (default ``$nnUNet_raw``) and return its path.
 
     Labels are the union of the hospitals' annotated classes in AbdomenAtlas order. When a
@@ -75,7 +79,8 @@ def write_nnunet_dataset(dataset_id: int, name: str, hospitals: Sequence[Hospita
     final = new_dataset_folder(dataset_id, name, overwrite, raw_folder)
     classes = in_taxonomy_order({c for h in hospitals for c in h.annotated_classes})
     labels = label_dict(classes)
-    train, test = case_specs(hospitals, num_cases, seed), case_specs(hospitals, num_test_cases, seed, num_cases)
+    train = case_specs(hospitals, num_cases, seed, organ_scale=organ_scale)
+    test = case_specs(hospitals, num_test_cases, seed, num_cases, organ_scale)
 
     groups = {h.name: (h.annotated_classes, [s.case_id for s in train if s.hospital == h])
               for h in hospitals if set(h.annotated_classes) != set(classes)}
@@ -156,6 +161,9 @@ def add_subparser(subparsers) -> None:
                    help="classes a hospital annotates (default: all); the others stay unlabelled")
     p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="voxel grid of every hospital (same field of view; spacing adapts)")
+    p.add_argument("--organ-scale", type=float, default=1.0,
+                   help=f"enlarge every organ smaller than the liver and lungs by this factor (vessels in "
+                        f"cross-section only), in [{ORGAN_SCALE_RANGE[0]}, {ORGAN_SCALE_RANGE[1]}] (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("-np", dest="num_processes", type=int, default=default_num_processes(),
                    help="processes (default: nnUNet_def_n_proc or 8)")
@@ -168,10 +176,12 @@ def run(args: argparse.Namespace) -> None:
     hospitals = hospitals_from_args(args.hospitals, args.annotate, args.shape)
     if args.dataset_id is not None:
         path = write_nnunet_dataset(args.dataset_id, args.name, hospitals, args.cases, args.test_cases, args.seed,
-                                    args.num_processes, args.overwrite, keep_orientation=args.keep_orientation)
+                                    args.num_processes, args.overwrite, keep_orientation=args.keep_orientation,
+                                    organ_scale=args.organ_scale)
     else:
         if args.test_cases:
             raise ValueError("--test-cases needs -d (the AbdomenAtlas layout has no test split)")
         path = Path(args.out_dir)
-        write_abdomenatlas_dataset(path, hospitals, args.cases, args.seed, args.num_processes, args.overwrite)
+        write_abdomenatlas_dataset(path, hospitals, args.cases, args.seed, args.num_processes, args.overwrite,
+                                   args.organ_scale)
     print(f"wrote {path}")

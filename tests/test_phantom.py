@@ -100,3 +100,32 @@ def test_with_shape_keeps_the_field_of_view():
 def test_bad_hospitals(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Hospital("bad", (8, 8, 8), (1.0, 1.0, 1.0), **kwargs)
+
+
+def _voxels(phantom, name: str) -> int:
+    return int((sitk.GetArrayViewFromImage(phantom.labels) == PHANTOM_CLASSES.index(name) + 1).sum())
+
+
+def test_organ_scale_enlarges_small_organs_only_and_keeps_their_side():
+    """The fast demo's anatomy: small organs grow by about scale^3 (vessels scale^2), liver and lungs stay, the
+    random stream is the same (so each organ keeps its place), and left organs stay on the patient's left."""
+    hospital = Hospital("h", (40, 40, 40), (8.0, 8.0, 8.0), "RAS")
+    reference, enlarged = _case(hospital), synthesize_case(hospital, case_rng(0, hospital, 0), organ_scale=1.4)
+    for name in ("spleen", "kidney_left", "kidney_right", "stomach", "femur_left"):
+        assert 1.6 < _voxels(enlarged, name) / _voxels(reference, name) < 3.5, name
+    assert 1.4 < _voxels(enlarged, "aorta") / _voxels(reference, "aorta") < 2.4  # thicker, not longer
+    assert 0.8 < _voxels(enlarged, "lung_left") / _voxels(reference, "lung_left") <= 1.0  # only overwritten
+    assert np.array_equal(sitk.GetArrayFromImage(_case(hospital).ct), sitk.GetArrayFromImage(reference.ct))
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(enlarged.labels)
+    for name in ("kidney_left", "femur_left", "adrenal_gland_left"):
+        left = stats.GetCentroid(PHANTOM_CLASSES.index(name) + 1)
+        right = stats.GetCentroid(PHANTOM_CLASSES.index(laterality_partner(name)) + 1)
+        assert left[0] > 20 and right[0] < -20, (name, left, right)
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.49, 2.01, float("nan")])
+def test_organ_scale_out_of_range_is_refused(scale):
+    hospital = HOSPITALS["hospA"]
+    with pytest.raises(ValueError, match="organ scale"):
+        synthesize_case(hospital, case_rng(0, hospital, 0), organ_scale=scale)

@@ -7,7 +7,7 @@ import SimpleITK as sitk
 
 from conftest import cli, run, subprocess_env
 from nnunet_suprem.manifest import annotated_classes_by_case
-from nnunet_suprem.phantom import HOSPITALS, PHANTOM_CLASSES
+from nnunet_suprem.phantom import HOSPITALS, PHANTOM_CLASSES, case_rng, synthesize_case
 from nnunet_suprem.synth import hospitals_from_args, write_abdomenatlas_dataset, write_nnunet_dataset
 
 PARTIAL = ["hospA", "hospB"], ["hospB=liver,kidney_left"]
@@ -87,9 +87,18 @@ def test_cli_writes_both_layouts_in_parallel(tmp_path, nnunet_env):
     run(cli("synth", "-o", str(tmp_path / "atlas"), "--cases", "2", "--shape", "20", "20", "20", "-np", "2",
             "--annotate", "hospC=spleen"), env)
     assert sorted(p.name for p in (tmp_path / "atlas/hospC_0001/segmentations").iterdir()) == ["spleen.nii.gz"]
-    run(cli("synth", "-d", "12", "--name", "Cli", "--hospitals", "hospA", "--cases", "2", "--shape", "20", "20", "20"),
-        env)
+    run(cli("synth", "-d", "12", "--name", "Cli", "--hospitals", "hospA", "--cases", "2", "--shape", "20", "20", "20",
+            "--organ-scale", "1.4"), env)
     assert len(list((tmp_path / "nnunet/nnUNet_raw/Dataset012_Cli/labelsTr").iterdir())) == 2
+    hospital = HOSPITALS["hospA"].with_shape((20, 20, 20))
+    for scale, same in ((1.4, True), (1.0, False)):  # the flag reaches the worker processes
+        expected = sitk.GetArrayFromImage(synthesize_case(hospital, case_rng(0, hospital, 1), scale).labels)
+        assert np.array_equal(_array(tmp_path / "nnunet/nnUNet_raw/Dataset012_Cli/labelsTr/hospA_0001.nii.gz"),
+                              expected) == same
+    refused = subprocess.run(cli("synth", "-d", "13", "--cases", "1", "--organ-scale", "3"), env=env,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "organ scale 3.0 is outside [0.5, 2.0]" in refused.stderr
+    assert not (tmp_path / "nnunet/nnUNet_raw/Dataset013_SynthCT").exists()
     again = cli("synth", "-d", "12", "--name", "Cli", "--hospitals", "hospA", "--cases", "1")
     result = subprocess.run(again, env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "already exists; pass --overwrite" in result.stderr
