@@ -1,6 +1,6 @@
 """Does supervised pre-training help few-shot fine-tuning? Pre-trained vs scratch, side by side, over K draws.
 
-    python benchmarks/transfer.py [--fast] [--draws 3] [--out DIR]
+    python benchmarks/transfer.py [--fast] [--draws 3] [--out DIR] [--ablate TRAINER ...]
 
 Runs `nnunet-suprem demo --folds K` (synthetic partial-label pre-training with SuPreMTrainer, plan-transfer to a
 target with 4 classes seen in pre-training and 4 novel ones), whose fine-tuning part is the few-shot study of
@@ -8,17 +8,49 @@ target with 4 classes seen in pre-training and 4 novel ones), whose fine-tuning 
 and from scratch with the same budget, test Dice on held-out cases. Then prints the study's paired difference
 pre-trained - scratch per class group with its 95% CI (units: draw x test case). Everything stays in --out (a
 rerun resumes); the study's tables are in DIR/fewshot (fewshot.csv, summary.csv, summary.md, fewshot.png).
+
+--ablate TRAINER ...: other fine-tuning recipes (e.g. SuPreMFinetuneTrainerFullLR_40epochs_25iterations), each a
+study of its own in DIR/ablation_TRAINER (`nnunet-suprem fewshot --scratch-from DIR/fewshot`): the same checkpoint,
+draws and test cases, paired with the demo's scratch arm, which is trained once; the differences print side by side.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from nnunet_suprem.demo import TARGET_ID
 from nnunet_suprem.fewshot.report import DIFFERENCE
+from nnunet_suprem.fewshot.study import SETTINGS_FILE
+
+
+def differences(study: Path) -> list[dict]:
+    """The study's Dice rows of pre-trained - scratch per class group."""
+    with open(study / "summary.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r["metric"] == "Dice" and not r["class"] and r["arm"] == DIFFERENCE]
+
+
+def ablate(out: Path, trainer: str) -> Path:
+    """Run the demo's study again with another pre-trained arm, reusing its scratch arm; returns the study folder."""
+    demo = json.loads((out / "fewshot" / SETTINGS_FILE).read_text())
+    study = out / f"ablation_{trainer}"
+    env = {**os.environ, "nnUNet_raw": str(out / "nnUNet_raw"),
+           "nnUNet_preprocessed": str(Path(demo["preprocessed"]).parent), "nnUNet_results": str(out / "nnUNet_results"),
+           "nnUNet_def_n_proc": os.environ.get("nnUNet_def_n_proc", "2")}
+    command = [str(Path(sys.executable).parent / "nnunet-suprem"), "fewshot", "-d", str(TARGET_ID),
+               "--pretrained", demo["checkpoint"], "--train-cases", *map(str, demo["sizes"]), "--draws",
+               str(demo["draws"]), "--seed", str(demo["seed"]), "-p", demo["plans"], "-c", demo["configuration"],
+               "--pretrained-trainer", trainer, "--scratch-trainer", demo["scratch_trainer"],
+               "--scratch-from", str(out / "fewshot"), "--test-images", demo["test_images"],
+               "--test-labels", demo["test_labels"], "--out", str(study), "-np", "2",
+               *(["--no-nsd"] if demo.get("tolerance") is None else ["--tolerance", str(demo["tolerance"])])]
+    subprocess.run(command, env=env, check=True)
+    return study
 
 
 def main() -> None:
@@ -26,17 +58,21 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="the demo's --fast budget")
     parser.add_argument("--draws", type=int, default=3, help="independent draws of the 5 training cases")
     parser.add_argument("--out", help="demo folder (default: a new temporary folder)")
+    parser.add_argument("--ablate", nargs="+", default=[], metavar="TRAINER",
+                        help="other pre-trained-arm trainers to compare against the same scratch arm")
     args = parser.parse_args()
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_transfer_")) / "demo"
+    out = Path(args.out).resolve() if args.out else Path(tempfile.mkdtemp(prefix="bench_transfer_")) / "demo"
     demo = [str(Path(sys.executable).parent / "nnunet-suprem"), "demo", "--out", str(out), "--folds", str(args.draws)]
     subprocess.run(demo + (["--fast"] if args.fast else []), check=True)
+    studies = {json.loads((out / "fewshot" / SETTINGS_FILE).read_text())["pretrained_trainer"]: out / "fewshot"}
+    studies.update((trainer, ablate(out, trainer)) for trainer in args.ablate)
 
-    with open(out / "fewshot" / "summary.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["metric"] == "Dice" and not r["class"] and r["arm"] == DIFFERENCE]
     print(f"\npre-trained - scratch, test Dice points ({args.draws} draw(s); mean [95% CI] over draw x test case):")
-    for row in rows:
-        print(f"  N={row['N']} {row['group']:<6} {100 * float(row['mean']):+.1f} "
-              f"[{100 * float(row['ci_low']):+.1f}, {100 * float(row['ci_high']):+.1f}]  (n={row['n']})")
+    for trainer, study in studies.items():
+        print(f"{trainer} ({study}):")
+        for row in differences(study):
+            print(f"  N={row['N']} {row['group']:<6} {100 * float(row['mean']):+.1f} "
+                  f"[{100 * float(row['ci_low']):+.1f}, {100 * float(row['ci_high']):+.1f}]  (n={row['n']})")
 
 
 if __name__ == "__main__":

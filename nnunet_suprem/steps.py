@@ -133,11 +133,14 @@ def run_logged(command: Sequence[str], env: Mapping[str, str], log: Path, traini
 
 
 def prepare_out(out: Path, settings: dict, settings_file: str, what: str) -> None:
-    """Use ``out`` for a new study, or resume the study there with the same settings; refuse anything else."""
+    """Use ``out`` for a new study, or resume the study there with the same settings; refuse anything else.
+
+    Settings that are None are not recorded, so a setting added later with a None default matches the folders
+    written before it."""
     saved = out / settings_file
-    settings = json.loads(json.dumps(settings))  # as read back (tuples become lists)
+    settings = _recorded(settings)
     if saved.is_file():
-        previous = json.loads(saved.read_text())
+        previous = _recorded(json.loads(saved.read_text()))
         if previous != settings:
             changed = "; ".join(f"{key}: {previous.get(key)!r} there, {settings.get(key)!r} here"
                                 for key in sorted(set(previous) | set(settings))
@@ -148,6 +151,11 @@ def prepare_out(out: Path, settings: dict, settings_file: str, what: str) -> Non
         raise ValueError(f"{out} exists and is not a {what} folder (no {settings_file}); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(settings, saved)
+
+
+def _recorded(settings: dict) -> dict:
+    """``settings`` as written to and read back from a settings file (tuples become lists), without None values."""
+    return {key: value for key, value in json.loads(json.dumps(settings)).items() if value is not None}
 
 
 def default_device() -> str:

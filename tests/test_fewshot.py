@@ -52,10 +52,16 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.fixture(scope="module")
+def study(target, tmp_path_factory) -> tuple[Path, str]:
+    """A finished study on the target (its folder, and what the command printed)."""
+    out = tmp_path_factory.mktemp("study") / "study"
+    return out, run(fewshot_args(target, out), target["env"], timeout=900).stdout
+
+
 @pytest.mark.e2e
-def test_fewshot_runs_stock_commands_resumes_and_refuses_other_settings(target, tmp_path):
-    out, env = tmp_path / "study", target["env"]
-    first = run(fewshot_args(target, out), env, timeout=900).stdout
+def test_fewshot_runs_stock_commands_resumes_and_refuses_other_settings(target, study, tmp_path):
+    (out, first), env = study, target["env"]
     dataset = "Dataset007_Few"
     assert (f"$ nnUNetv2_train {dataset} 3d_fullres 0 -tr SuPreMFinetuneTrainer_smoke -p nnUNetPlans -device cpu "
             f"-pretrained_weights {target['checkpoint']}") in first
@@ -111,6 +117,33 @@ def test_fewshot_runs_stock_commands_resumes_and_refuses_other_settings(target, 
 
 
 @pytest.mark.e2e
+def test_a_study_reuses_the_scratch_arm_of_a_finished_one(target, study, tmp_path):
+    """Another recipe against the same baseline: only the pre-trained arm trains, the report pairs it with the
+    finished study's scratch arm; a study with other settings, or an unfinished one, is refused."""
+    (baseline, _), env = study, target["env"]
+    out = tmp_path / "recipe"
+    printed = run(fewshot_args(target, out, "--scratch-from", str(baseline)), env, timeout=900).stdout
+    assert "-tr SuPreMFinetuneTrainer_smoke" in printed and "-tr SuPreMTrainer_smoke" not in printed
+    assert printed.count("$ ") == 3  # train, predict, evaluate: the pre-trained arm only
+    assert not (out / "nnUNet_results" / "Dataset007_Few" / "SuPreMTrainer_smoke__nnUNetPlans__3d_fullres").exists()
+    assert f"(scratch arm of {baseline})" in (out / "summary.md").read_text()
+    rows = read_csv(out / "fewshot.csv")
+    scratch = [row for row in rows if row["arm"] == "scratch"]
+    assert scratch and scratch == [row for row in read_csv(baseline / "fewshot.csv") if row["arm"] == "scratch"]
+    assert len(rows) == 2 * len(scratch)  # and its own pre-trained arm, scored on the same cases and classes
+    assert "done before" in run(fewshot_args(target, out, "--scratch-from", str(baseline)), env).stdout
+
+    refused = subprocess.run(fewshot_args(target, tmp_path / "other", "--scratch-from", str(baseline), "--seed", "1"),
+                             env=env, capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr
+    assert "other settings (seed: 0 there, 1 here): its scratch arm cannot be reused" in refused.stderr
+    refused = subprocess.run(fewshot_args(target, tmp_path / "chain", "--scratch-from", str(out)), env=env,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and f"reuses the scratch arm of {baseline}" in refused.stderr
+    assert not (tmp_path / "other").exists() and not (tmp_path / "chain").exists()
+
+
+@pytest.mark.e2e
 def test_bad_input_is_one_line_naming_the_problem(target, tmp_path):
     env = target["env"]
     for extra, message in ((["--train-cases", "5", "6"], "--train-cases must be between 1 and 5"),
@@ -154,6 +187,41 @@ def test_one_fold_per_size_and_draw_in_the_studys_own_folder(tmp_path):
                                            "evaluate_pretrained_N5_draw0", "evaluate_scratch_N5_draw0"]
     assert steps[-6].command[:4] == ["nnUNetv2_train", "Dataset005_Few", "3d_fullres", "3"]
     assert "--no-nsd" in steps[-1].command
+
+
+def test_a_reused_scratch_arm_needs_the_same_settings_and_a_finished_study(tmp_path):
+    from dataclasses import asdict, replace
+
+    from nnunet_suprem.fewshot.study import SETTINGS_FILE, FewShot, Study, check_scratch_source
+    from nnunet_suprem.steps import prepare_out
+
+    cases = [f"case_{i}" for i in range(8)]
+    baseline = Study("pre/Dataset005_Few", "plans", "3d_fullres", "a.pth", (5,), 2, 0, "A", "B", "imagesTs",
+                     "labelsTs", None)
+    prepare_out(tmp_path / "base", {**asdict(baseline), "training_cases": cases}, SETTINGS_FILE, "fewshot")
+    recipe = replace(baseline, pretrained_trainer="C", checkpoint="b.pth", scratch_from=str(tmp_path / "base"))
+    check_scratch_source(recipe, cases)  # another recipe and checkpoint against the same baseline
+    for change, message in (({"draws": 3}, "draws: 2 there, 3 here"), ({"scratch_trainer": "D"}, "scratch_trainer"),
+                            ({"tolerance": 2.0}, "tolerance: None there, 2.0 here")):
+        with pytest.raises(ValueError, match=f"other settings \\({message}"):
+            check_scratch_source(replace(recipe, **change), cases)
+    with pytest.raises(ValueError, match="training_cases"):
+        check_scratch_source(recipe, cases[:-1])
+    with pytest.raises(FileNotFoundError, match="not a fewshot folder"):
+        check_scratch_source(replace(recipe, scratch_from=str(tmp_path)), cases)
+
+    fewshot = FewShot(tmp_path / "recipe", recipe, "cpu", 1)
+    assert fewshot.arms == ("pretrained",)
+    assert fewshot.evaluation("scratch", 5, 1) == tmp_path / "base" / "evaluation" / "scratch" / "N5_draw1"
+    assert fewshot.model_folder("pretrained").parents[2] == tmp_path / "recipe"
+    for check in (fewshot.check_reused_arms, fewshot.report):  # the report waits for the reused arm
+        with pytest.raises(FileNotFoundError, match="N5_draw0/summary.json not found: finish the study in .*, then "
+                                                    "run this command again"):
+            check()
+    for draw in range(2):
+        (fewshot.evaluation("scratch", 5, draw)).mkdir(parents=True)
+        (fewshot.evaluation("scratch", 5, draw) / "summary.json").write_text("{}")
+    fewshot.check_reused_arms()
 
 
 def test_seen_and_novel_follow_the_checkpoints_class_names_and_synonyms():

@@ -2,6 +2,7 @@
 from nnunet_suprem.training.finetune_trainer import (  # noqa: F401  (exposed to nnU-Net's trainer lookup)
     SuPreMFinetuneTrainer,
     SuPreMFinetuneTrainerEncoder,
+    SuPreMFinetuneTrainerFullLR,
     SuPreMFinetuneTrainerNoHeadTransfer,
 )
 from nnunet_suprem.training.variants import (  # noqa: F401  (exposed to nnU-Net's trainer lookup)
@@ -11,5 +12,7 @@ from nnunet_suprem.training.variants import (  # noqa: F401  (exposed to nnU-Net
     SuPreMFinetuneTrainer_100epochs,
     SuPreMFinetuneTrainer_250epochs,
     SuPreMFinetuneTrainer_smoke,
+    SuPreMFinetuneTrainerEncoder_40epochs_25iterations,
     SuPreMFinetuneTrainerEncoder_100epochs,
+    SuPreMFinetuneTrainerFullLR_40epochs_25iterations,
 )

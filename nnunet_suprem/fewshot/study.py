@@ -52,6 +52,7 @@ class Study:
     test_images: str
     test_labels: str
     tolerance: float | None  # NSD tolerance in mm; None: Dice only
+    scratch_from: str | None = None  # a finished study's folder whose scratch arm this study reuses; None: its own
 
     @property
     def dataset(self) -> str:
@@ -89,13 +90,41 @@ class Study:
         return cases
 
 
+def check_scratch_source(study: Study, cases: list[str]) -> None:
+    """A study may reuse the scratch arm of ``study.scratch_from`` when that study ran its own scratch arm with the
+    same settings (the pre-trained arm's trainer and checkpoint may differ); ValueError/FileNotFoundError."""
+    source = Path(study.scratch_from)
+    settings_file = source / SETTINGS_FILE
+    if not settings_file.is_file():
+        raise FileNotFoundError(f"{source}: not a fewshot folder (no {SETTINGS_FILE}) (--scratch-from)")
+    theirs = json.loads(settings_file.read_text())
+    if theirs.get("scratch_from") is not None:
+        raise ValueError(f"{source} reuses the scratch arm of {theirs['scratch_from']}: name that study in "
+                         f"--scratch-from")
+    ours = json.loads(json.dumps({**asdict(study), "training_cases": cases}))
+    free = {"pretrained_trainer", "checkpoint", "scratch_from"}
+    changed = [f"{key}: {theirs.get(key)!r} there, {ours.get(key)!r} here"
+               for key in sorted((set(theirs) | set(ours)) - free) if theirs.get(key) != ours.get(key)]
+    if changed:
+        raise ValueError(f"{source} is a study with other settings ({'; '.join(changed)}): its scratch arm cannot "
+                         f"be reused (--scratch-from)")
+
+
 class FewShot:
     """A study's commands in ``out``, running them, and the report."""
 
     def __init__(self, out: Path, study: Study, device: str, num_processes: int):
         self.out, self.study, self.device, self.num_processes = out, study, device, num_processes
         self.preprocessed = out / "nnUNet_preprocessed"
-        self.results = out / "nnUNet_results"
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """The arms this study trains, predicts and scores itself (not a scratch arm it reuses)."""
+        return ARMS if self.study.scratch_from is None else tuple(a for a in ARMS if a != "scratch")
+
+    def root(self, arm: str) -> Path:
+        """The study folder that holds ``arm``'s models, predictions and evaluations."""
+        return self.out if arm in self.arms else Path(self.study.scratch_from)
 
     def runs(self) -> list[tuple[int, int, int]]:
         """(N, draw, fold) of every training set; fold = position of N x draws + draw."""
@@ -104,13 +133,23 @@ class FewShot:
 
     def model_folder(self, arm: str) -> Path:
         s = self.study
-        return self.results / s.dataset / f"{s.trainer(arm)}__{s.plans}__{s.configuration}"
+        return self.root(arm) / "nnUNet_results" / s.dataset / f"{s.trainer(arm)}__{s.plans}__{s.configuration}"
 
     def predictions(self, arm: str, n: int, draw: int) -> Path:
-        return self.out / "predictions" / arm / f"N{n}_draw{draw}"
+        return self.root(arm) / "predictions" / arm / f"N{n}_draw{draw}"
 
     def evaluation(self, arm: str, n: int, draw: int) -> Path:
-        return self.out / "evaluation" / arm / f"N{n}_draw{draw}"
+        return self.root(arm) / "evaluation" / arm / f"N{n}_draw{draw}"
+
+    def check_reused_arms(self) -> None:
+        """Every evaluation of a reused arm exists (FileNotFoundError: finish that study, then run this one again,
+        which resumes: its own arm may train before the study it reuses has finished)."""
+        for arm in (a for a in ARMS if a not in self.arms):
+            for n, draw, _ in self.runs():
+                summary = self.evaluation(arm, n, draw) / "summary.json"
+                if not summary.is_file():
+                    raise FileNotFoundError(f"{summary} not found: finish the study in {self.root(arm)}, then run "
+                                            f"this command again to report with its {arm} arm (--scratch-from)")
 
     # --- preparing the study's nnU-Net folder ------------------------------------------------------------------
     def prepare(self, cases: list[str]) -> list[str]:
@@ -149,7 +188,7 @@ class FewShot:
         steps = []
         for n, draw, fold in self.runs():
             where = f"N={n}, draw {draw} (fold {fold})"
-            for arm in ARMS:
+            for arm in self.arms:
                 weights = ["-pretrained_weights", s.checkpoint] if arm == "pretrained" else []
                 fold_folder = self.model_folder(arm) / f"fold_{fold}"
                 steps.append(Step(
@@ -158,7 +197,7 @@ class FewShot:
                      "-device", self.device, *weights],
                     f"train_{arm}_N{n}_draw{draw}", outputs=(fold_folder / "checkpoint_final.pth",),
                     results_folder=fold_folder, epochs=trainer_epochs(s.trainer(arm))))
-            for arm in ARMS:
+            for arm in self.arms:
                 output = self.predictions(arm, n, draw)
                 steps.append(Step(
                     f"predict the test cases, {arm}, {where}",
@@ -168,7 +207,7 @@ class FewShot:
                     f"predict_{arm}_N{n}_draw{draw}",
                     inputs=(self.model_folder(arm) / f"fold_{fold}" / "checkpoint_final.pth",),
                     outputs=tuple(output / f for f in prediction_files)))
-            for arm in ARMS:
+            for arm in self.arms:
                 predictions = self.predictions(arm, n, draw)
                 evaluation = self.evaluation(arm, n, draw)
                 steps.append(Step(
@@ -183,7 +222,7 @@ class FewShot:
         from nnunet_suprem.nnunet_env import with_ext_trainers
 
         env = with_ext_trainers()
-        env.update(nnUNet_preprocessed=str(self.preprocessed), nnUNet_results=str(self.results))
+        env.update(nnUNet_preprocessed=str(self.preprocessed), nnUNet_results=str(self.out / "nnUNet_results"))
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -210,6 +249,7 @@ class FewShot:
     def report(self) -> str:
         """Write :data:`OUTPUTS` from the evaluations; returns the summary table."""
         s = self.study
+        self.check_reused_arms()
         summaries = {(arm, n, draw): json.loads((self.evaluation(arm, n, draw) / "summary.json").read_text())
                      for n, draw, _ in self.runs() for arm in ARMS}
         scored = dict.fromkeys(name for summary in summaries.values() for case in summary["metric_per_case"]
@@ -222,7 +262,8 @@ class FewShot:
         write_summary_csv(self.out / "summary.csv", summary)
         cases = len({row["case"] for row in rows})
         title = (f"{s.dataset}: {s.pretrained_trainer} from {Path(s.checkpoint).name} vs {s.scratch_trainer} from "
-                 f"scratch, N = {', '.join(map(str, s.sizes))}, {s.draws} draw(s) each, {cases} test cases")
+                 f"scratch, N = {', '.join(map(str, s.sizes))}, {s.draws} draw(s) each, {cases} test cases"
+                 + (f" (scratch arm of {s.scratch_from})" if s.scratch_from else ""))
         text = (f"{title}\n\nMean over (draw, test case) units; 95% CI: bootstrap resampling draws and test cases; "
                 f"the difference is paired per (draw, test case). 'in pre-training': the class has a pre-trained "
                 f"output row in {s.checkpoint}.\n\n{summary_markdown(summary, '').strip()}")
@@ -235,6 +276,8 @@ class FewShot:
 def run_study(study: Study, out: Path, device: str, num_processes: int) -> FewShot:
     """Check the settings, claim or resume ``out`` (refusing other settings), run the study."""
     cases = study.check()
+    if study.scratch_from is not None:
+        check_scratch_source(study, cases)
     prepare_out(out, {**asdict(study), "training_cases": cases}, SETTINGS_FILE, "fewshot")
     fewshot = FewShot(out, study, device, num_processes)
     fewshot.run(cases)
@@ -266,6 +309,10 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--scratch-trainer", default=DEFAULT_SCRATCH_TRAINER,
                    help=f"trainer of the scratch arm, the same budget from random weights (default: "
                         f"{DEFAULT_SCRATCH_TRAINER})")
+    p.add_argument("--scratch-from", metavar="STUDY",
+                   help="reuse the scratch arm of the finished study in folder STUDY (same dataset, plans, sizes, "
+                        "draws, seed, scratch trainer and test cases): only the pre-trained arm trains, so several "
+                        "fine-tuning recipes compare against one baseline")
     p.add_argument("--test-images", help="held-out images (default: $nnUNet_raw/DatasetXXX_NAME/imagesTs)")
     p.add_argument("--test-labels", help="their ground truth, label maps or per-organ mask folders "
                                          "(default: $nnUNet_raw/DatasetXXX_NAME/labelsTs)")
@@ -289,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
     study = Study(str(preprocessed_root().resolve() / dataset), args.plans, args.configuration,
                   str(Path(args.pretrained).expanduser().resolve()), tuple(args.train_cases), args.draws, args.seed,
                   args.pretrained_trainer, args.scratch_trainer, tolerance=None if args.no_nsd else args.tolerance,
+                  scratch_from=str(Path(args.scratch_from).expanduser().resolve()) if args.scratch_from else None,
                   **test)
     out = Path(args.out).expanduser().resolve()
     return report_failure("fewshot", lambda: run_study(study, out, args.device or default_device(),

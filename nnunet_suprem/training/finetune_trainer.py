@@ -201,3 +201,8 @@ class SuPreMFinetuneTrainerNoHeadTransfer(SuPreMFinetuneTrainer):
 class SuPreMFinetuneTrainerEncoder(SuPreMFinetuneTrainer):
     """Loads only the pre-trained encoder; the decoder starts fresh and trains as a new layer."""
     encoder_only = True
+
+
+class SuPreMFinetuneTrainerFullLR(SuPreMFinetuneTrainer):
+    """After the head-only epochs and the warm-up, pre-trained layers train at the new layers' learning rate."""
+    pretrained_lr_scale = 1.0

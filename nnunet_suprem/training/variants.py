@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from nnunet_suprem.training.finetune_trainer import SuPreMFinetuneTrainer, SuPreMFinetuneTrainerEncoder
+from nnunet_suprem.training.finetune_trainer import (SuPreMFinetuneTrainer, SuPreMFinetuneTrainerEncoder,
+                                                     SuPreMFinetuneTrainerFullLR)
 from nnunet_suprem.training.suprem_trainer import SuPreMTrainer
 
 Trainer = TypeVar("Trainer", bound=type)
@@ -58,3 +59,7 @@ SuPreMFinetuneTrainer_10epochs_12iterations = training_length(
 SuPreMFinetuneTrainer_40epochs_25iterations = training_length(
     SuPreMFinetuneTrainer, *DEMO_FINETUNE, doc="Fine-tuning budget of ``nnunet-suprem demo``.")
 SuPreMFinetuneTrainerEncoder_100epochs = training_length(SuPreMFinetuneTrainerEncoder, 100)
+SuPreMFinetuneTrainerEncoder_40epochs_25iterations = training_length(
+    SuPreMFinetuneTrainerEncoder, *DEMO_FINETUNE, doc="A recipe ablation at the demo's budget (benchmarks/transfer.py).")
+SuPreMFinetuneTrainerFullLR_40epochs_25iterations = training_length(
+    SuPreMFinetuneTrainerFullLR, *DEMO_FINETUNE, doc="A recipe ablation at the demo's budget (benchmarks/transfer.py).")
