@@ -113,8 +113,9 @@ def test_every_deep_supervision_head_carries_the_known_rows_and_outputs_match_ex
     with torch.no_grad():
         expected, got = source(x), target(x)
     assert len(got) == 3
-    for e, g in zip(expected, got):  # every deep-supervision output: the carried classes' logits are unchanged
-        assert torch.equal(g[:, list(CARRIED)], e[:, list(CARRIED.values())])
+    for e, g in zip(expected, got):  # every deep-supervision output: the carried classes' logits are unchanged, up to
+        # float32 rounding (a 1x1 convolution may sum in another order for another number of output channels)
+        torch.testing.assert_close(g[:, list(CARRIED)], e[:, list(CARRIED.values())], rtol=1e-6, atol=1e-6)
 
 
 DEVICES = ["meta", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
