@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from nnunet_suprem.demo import TARGET_ID
 from nnunet_suprem.fewshot.report import DIFFERENCE
-from nnunet_suprem.fewshot.study import SETTINGS_FILE
+from nnunet_suprem.fewshot.study import read_study, study_command
 
 
 def differences(study: Path) -> list[dict]:
@@ -37,19 +36,11 @@ def differences(study: Path) -> list[dict]:
 
 def ablate(out: Path, trainer: str) -> Path:
     """Run the demo's study again with another pre-trained arm, reusing its scratch arm; returns the study folder."""
-    demo = json.loads((out / "fewshot" / SETTINGS_FILE).read_text())
+    demo = read_study(out / "fewshot")
     study = out / f"ablation_{trainer}"
-    env = {**os.environ, "nnUNet_raw": str(out / "nnUNet_raw"),
-           "nnUNet_preprocessed": str(Path(demo["preprocessed"]).parent), "nnUNet_results": str(out / "nnUNet_results"),
-           "nnUNet_def_n_proc": os.environ.get("nnUNet_def_n_proc", "2")}
-    command = [str(Path(sys.executable).parent / "nnunet-suprem"), "fewshot", "-d", str(TARGET_ID),
-               "--pretrained", demo["checkpoint"], "--train-cases", *map(str, demo["sizes"]), "--draws",
-               str(demo["draws"]), "--seed", str(demo["seed"]), "-p", demo["plans"], "-c", demo["configuration"],
-               "--pretrained-trainer", trainer, "--scratch-trainer", demo["scratch_trainer"],
-               "--scratch-from", str(out / "fewshot"), "--test-images", demo["test_images"],
-               "--test-labels", demo["test_labels"], "--out", str(study), "-np", "2",
-               *(["--no-nsd"] if demo.get("tolerance") is None else ["--tolerance", str(demo["tolerance"])])]
-    subprocess.run(command, env=env, check=True)
+    command, env = study_command(replace(demo, pretrained_trainer=trainer, scratch_from=str(out / "fewshot")), study, 2)
+    command[0] = str(Path(sys.executable).parent / command[0])
+    subprocess.run(command, env={**os.environ, "nnUNet_def_n_proc": "2", **env}, check=True)
     return study
 
 
@@ -64,7 +55,7 @@ def main() -> None:
     out = Path(args.out).resolve() if args.out else Path(tempfile.mkdtemp(prefix="bench_transfer_")) / "demo"
     demo = [str(Path(sys.executable).parent / "nnunet-suprem"), "demo", "--out", str(out), "--folds", str(args.draws)]
     subprocess.run(demo + (["--fast"] if args.fast else []), check=True)
-    studies = {json.loads((out / "fewshot" / SETTINGS_FILE).read_text())["pretrained_trainer"]: out / "fewshot"}
+    studies = {read_study(out / "fewshot").pretrained_trainer: out / "fewshot"}
     studies.update((trainer, ablate(out, trainer)) for trainer in args.ablate)
 
     print(f"\npre-trained - scratch, test Dice points ({args.draws} draw(s); mean [95% CI] over draw x test case):")

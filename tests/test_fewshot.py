@@ -224,6 +224,31 @@ def test_a_reused_scratch_arm_needs_the_same_settings_and_a_finished_study(tmp_p
     fewshot.check_reused_arms()
 
 
+def test_a_studys_command_line_and_settings_file_give_back_the_study(tmp_path, monkeypatch):
+    """benchmarks/transfer.py --ablate runs the demo's study again from its settings file, as a command line."""
+    from dataclasses import asdict, replace
+
+    from nnunet_suprem.cli import build_parser
+    from nnunet_suprem.fewshot.study import SETTINGS_FILE, Study, read_study, study_command, study_from_args
+    from nnunet_suprem.steps import prepare_out
+
+    preprocessed = tmp_path / "nnUNet_preprocessed" / "Dataset005_Few"
+    preprocessed.mkdir(parents=True)
+    for variable in ("nnUNet_raw", "nnUNet_results"):
+        monkeypatch.setenv(variable, str(tmp_path / variable))
+    demo = Study(str(preprocessed), "plans", "3d_fullres", str(tmp_path / "a.pth"), (5, 10), 2, 3, "A", "B",
+                 str(tmp_path / "imagesTs"), str(tmp_path / "labelsTs"), None)
+    prepare_out(tmp_path / "demo", {**asdict(demo), "training_cases": ["c"]}, SETTINGS_FILE, "fewshot")
+    assert read_study(tmp_path / "demo") == demo  # tolerance None is not recorded, and comes back
+    for study in (demo, replace(demo, pretrained_trainer="C", tolerance=2.0, scratch_from=str(tmp_path / "demo"))):
+        command, env = study_command(study, tmp_path / "out", 2)
+        assert command[:4] == ["nnunet-suprem", "fewshot", "-d", "5"]
+        for variable, value in env.items():
+            monkeypatch.setenv(variable, value)
+        args = build_parser().parse_args(command[1:])
+        assert study_from_args(args) == study and args.out == str(tmp_path / "out") and args.num_processes == 2
+
+
 def test_seen_and_novel_follow_the_checkpoints_class_names_and_synonyms():
     known = ["Liver", "inferior_vena_cava", "kidney (right)"]
     assert class_groups(["liver", "postcava", "kidney_right", "kidney_left", "spleen"], known) == {

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from nnunet_suprem.fewshot.report import (ARMS, class_groups, evaluation_rows, plot_study, summarize_study,
@@ -88,6 +88,13 @@ class Study:
         for n in self.sizes:
             few_shot_splits(cases, n)  # refuses an N the dataset cannot split
         return cases
+
+
+def read_study(folder: Path) -> Study:
+    """The settings of the study in ``folder`` (its ``fewshot.json``; settings that are None are not recorded)."""
+    settings = json.loads((folder / SETTINGS_FILE).read_text())
+    values = {f.name: settings.get(f.name) for f in fields(Study)}
+    return Study(**{**values, "sizes": tuple(values["sizes"])})
 
 
 def check_scratch_source(study: Study, cases: list[str]) -> None:
@@ -325,7 +332,8 @@ def add_subparser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def study_from_args(args: argparse.Namespace) -> Study:
+    """The study a command line asks for (paths resolved, test folders defaulting to the raw dataset's)."""
     from nnunet_suprem.nnunet_env import dataset_folder_name, preprocessed_root, raw_root
 
     dataset = dataset_folder_name(args.dataset_id)
@@ -333,11 +341,31 @@ def run(args: argparse.Namespace) -> int:
     for option, sub in (("test_images", "imagesTs"), ("test_labels", "labelsTs")):
         value = getattr(args, option)
         test[option] = str(Path(value).expanduser().resolve() if value else raw_root() / dataset / sub)
-    study = Study(str(preprocessed_root().resolve() / dataset), args.plans, args.configuration,
-                  str(Path(args.pretrained).expanduser().resolve()), tuple(args.train_cases), args.draws, args.seed,
-                  args.pretrained_trainer, args.scratch_trainer, tolerance=None if args.no_nsd else args.tolerance,
-                  scratch_from=str(Path(args.scratch_from).expanduser().resolve()) if args.scratch_from else None,
-                  **test)
+    return Study(str(preprocessed_root().resolve() / dataset), args.plans, args.configuration,
+                 str(Path(args.pretrained).expanduser().resolve()), tuple(args.train_cases), args.draws, args.seed,
+                 args.pretrained_trainer, args.scratch_trainer, tolerance=None if args.no_nsd else args.tolerance,
+                 scratch_from=str(Path(args.scratch_from).expanduser().resolve()) if args.scratch_from else None,
+                 **test)
+
+
+def study_command(study: Study, out: Path, num_processes: int) -> tuple[list[str], dict[str, str]]:
+    """The ``nnunet-suprem fewshot`` command line of ``study`` in ``out``, and the nnU-Net variable it needs
+    (``nnUNet_preprocessed``, the parent of the study's preprocessed dataset)."""
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+
+    s = study
+    command = ["nnunet-suprem", "fewshot", "-d", str(convert_dataset_name_to_id(s.dataset)), "--pretrained",
+               s.checkpoint, "--train-cases", *map(str, s.sizes), "--draws", str(s.draws), "--seed", str(s.seed),
+               "-p", s.plans, "-c", s.configuration, "--pretrained-trainer", s.pretrained_trainer,
+               "--scratch-trainer", s.scratch_trainer, "--test-images", s.test_images, "--test-labels", s.test_labels,
+               *(["--no-nsd"] if s.tolerance is None else ["--tolerance", str(s.tolerance)]),
+               *(["--scratch-from", s.scratch_from] if s.scratch_from else []), "--out", str(out),
+               "-np", str(num_processes)]
+    return command, {"nnUNet_preprocessed": str(Path(s.preprocessed).parent)}
+
+
+def run(args: argparse.Namespace) -> int:
+    study = study_from_args(args)
     out = Path(args.out).expanduser().resolve()
     return report_failure("fewshot", lambda: run_study(study, out, args.device or default_device(),
                                                        args.num_processes))
