@@ -140,17 +140,22 @@ def prepare_out(out: Path, settings: dict, settings_file: str, what: str) -> Non
     saved = out / settings_file
     settings = _recorded(settings)
     if saved.is_file():
-        previous = _recorded(json.loads(saved.read_text()))
-        if previous != settings:
-            changed = "; ".join(f"{key}: {previous.get(key)!r} there, {settings.get(key)!r} here"
-                                for key in sorted(set(previous) | set(settings))
-                                if previous.get(key) != settings.get(key))
-            raise ValueError(f"{out} holds a {what} run with other settings ({changed}); choose another --out")
+        changed = changed_settings(json.loads(saved.read_text()), settings)
+        if changed:
+            raise ValueError(f"{out} holds a {what} run with other settings ({'; '.join(changed)}); choose another "
+                             f"--out")
         return
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not a {what} folder (no {settings_file}); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(settings, saved)
+
+
+def changed_settings(previous: dict, settings: dict, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """``"key: <previous> there, <settings> here"`` for each setting (but ``ignore``) that differs, as recorded."""
+    previous, settings = _recorded(previous), _recorded(settings)
+    return [f"{key}: {previous.get(key)!r} there, {settings.get(key)!r} here"
+            for key in sorted((set(previous) | set(settings)) - ignore) if previous.get(key) != settings.get(key)]
 
 
 def _recorded(settings: dict) -> dict:

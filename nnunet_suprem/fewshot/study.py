@@ -26,8 +26,8 @@ from nnunet_suprem.fileio import atomic_path, check_file_ending, check_name, inp
 from nnunet_suprem.jobs import default_num_processes
 from nnunet_suprem.planning.recipes import TRANSFER_PLANS_NAME
 from nnunet_suprem.planning.split import SPLITS_FILE, few_shot_splits, training_cases
-from nnunet_suprem.steps import (Step, add_device_argument, default_device, prepare_out, report_failure, run_steps,
-                                 trainer_epochs)
+from nnunet_suprem.steps import (Step, add_device_argument, changed_settings, default_device, prepare_out,
+                                 report_failure, run_steps, trainer_epochs)
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,11 @@ class Study:
         return cases
 
 
+def study_settings(study: Study, cases: list[str]) -> dict:
+    """What ``fewshot.json`` records of a study: its settings and the training cases they were checked against."""
+    return {**asdict(study), "training_cases": cases}
+
+
 def read_study(folder: Path) -> Study:
     """The settings of the study in ``folder`` (its ``fewshot.json``; settings that are None are not recorded)."""
     settings = json.loads((folder / SETTINGS_FILE).read_text())
@@ -108,10 +113,8 @@ def check_scratch_source(study: Study, cases: list[str]) -> None:
     if theirs.get("scratch_from") is not None:
         raise ValueError(f"{source} reuses the scratch arm of {theirs['scratch_from']}: name that study in "
                          f"--scratch-from")
-    ours = json.loads(json.dumps({**asdict(study), "training_cases": cases}))
-    free = {"pretrained_trainer", "checkpoint", "scratch_from"}
-    changed = [f"{key}: {theirs.get(key)!r} there, {ours.get(key)!r} here"
-               for key in sorted((set(theirs) | set(ours)) - free) if theirs.get(key) != ours.get(key)]
+    changed = changed_settings(theirs, study_settings(study, cases),
+                               ignore=frozenset({"pretrained_trainer", "checkpoint", "scratch_from"}))
     if changed:
         raise ValueError(f"{source} is a study with other settings ({'; '.join(changed)}): its scratch arm cannot "
                          f"be reused (--scratch-from)")
@@ -285,7 +288,7 @@ def run_study(study: Study, out: Path, device: str, num_processes: int) -> FewSh
     cases = study.check()
     if study.scratch_from is not None:
         check_scratch_source(study, cases)
-    prepare_out(out, {**asdict(study), "training_cases": cases}, SETTINGS_FILE, "fewshot")
+    prepare_out(out, study_settings(study, cases), SETTINGS_FILE, "fewshot")
     fewshot = FewShot(out, study, device, num_processes)
     fewshot.run(cases)
     return fewshot
