@@ -145,7 +145,7 @@ class Demo:
         fewshot = run_study(self.study(), folder, self.device, 2)
         runs = {arm: [read_class_curves(fewshot.model_folder(arm) / f"fold_{fold}") for _, _, fold in fewshot.runs()]
                 for arm in ARMS}
-        groups = class_groups(runs[ARMS[0]][0], fewshot.known_classes())
+        groups = class_groups(runs[ARMS[0]][0], fewshot.known_classes)
         figure = self.out / "learning_curves.png"
         plot_learning_curves(runs, groups, figure, f"Fine-tuning on the target, {TRAIN_CASES} training cases")
         first = first_epoch_means(runs, groups)

@@ -87,13 +87,13 @@ def check_model_folder(path: str) -> list[Check]:
     from nnunet_suprem.sharing.model_folder import (build_network, check_weights, find_trainer_class, portability,
                                                      read_model_folder)
 
+    folder_fix = "give --model-folder a DatasetXXX_Name/Trainer__Plans__Configuration folder with fold_X/" \
+                 "checkpoint_final.pth (a damaged checkpoint: copy or train that fold again)"
     try:
         model = read_model_folder(path)
-        checkpoints = {fold: model.load_checkpoint(fold) for fold in model.folds}
+        first = model.load_checkpoint(model.folds[0])
     except (ValueError, OSError) as e:
-        return [Check("model folder", False, str(e), "give --model-folder a DatasetXXX_Name/Trainer__Plans__"
-                                                     "Configuration folder with fold_X/checkpoint_final.pth")]
-    first = checkpoints[model.folds[0]]
+        return [Check("model folder", False, str(e), folder_fix)]
     name = first["trainer_name"]
     checks = [Check("model folder", True, f"{model.dataset}/{model.path.name}, folds {' '.join(model.folds)}, "
                                           f"test-time mirroring axes {first.get('inference_allowed_mirroring_axes')}")]
@@ -106,10 +106,13 @@ def check_model_folder(path: str) -> list[Check]:
     try:
         needs = portability(model, first)
         network = build_network(trainer, model)
-        for fold, checkpoint in checkpoints.items():
-            check_weights(network, checkpoint, model.checkpoint_path(fold))
     except ValueError as e:
         return [*checks, Check("network", False, str(e), "install what the plans' network needs")]
+    for fold in model.folds[1:]:  # one more checkpoint in memory at a time
+        try:
+            check_weights(network, model.load_checkpoint(fold), model.checkpoint_path(fold))
+        except (ValueError, OSError) as e:
+            return [*checks, Check("model folder", False, str(e), folder_fix)]
     return [*checks, Check("network", True, f"{type(network).__name__}: the weights of every fold fit"),
             Check("plugin", True, needs.requirement())]
 

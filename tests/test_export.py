@@ -3,6 +3,7 @@ predicts voxel for voxel as the plugin does in a process that cannot import this
 import copy
 import io
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -108,7 +109,7 @@ def test_exported_model_predicts_identically_without_the_plugin(lateral_model, t
     assert "stock nnU-Net runs it" in result.stdout
     assert tree_digest(model) == before  # the source folder is only read
 
-    folder = "Dataset903_Lateral/nnUNetTrainer__nnUNetPlans__2d"
+    folder = f"Dataset903_Lateral/{TRAINER}__nnUNetPlans__2d"  # the name kept: installing replaces no stock model
     with zipfile.ZipFile(archive) as z:
         names = set(z.namelist())
         card = json.loads(z.read(f"{folder}/model.json"))
@@ -129,14 +130,21 @@ def test_exported_model_predicts_identically_without_the_plugin(lateral_model, t
                                                                                                     "CC-BY-4.0")
     assert card["training_data"] == [{"source": "all cases", "cases": 6, "annotated": ["kidney_left", "kidney_right"]}]
     assert "How Well Do Supervised 3D Models Transfer" in card["citation"] and "CC-BY-4.0" in markdown
+    assert card["model_folder"] == model.name and f"-tr {TRAINER} -p nnUNetPlans -f 0" in markdown
 
     fresh = {**env, "nnUNet_results": str(tmp_path / "fresh_results")}
+    stock_model = tmp_path / "fresh_results" / "Dataset903_Lateral" / "nnUNetTrainer__nnUNetPlans__2d"
+    (stock_model / "fold_0").mkdir(parents=True)
+    (stock_model / "fold_0" / "checkpoint_final.pth").write_bytes(b"the user's own stock model")
+    stock_before = tree_digest(stock_model)
     run(command("nnUNetv2_install_pretrained_model_from_zip", str(archive)), fresh)
+    assert tree_digest(stock_model) == stock_before
     installed = tmp_path / "fresh_results" / folder
     predict = ["-i", str(raw / "imagesTs"), "-f", "0", "-device", "cpu", "--disable_progress_bar"]
     run(command("nnUNetv2_predict", *predict, "-o", str(tmp_path / "plugin"), "-d", "903", "-c", "2d", "-tr", TRAINER),
         lateral_model["plugin_env"])
-    run(blocked_nnunet("predict_entry_point", *predict, "-o", str(tmp_path / "stock"), "-d", "903", "-c", "2d"), fresh)
+    run(blocked_nnunet("predict_entry_point", *predict, "-o", str(tmp_path / "stock"), "-d", "903", "-c", "2d",
+                       "-tr", TRAINER), fresh)
 
     # negative control: the plugin's own model folder cannot run in that process, even with nnUNet_extTrainer set
     refused = subprocess.run(blocked_nnunet("predict_entry_point_modelfolder", *predict, "-o", str(tmp_path / "no"),
@@ -222,7 +230,7 @@ def test_residual_encoder_exports_to_stock_and_suprem_unet_needs_the_plugin(late
     assert "needs nnunet-suprem installed" in cards["suprem"]["requirement"]
     with zipfile.ZipFile(tmp_path / "suprem.zip") as z:
         assert "needs nnunet-suprem installed" in z.read(
-            "Dataset903_Lateral/nnUNetTrainer__nnUNetPlans__3d_suprem/MODEL.md").decode()
+            "Dataset903_Lateral/SuPreMFinetuneTrainer__nnUNetPlans__3d_suprem/MODEL.md").decode()
     with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
         export_model(models["resenc"], tmp_path / "resenc.zip")
     export_model(models["resenc"], tmp_path / "resenc.zip", overwrite=True)
@@ -242,3 +250,9 @@ def test_residual_encoder_exports_to_stock_and_suprem_unet_needs_the_plugin(late
 
     checks = {c.name: c for c in check_model_folder(str(installed["suprem"]))}  # here, with the plugin installed
     assert all(c.ok for c in checks.values()) and "needs nnunet-suprem installed" in checks["plugin"].detail
+
+    shutil.copytree(installed["suprem"] / "fold_0", installed["suprem"] / "fold_1")
+    damaged = installed["suprem"] / "fold_1" / "checkpoint_final.pth"
+    damaged.write_bytes(damaged.read_bytes()[:2000])  # a copy cut short
+    last = check_model_folder(str(installed["suprem"]))[-1]
+    assert (last.name, last.ok) == ("model folder", False) and f"{damaged}: not a readable" in last.detail

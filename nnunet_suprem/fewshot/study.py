@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from pathlib import Path
 
 from nnunet_suprem.fewshot.report import (ARMS, class_groups, evaluation_rows, plot_study, summarize_study,
@@ -245,8 +246,9 @@ class FewShot:
         return text
 
     # --- the result ------------------------------------------------------------------------------------------
+    @cached_property
     def known_classes(self) -> set[str] | None:
-        """The checkpoint's classes with pre-trained output rows (None: it records no class names)."""
+        """The checkpoint's classes with pre-trained output rows (None: it records no class names); read once."""
         from nnunet_suprem.transfer.checkpoint import read_checkpoint
         from nnunet_suprem.transfer.head import BACKGROUND, IGNORE_LABEL
 
@@ -264,7 +266,7 @@ class FewShot:
                      for n, draw, _ in self.runs() for arm in ARMS}
         scored = dict.fromkeys(name for summary in summaries.values() for case in summary["metric_per_case"]
                                for name in case["metrics"])  # the ground truth's class names
-        groups = class_groups(scored, self.known_classes())
+        groups = class_groups(scored, self.known_classes)
         rows = [row for (arm, n, draw), summary in summaries.items()
                 for row in evaluation_rows(summary, arm, n, draw, groups)]
         write_long_table(self.out / "fewshot.csv", rows)

@@ -16,7 +16,7 @@ from nnunet_suprem.manifest import MANIFEST_KEY, annotated_classes_by_case, fore
 from nnunet_suprem.sharing.model_folder import ModelFolder, Portability
 from nnunet_suprem.taxonomy import canonical_name
 
-CARD_FORMAT = "nnunet-suprem-model/1"
+CARD_FORMAT = "nnunet-suprem-model/2"
 CARD_JSON, CARD_MARKDOWN = "model.json", "MODEL.md"
 SUPREM_CITATION = """@inproceedings{li2024well,
   title={How Well Do Supervised 3D Models Transfer to Medical Imaging Tasks?},
@@ -59,11 +59,10 @@ def model_card(model: ModelFolder, portability: Portability, checkpoint: dict, l
     """``model.json``'s content; ``checkpoint`` is the first fold's."""
     dataset_json = model.dataset_json
     axes = checkpoint.get("inference_allowed_mirroring_axes")
-    exported = f"{portability.exported_trainer}__{model.plans}__{model.configuration}"
     return {
         "format": CARD_FORMAT,
         "dataset": model.dataset,
-        "model_folder": exported,
+        "model_folder": model.path.name,  # kept: installing the zip never replaces another trainer's model
         "classes": [{"name": name, "label": value, "canonical_name": canonical_name(name)}
                     for name, value in foreground_labels(dataset_json).items()],
         "channels": dataset_json.get("channel_names", {}),
@@ -74,7 +73,7 @@ def model_card(model: ModelFolder, portability: Portability, checkpoint: dict, l
         "network": portability.network_class,
         "trainer": {"trained_with": portability.trainer_name, "module": portability.trainer_module,
                     "plugin_trainer": portability.plugin_trainer,
-                    "exported_as": portability.exported_trainer, "source_model_folder": model.path.name,
+                    "exported_as": portability.exported_trainer,
                     "epochs": checkpoint.get("current_epoch")},
         "folds": model.folds,
         "checkpoint": model.checkpoint_name,
@@ -110,7 +109,7 @@ def card_markdown(card: dict) -> str:
         "```bash",
         "nnUNetv2_install_pretrained_model_from_zip MODEL.zip",
         f"nnUNetv2_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d {dataset_id} -c {card['configuration']} "
-        f"-tr {trainer['exported_as']} -p {card['plans']} -f {folds}",
+        f"-tr {card['model_folder'].split('__')[0]} -p {card['plans']} -f {folds}",
         "```",
         "",
         "## Classes",
@@ -130,7 +129,8 @@ def card_markdown(card: dict) -> str:
         "",
         f"- trained with `{trainer['trained_with']}` (module {trainer['module']}{based_on}), "
         f"epochs: {trainer['epochs']}, "
-        f"exported as `{trainer['exported_as']}` (source folder `{trainer['source_model_folder']}`)",
+        f"checkpoints exported naming `{trainer['exported_as']}` (the model folder keeps its name "
+        f"`{card['model_folder']}`)",
         f"- plans `{card['plans']}`, configuration `{card['configuration']}`, network `{card['network']}`",
         f"- folds {folds}, checkpoint `{card['checkpoint']}`",
         f"- test-time mirroring axes: {tuple(axes) if axes is not None else 'none'} (as trained; nnU-Net reads "

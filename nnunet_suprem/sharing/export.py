@@ -2,9 +2,11 @@
 
 The zip has the layout of ``nnUNetv2_export_model_to_zip`` (paths relative to ``nnUNet_results``), so
 ``nnUNetv2_install_pretrained_model_from_zip`` installs it. Only what must change is rewritten: each checkpoint's
-``trainer_name`` (and the model folder's name) becomes the stock nnU-Net trainer that builds the identical network
-(see :mod:`nnunet_suprem.sharing.model_folder`); weights, ``inference_allowed_mirroring_axes`` (left and right stay
-apart) and every other entry are kept. A model whose network only this plugin builds keeps what it needs and its
+``trainer_name`` becomes the stock nnU-Net trainer that builds the identical network (see
+:mod:`nnunet_suprem.sharing.model_folder`); weights, ``inference_allowed_mirroring_axes`` (left and right stay apart)
+and every other entry are kept. The model folder keeps its name (``SuPreMTrainer__nnUNetPlans__3d_fullres``): nnU-Net
+installs by extracting into ``nnUNet_results``, so a folder renamed to ``nnUNetTrainer__...`` would replace a stock
+model of the same dataset, plans and configuration there. A model whose network only this plugin builds keeps what it needs and its
 card says so. The source folder is only read; the zip is written under a temporary name and moved into place.
 """
 from __future__ import annotations
