@@ -2,15 +2,33 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
+from typing import Sequence
 
-from nnunet_suprem import __version__, demo, doctor, evaluate, fewshot, orientation, suprem_import, synth
-from nnunet_suprem.convert import abdomenatlas, merge, totalsegmentator
+from nnunet_suprem import __version__
 from nnunet_suprem.nnunet_env import ConfigurationError, trainers_dir
-from nnunet_suprem.planning import plan_transfer, preset, split
-from nnunet_suprem.sharing import export
-from nnunet_suprem.transfer import command as transfer_command
+
+COMMANDS = {
+    "demo": "nnunet_suprem.demo",
+    "doctor": "nnunet_suprem.doctor",
+    "synth": "nnunet_suprem.synth",
+    "convert-abdomenatlas": "nnunet_suprem.convert.abdomenatlas",
+    "convert-totalsegmentator": "nnunet_suprem.convert.totalsegmentator",
+    "merge": "nnunet_suprem.convert.merge",
+    "plan": "nnunet_suprem.planning.preset",
+    "plan-transfer": "nnunet_suprem.planning.plan_transfer",
+    "split": "nnunet_suprem.planning.split",
+    "evaluate": "nnunet_suprem.evaluate.command",
+    "check-orientation": "nnunet_suprem.orientation",
+    "fewshot": "nnunet_suprem.fewshot.study",
+    "transfer-weights": "nnunet_suprem.transfer.command",
+    "import-suprem": "nnunet_suprem.suprem_import",
+    "export": "nnunet_suprem.sharing.export",
+}
+"""Each subcommand and the module whose ``add_subparser`` defines it (after ``trainers-dir``, in ``--help``'s
+order). Only the module of the subcommand being run is imported: ``trainers-dir`` needs no torch."""
 
 
 def _add_trainers_dir(subparsers) -> None:
@@ -47,33 +65,28 @@ def configure_logging() -> None:
     logger.setLevel(logging.INFO)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand; given the arguments of one run, only that subcommand's module is imported
+    (the others are named without their help, which only the top-level ``--help`` lists)."""
     parser = argparse.ArgumentParser(
         prog="nnunet-suprem",
         description="SuPreM-style partial-label pre-training and transfer learning for nnU-Net v2.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_trainers_dir(subparsers)
-    demo.add_subparser(subparsers)
-    doctor.add_subparser(subparsers)
-    synth.add_subparser(subparsers)
-    abdomenatlas.add_subparser(subparsers)
-    totalsegmentator.add_subparser(subparsers)
-    merge.add_subparser(subparsers)
-    preset.add_subparser(subparsers)
-    plan_transfer.add_subparser(subparsers)
-    split.add_subparser(subparsers)
-    evaluate.add_subparser(subparsers)
-    orientation.add_subparser(subparsers)
-    fewshot.add_subparser(subparsers)
-    transfer_command.add_subparser(subparsers)
-    suprem_import.add_subparser(subparsers)
-    export.add_subparser(subparsers)
+    chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    one_command = chosen == "trainers-dir" or chosen in COMMANDS
+    for name, module in COMMANDS.items():
+        if one_command and name != chosen:
+            subparsers.add_parser(name)
+        else:
+            importlib.import_module(module).add_subparser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     configure_logging()
     try:
         result = args.func(args)

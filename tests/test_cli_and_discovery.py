@@ -26,6 +26,23 @@ def test_every_subcommand_has_help(subcommand):
     assert result.returncode == 0 and "usage: nnunet-suprem" in result.stdout
 
 
+def _choices(parser) -> dict:
+    return next(a for a in parser._actions if a.dest == "command").choices
+
+
+@pytest.mark.parametrize("subcommand", _subcommands())
+def test_a_run_builds_its_subcommand_as_the_full_parser_does(subcommand):
+    lazy, full = _choices(build_parser([subcommand, "--flag"])), _choices(build_parser())
+    assert list(lazy) == list(full) and lazy[subcommand].format_help() == full[subcommand].format_help()
+
+
+def test_trainers_dir_imports_neither_torch_nor_another_subcommand():
+    code = ("import sys; from nnunet_suprem.cli import COMMANDS, main; main(['trainers-dir']); "
+            "print(sorted(m for m in ('torch', 'scipy', 'SimpleITK', 'nnunetv2', *COMMANDS.values()) if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines() == [str(trainers_dir()), "[]"]
+
+
 def test_trainers_dir_holds_the_trainer_modules():
     printed = subprocess.run(cli("trainers-dir"), capture_output=True, text=True, check=True).stdout.strip()
     assert Path(printed) == trainers_dir()
