@@ -74,7 +74,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_trainers_dir(subparsers)
-    chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    chosen = argv[0] if argv else None  # top-level options (-h, --version) come before the subcommand
     one_command = chosen == "trainers-dir" or chosen in COMMANDS
     for name, module in COMMANDS.items():
         if one_command and name != chosen:
