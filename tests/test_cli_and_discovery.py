@@ -38,7 +38,8 @@ def test_a_run_builds_its_subcommand_as_the_full_parser_does(subcommand):
 
 def test_trainers_dir_imports_neither_torch_nor_another_subcommand():
     code = ("import sys; from nnunet_suprem.cli import COMMANDS, main; main(['trainers-dir']); "
-            "print(sorted(m for m in ('torch', 'scipy', 'SimpleITK', 'nnunetv2', *COMMANDS.values()) if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'scipy', 'SimpleITK', 'nnunetv2', *COMMANDS.values()) "
+            "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.splitlines() == [str(trainers_dir()), "[]"]
 

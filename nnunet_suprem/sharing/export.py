@@ -6,8 +6,8 @@ The zip has the layout of ``nnUNetv2_export_model_to_zip`` (paths relative to ``
 :mod:`nnunet_suprem.sharing.model_folder`); weights, ``inference_allowed_mirroring_axes`` (left and right stay apart)
 and every other entry are kept. The model folder keeps its name (``SuPreMTrainer__nnUNetPlans__3d_fullres``): nnU-Net
 installs by extracting into ``nnUNet_results``, so a folder renamed to ``nnUNetTrainer__...`` would replace a stock
-model of the same dataset, plans and configuration there. A model whose network only this plugin builds keeps what it needs and its
-card says so. The source folder is only read; the zip is written under a temporary name and moved into place.
+model of the same dataset, plans and configuration there. A model whose network only this plugin builds keeps what it
+needs and its card says so. The source folder is only read; the zip is written under a temporary name and moved into place.
 """
 from __future__ import annotations
 
