@@ -36,11 +36,13 @@ def test_a_run_builds_its_subcommand_as_the_full_parser_does(subcommand):
     assert list(lazy) == list(full) and lazy[subcommand].format_help() == full[subcommand].format_help()
 
 
-def test_trainers_dir_imports_neither_torch_nor_another_subcommand():
+def test_trainers_dir_imports_neither_torch_nor_another_subcommand(tmp_path):
     code = ("import sys; from nnunet_suprem.cli import COMMANDS, main; main(['trainers-dir']); "
             "print(sorted(m for m in ('torch', 'scipy', 'SimpleITK', 'nnunetv2', *COMMANDS.values()) "
             "if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # run outside the clone: `python -c` puts the working directory first on sys.path, and the clone's
+    # nnunet_suprem/ lacks ext_trainers (setup.py maps it from trainers/ into the installed package only)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert result.stdout.splitlines() == [str(trainers_dir()), "[]"]
 
 
