@@ -23,6 +23,7 @@ COMMANDS = {
     "evaluate": "nnunet_suprem.evaluate.command",
     "check-orientation": "nnunet_suprem.orientation",
     "fewshot": "nnunet_suprem.fewshot.study",
+    "fewshot-report": "nnunet_suprem.fewshot.interim",
     "transfer-weights": "nnunet_suprem.transfer.command",
     "import-suprem": "nnunet_suprem.suprem_import",
     "export": "nnunet_suprem.sharing.export",

@@ -92,6 +92,7 @@ def test_fewshot_runs_stock_commands_resumes_and_refuses_other_settings(target, 
         for a in ("pretrained", "scratch", "pretrained-scratch")}
     text = (out / "summary.md").read_text()
     assert "| 5 | liver | seen |" in text and "| 5 | mean, novel |" in text and text in first
+    assert run(cli("fewshot-report", str(out)), env).stdout.startswith(text)  # no INTERIM: every run is evaluated
     assert (out / "fewshot.png").stat().st_size > 0
     # nnU-Net's per-class pseudo Dice of a real run, named by the target's labels: what the demo's curves plot
     curves = read_class_curves(out / "nnUNet_results" / dataset / "SuPreMTrainer_smoke__nnUNetPlans__3d_fullres"
@@ -222,6 +223,50 @@ def test_a_reused_scratch_arm_needs_the_same_settings_and_a_finished_study(tmp_p
         (fewshot.evaluation("scratch", 5, draw)).mkdir(parents=True)
         (fewshot.evaluation("scratch", 5, draw) / "summary.json").write_text("{}")
     fewshot.check_reused_arms()
+
+
+def test_fewshot_report_writes_interim_numbers_from_the_evaluated_runs(tmp_path, capsys):
+    """A running study's interim report pairs only the (N, draw) runs both arms evaluated; once all are, it is the
+    report the study itself writes at its end."""
+    from dataclasses import asdict
+
+    from nnunet_suprem.cli import main
+    from nnunet_suprem.fewshot.study import SETTINGS_FILE, FewShot, Study
+    from nnunet_suprem.steps import prepare_out
+
+    checkpoint = tmp_path / "pretrained.pth"
+    torch.save({"network_weights": {"w": torch.zeros(1)}, "init_args": {"dataset_json": {"labels": CHECKPOINT_LABELS}}},
+               checkpoint)
+    study = Study("pre/Dataset005_Few", "plans", "3d_fullres", str(checkpoint), (5,), 2, 0, "A", "B", "imagesTs",
+                  "labelsTs", None)
+    out = tmp_path / "study"
+    prepare_out(out, {**asdict(study), "training_cases": ["c"]}, SETTINGS_FILE, "fewshot")
+    fewshot = FewShot(out, study, "cpu", 1)
+
+    def evaluated(arm: str, draw: int, dice: float) -> None:
+        folder = fewshot.evaluation(arm, 5, draw)
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(evaluation({"a": {"liver": dice, "spleen": dice / 2}})))
+
+    assert main(["fewshot-report", str(tmp_path)]) == 2
+    assert f"fewshot-report: error: {tmp_path}: not a fewshot folder" in capsys.readouterr().err
+    evaluated("pretrained", 0, 0.9)
+    assert main(["fewshot-report", str(out)]) == 2
+    assert f"error: {out}: no (N, draw) has been evaluated by both arms yet" in capsys.readouterr().err
+    evaluated("scratch", 0, 0.5)
+    evaluated("pretrained", 1, 0.7)  # draw 1's scratch arm is still training
+    assert main(["fewshot-report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("INTERIM, 1 of 2 runs evaluated (N=5 draw 0). Dataset005_Few: A from pretrained.pth")
+    assert {row["draw"] for row in read_csv(out / "fewshot.csv")} == {"0"}
+    assert "| 5 | liver | seen | 0.900 [0.900, 0.900] | 0.500 [0.500, 0.500] | 0.400 [" in printed
+    assert (out / "summary.md").read_text().strip() in printed
+
+    evaluated("scratch", 1, 0.3)
+    main(["fewshot-report", str(out)])
+    final = (out / "summary.md").read_text()
+    assert not final.startswith("INTERIM") and "| 5 | liver | seen | 0.800 [" in final
+    assert fewshot.report() + "\n" == final and {row["draw"] for row in read_csv(out / "fewshot.csv")} == {"0", "1"}
 
 
 def test_a_studys_command_line_and_settings_file_give_back_the_study(tmp_path, monkeypatch):

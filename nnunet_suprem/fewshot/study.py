@@ -258,12 +258,24 @@ class FewShot:
         known = set(checkpoint.labels) - {BACKGROUND, IGNORE_LABEL}
         return known if checkpoint.pretrained_rows is None else known & checkpoint.pretrained_rows
 
-    def report(self) -> str:
-        """Write :data:`OUTPUTS` from the evaluations; returns the summary table."""
+    def evaluated_runs(self) -> list[tuple[int, int, int]]:
+        """The runs (as :meth:`runs`) that both arms, a reused one included, have evaluated."""
+        return [(n, draw, fold) for n, draw, fold in self.runs()
+                if all((self.evaluation(arm, n, draw) / "summary.json").is_file() for arm in ARMS)]
+
+    def report(self, interim: bool = False) -> str:
+        """Write :data:`OUTPUTS` from the evaluations of every run (``interim``: of the runs evaluated so far,
+        FileNotFoundError when there is none); returns the summary table."""
         s = self.study
-        self.check_reused_arms()
+        if interim:
+            runs = self.evaluated_runs()
+            if not runs:
+                raise FileNotFoundError(f"{self.out}: no (N, draw) has been evaluated by both arms yet")
+        else:
+            self.check_reused_arms()
+            runs = self.runs()
         summaries = {(arm, n, draw): json.loads((self.evaluation(arm, n, draw) / "summary.json").read_text())
-                     for n, draw, _ in self.runs() for arm in ARMS}
+                     for n, draw, _ in runs for arm in ARMS}
         scored = dict.fromkeys(name for summary in summaries.values() for case in summary["metric_per_case"]
                                for name in case["metrics"])  # the ground truth's class names
         groups = class_groups(scored, self.known_classes)
@@ -276,6 +288,9 @@ class FewShot:
         title = (f"{s.dataset}: {s.pretrained_trainer} from {Path(s.checkpoint).name} vs {s.scratch_trainer} from "
                  f"scratch, N = {', '.join(map(str, s.sizes))}, {s.draws} draw(s) each, {cases} test cases"
                  + (f" (scratch arm of {s.scratch_from})" if s.scratch_from else ""))
+        if len(runs) < len(self.runs()):
+            title = (f"INTERIM, {len(runs)} of {len(self.runs())} runs evaluated "
+                     f"({', '.join(f'N={n} draw {draw}' for n, draw, _ in runs)}). {title}")
         text = (f"{title}\n\nMean over (draw, test case) units; 95% CI: bootstrap resampling draws and test cases; "
                 f"the difference is paired per (draw, test case). 'in pre-training': the class has a pre-trained "
                 f"output row in {s.checkpoint}.\n\n{summary_markdown(summary, '').strip()}")
