@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nnunet_suprem.training.sampling import UNLISTED, source_repeats, source_shares
-from nnunet_suprem.training.schedules import WarmupCosineLRScheduler, warmup_cosine_factor
+from nnunet_suprem.training.schedules import WarmupCosineLRScheduler, checkpoint_interval, warmup_cosine_factor
 
 
 def test_source_balance_weights():
@@ -17,6 +17,11 @@ def test_source_balance_weights():
     equal = source_shares(source_repeats(cases, source_of, alpha=1), source_of)
     assert equal["big"] == pytest.approx(1 / 3) and equal["small"] == pytest.approx(1 / 3)
     assert equal[UNLISTED] == pytest.approx(1 / 3)
+
+
+def test_checkpoint_interval_scales_nnunets_with_the_epochs():
+    assert [checkpoint_interval(e, 1000, 50) for e in (1000, 5000, 250, 100, 40, 19, 2)] == [50, 50, 12, 5, 2, 1, 1]
+    assert checkpoint_interval(100, 500, 10) == 2  # whatever nnU-Net's own values are
 
 
 def test_warmup_cosine_schedule_is_a_function_of_the_epoch():

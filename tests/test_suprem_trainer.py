@@ -41,6 +41,19 @@ def test_without_manifest_it_is_nnunet(make_trainer):
     assert "no 'partial_labels' manifest" in open(trainer.log_file).read()
 
 
+def test_a_short_variant_saves_checkpoint_latest_as_often_as_nnunet_relative_to_its_length(make_trainer):
+    """nnU-Net writes checkpoint_latest.pth every 50 of its 1000 epochs; a 40-epoch variant every 2, so that an
+    interrupted demo training continues with --c instead of starting again."""
+    from nnunet_suprem.training.suprem_trainer import SuPreMTrainer
+    from nnunet_suprem.training.variants import (SuPreMFinetuneTrainer_40epochs_25iterations,
+                                                 SuPreMTrainer_100epochs_25iterations)
+
+    for cls, epochs, save_every in ((SuPreMTrainer, 1000, 50), (SuPreMTrainer_100epochs_25iterations, 100, 5),
+                                    (SuPreMFinetuneTrainer_40epochs_25iterations, 40, 2), (SuPreMTrainer_smoke, 2, 1)):
+        trainer = make_trainer(cls=cls, initialize=False)
+        assert (trainer.num_epochs, trainer.save_every) == (epochs, save_every), cls.__name__
+
+
 def test_laterality_configures_mirroring(make_trainer):
     trainer = make_trainer()
     *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()

@@ -7,6 +7,13 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import _LRScheduler
 
 
+def checkpoint_interval(num_epochs: int, nnunet_epochs: int, nnunet_save_every: int) -> int:
+    """Epochs between ``checkpoint_latest.pth`` saves for a training of ``num_epochs``: nnU-Net's share of its
+    ``nnunet_epochs`` (``save_every`` 50 of 1000), at most its ``save_every`` and at least every epoch, so that a
+    short training continues with ``--c`` too (with nnU-Net's 50, a training of 40 epochs saves none before its end)."""
+    return max(1, min(nnunet_save_every, num_epochs * nnunet_save_every // nnunet_epochs))
+
+
 def warmup_cosine_factor(step: int, warmup_steps: int, max_steps: int) -> float:
     """Linear warm-up from 1/(warmup_steps+1) to 1 over ``warmup_steps``, then cosine decay to 0 at ``max_steps``."""
     if step < warmup_steps:

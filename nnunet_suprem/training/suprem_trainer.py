@@ -27,7 +27,7 @@ from nnunet_suprem.training.laterality import (LateralMirrorTransform, lateral_d
 from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
 from nnunet_suprem.training.partial_validation import hard_counts_per_case, restrict_summary_file
 from nnunet_suprem.training.sampling import source_repeats, source_shares
-from nnunet_suprem.training.schedules import WarmupCosineLRScheduler
+from nnunet_suprem.training.schedules import WarmupCosineLRScheduler, checkpoint_interval
 
 
 class BatchAnnotatedLoss(nn.Module):
@@ -64,7 +64,8 @@ class SuPreMTrainer(nnUNetTrainer):
     punished for finding an organ that simply was not labelled there. Cases annotating every
     class get exactly nnU-Net's ``DC_and_CE_loss``; without a manifest this is nnU-Net.
 
-    Variants set the class attributes below (None keeps nnU-Net's value).
+    Variants set the class attributes below (None keeps nnU-Net's value); ``epochs`` also scales how often
+    ``checkpoint_latest.pth`` is written (:func:`~nnunet_suprem.training.schedules.checkpoint_interval`).
     """
 
     epochs: int | None = None
@@ -77,6 +78,7 @@ class SuPreMTrainer(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.epochs is not None:
+            self.save_every = checkpoint_interval(self.epochs, self.num_epochs, self.save_every)  # nnU-Net's values
             self.num_epochs = self.epochs
         if self.iterations_per_epoch is not None:
             self.num_iterations_per_epoch = self.iterations_per_epoch
