@@ -11,16 +11,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from nnunet_suprem.fewshot.study import OUTPUTS, SETTINGS_FILE, FewShot, read_study
+from nnunet_suprem.fewshot.study import OUTPUTS, FewShot, read_study
 
 logger = logging.getLogger(__name__)
 
 
 def write_report(out: Path) -> str:
     """Write the report of the study in ``out`` from its evaluated runs; returns ``summary.md``'s text."""
-    if not (out / SETTINGS_FILE).is_file():
-        raise FileNotFoundError(f"{out}: not a fewshot folder (no {SETTINGS_FILE}): name the --out of "
-                                f"nnunet-suprem fewshot")
     return FewShot(out, read_study(out), device="cpu", num_processes=1).report(interim=True)  # runs nothing
 
 

@@ -97,8 +97,13 @@ def study_settings(study: Study, cases: list[str]) -> dict:
 
 
 def read_study(folder: Path) -> Study:
-    """The settings of the study in ``folder`` (its ``fewshot.json``; settings that are None are not recorded)."""
-    settings = json.loads((folder / SETTINGS_FILE).read_text())
+    """The settings of the study in ``folder`` (its ``fewshot.json``; settings that are None are not recorded);
+    FileNotFoundError naming the folder when it is not a study's."""
+    settings_file = folder / SETTINGS_FILE
+    if not settings_file.is_file():
+        raise FileNotFoundError(f"{folder}: not a fewshot folder (no {SETTINGS_FILE}): name the --out of "
+                                f"nnunet-suprem fewshot")
+    settings = json.loads(settings_file.read_text())
     values = {f.name: settings.get(f.name) for f in fields(Study)}
     return Study(**{**values, "sizes": tuple(values["sizes"])})
 

@@ -1,4 +1,5 @@
-"""Learning-rate schedules in nnU-Net's style: stateless in the epoch, so resuming with ``--c`` is exact."""
+"""Learning-rate schedules in nnU-Net's style: stateless in the epoch, so resuming with ``--c`` is exact; and how
+often a training writes the checkpoint it resumes from."""
 from __future__ import annotations
 
 import math
