@@ -10,7 +10,7 @@ from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO, SimpleITKIOWit
 from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
 
 from nnunet_suprem.phantom import PHANTOM_CLASSES, Hospital, case_rng, synthesize_case
-from nnunet_suprem.taxonomy import label_dict
+from nnunet_suprem.taxonomy import TOTALSEGMENTATOR_V1, TOTALSEGMENTATOR_V2, canonical_name, label_dict
 from nnunet_suprem.training.laterality import (MAX_LATERAL_ROTATION, LateralMirrorTransform, lateral_directions,
                                                lateral_label_pairs, lateral_rotation, left_right_axis, patch_axis,
                                                rotation_planes, swap_labels)
@@ -25,6 +25,66 @@ def test_label_pairs():
                      ("femur_left", "femur_right"), ("lung_left", "lung_right")}
     assert unpaired == []
     assert lateral_label_pairs({"background": 0, "kidney_left": 1, "liver": 2}) == ([], ["kidney_left"])
+
+
+def _labels(values_to_names: dict[str, str]) -> dict[str, int]:
+    """nnU-Net's ``labels`` from a public dataset's ``{"value": "name"}`` (as nnU-Net's converters invert it)."""
+    return {name: int(value) for value, name in values_to_names.items()}
+
+
+# The label names of public datasets' own dataset.json files (value -> name), as published.
+AMOS22 = _labels({"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidney", "4": "gall bladder",
+                  "5": "esophagus", "6": "liver", "7": "stomach", "8": "arota", "9": "postcava", "10": "pancreas",
+                  "11": "right adrenal gland", "12": "left adrenal gland", "13": "duodenum", "14": "bladder",
+                  "15": "prostate/uterus"})
+BTCV = _labels({"0": "background", "1": "spleen", "2": "rkid", "3": "lkid", "4": "gall", "5": "eso", "6": "liver",
+                "7": "sto", "8": "aorta", "9": "IVC", "10": "veins", "11": "pancreas", "12": "rad", "13": "lad"})
+FLARE22 = _labels({"0": "background", "1": "liver", "2": "right kidney", "3": "spleen", "4": "pancreas",
+                   "5": "aorta", "6": "IVC", "7": "RAG", "8": "LAG", "9": "gallbladder", "10": "esophagus",
+                   "11": "stomach", "12": "duodenum", "13": "left kidney"})
+WORD = _labels({"0": "background", "1": "liver", "2": "spleen", "3": "kidney_left", "4": "kidney_right",
+                "5": "stomach", "6": "gallbladder", "7": "esophagus", "8": "pancreas", "9": "duodenum", "10": "colon",
+                "11": "intestine", "12": "adrenal", "13": "rectum", "14": "bladder", "15": "Head_of_femur_L",
+                "16": "Head_of_femur_R"})
+
+
+@pytest.mark.parametrize("labels, expected", [
+    (AMOS22, {("left kidney", "right kidney"), ("left adrenal gland", "right adrenal gland")}),
+    (BTCV, {("lkid", "rkid"), ("lad", "rad")}),
+    (FLARE22, {("left kidney", "right kidney"), ("LAG", "RAG")}),
+    (WORD, {("kidney_left", "kidney_right"), ("Head_of_femur_L", "Head_of_femur_R")}),
+    ({"background": 0, "Kidney_Left": 1, "Right Kidney": 2, "kidney (left) cyst": 3, "right kidney cyst": 4}, {
+        ("Kidney_Left", "Right Kidney"), ("kidney (left) cyst", "right kidney cyst")}),
+], ids=["AMOS22", "BTCV", "FLARE22", "WORD", "mixed spellings"])
+def test_label_pairs_of_public_datasets_whatever_the_spelling(labels, expected):
+    """Sides pair through their canonical names: the spellings of AMOS22, BTCV, FLARE22 and WORD pair."""
+    pairs, unpaired = lateral_label_pairs({k: v for k, v in labels.items() if k != "background"})
+    name_of = {value: name for name, value in labels.items()}
+    named = {tuple(sorted((name_of[a], name_of[b]), key=lambda n: canonical_name(n))) for a, b in pairs}
+    assert named == expected and unpaired == []
+
+
+@pytest.mark.parametrize("classes", [TOTALSEGMENTATOR_V1, TOTALSEGMENTATOR_V2], ids=["v1", "v2"])
+def test_label_pairs_of_totalsegmentator(classes):
+    """Every TotalSegmentator class with a partner pairs with it (ribs, lobes, cysts); the others cannot swap."""
+    labels = label_dict(classes)
+    pairs, unpaired = lateral_label_pairs({k: v for k, v in labels.items() if k != "background"})
+    lateral = [c for c in classes if c.endswith("_left") or "_left_" in c or c.endswith("_right") or "_right_" in c]
+    assert 2 * len(pairs) + len(unpaired) == len(lateral)
+    assert (labels["rib_left_7"], labels["rib_right_7"]) in pairs
+    assert (labels["lung_upper_lobe_left"], labels["lung_upper_lobe_right"]) in pairs
+    assert "lung_middle_lobe_right" in unpaired
+
+
+def test_label_pairs_of_region_based_labels():
+    """Regions of one value pair like labels; a region of several values cannot be swapped by value."""
+    regions = {"kidney left": [1], "kidney right": (2,), "kidneys": (1, 2), "left lung": [3, 4], "right lung": [5, 6]}
+    assert lateral_label_pairs(regions) == ([(1, 2)], ["left lung", "right lung"])
+
+
+def test_two_spellings_of_one_class_are_refused():
+    with pytest.raises(ValueError, match="'left kidney' and 'kidney_left' are the same class 'kidney_left'"):
+        lateral_label_pairs({"left kidney": 1, "kidney_left": 2})
 
 
 @pytest.mark.parametrize("orientation", ["LPS", "RAS", "SLP", "ASR", "RPI"])

@@ -14,10 +14,12 @@ import torch
 from conftest import ANISOTROPIC_LABELS as LABELS
 
 
-def _trainer(cls, configuration: str, folders: dict[str, str]):
+def _trainer(cls, configuration: str, folders: dict[str, str], names: dict[str, str] | None = None):
+    """A trainer on Dataset901_Aniso; ``names`` renames its labels (same values) as another dataset spells them."""
     preprocessed = f"{folders['nnUNet_preprocessed']}/Dataset901_Aniso"
     plans = json.loads(open(f"{preprocessed}/nnUNetPlans.json").read())
     dataset_json = json.loads(open(f"{preprocessed}/dataset.json").read())
+    dataset_json["labels"] = {(names or {}).get(name, name): value for name, value in dataset_json["labels"].items()}
     trainer = cls({**copy.deepcopy(plans), "continue_training": False}, configuration, 0, dataset_json,
                   device=torch.device("cpu"))
     trainer.initialize()
@@ -66,3 +68,43 @@ def test_kidney_left_stays_left_through_nnunet_augmentation(anisotropic_dataset,
     assert samples >= 12 and wrong == 0
     stock_wrong, stock_samples = _kidney_left_voxels_right_of_midline(stock, axis, batches=12)
     assert stock_samples >= 12 and stock_wrong > 0  # nnU-Net's mirroring and 180° rotations move it to the right
+
+
+@pytest.mark.parametrize("configuration, names", [
+    ("3d_fullres", {"kidney_left": "left kidney", "kidney_right": "right kidney"}),  # AMOS22, FLARE22, BTCV
+    ("3d_fullres", {"kidney_left": "lkid", "kidney_right": "rkid", "vertebrae_L1": "spine"}),  # BTCV (MONAI)
+    ("2d", {"kidney_left": "Kidney_Left", "kidney_right": "Right Kidney"}),
+], ids=["AMOS22", "BTCV", "2d-mixed"])
+def test_public_label_spellings_keep_left_left(anisotropic_dataset, configuration, names, monkeypatch):
+    """The label names of public datasets pair their sides: the swap, the rotation limit and the log hold."""
+    from nnunet_suprem.training.variants import SuPreMTrainer_smoke
+
+    for name, value in anisotropic_dataset.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    np.random.seed(0)
+    torch.manual_seed(0)
+    ours = _trainer(SuPreMTrainer_smoke, configuration, anisotropic_dataset, names)
+    rotation, *_ = ours.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    axis = len(ours.configuration_manager.patch_size) - 1
+    assert ours.lateral_swap == (axis, [(LABELS["kidney_left"], LABELS["kidney_right"])])
+    assert ours.inference_allowed_mirroring_axes is None or axis not in ours.inference_allowed_mirroring_axes
+    assert rotation == pytest.approx((-np.pi / 6, np.pi / 6))
+    log = open(ours.log_file).read()
+    assert (f"Laterality: left/right label pairs {names['kidney_left']!r} (1) / {names['kidney_right']!r} (2)."
+            in log)
+    wrong, samples = _kidney_left_voxels_right_of_midline(ours, axis, batches=8)
+    assert samples >= 8 and wrong == 0
+
+
+def test_no_lateral_labels_says_mirroring_is_nnunets(anisotropic_dataset, monkeypatch):
+    from nnunet_suprem.training.variants import SuPreMTrainer_smoke
+
+    for name, value in anisotropic_dataset.items():
+        monkeypatch.setenv(name, value)
+    ours = _trainer(SuPreMTrainer_smoke, "3d_fullres", anisotropic_dataset,
+                    {"kidney_left": "kidney a", "kidney_right": "kidney b"})
+    ours.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert ours.lateral_swap is None and ours.left_right_axes == ()
+    assert "Laterality: no label names a side of the body (left/right), so mirroring and rotation are nnU-Net's." \
+        in open(ours.log_file).read()

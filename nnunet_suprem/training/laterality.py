@@ -30,23 +30,44 @@ import numpy as np
 import torch
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 
-from nnunet_suprem.taxonomy import laterality_partner
+from nnunet_suprem.taxonomy import laterality_partner, resolve_classes
 
 MAX_LATERAL_ROTATION = float(np.deg2rad(30))  # nnU-Net's rotation range for isotropic 3D patches
 
 
-def lateral_label_pairs(labels: Mapping[str, int]) -> tuple[list[tuple[int, int]], list[str]]:
-    """``([(left value, right value), ...], lateral classes whose partner is not a label)``."""
-    pairs, unpaired = set(), []
-    for name, value in labels.items():
-        partner = laterality_partner(name)
+def lateral_label_pairs(labels: Mapping[str, int | Sequence[int]]) -> tuple[list[tuple[int, int]], list[str]]:
+    """``([(left value, right value), ...], lateral labels that cannot be swapped)`` of a dataset.json ``labels``.
+
+    A label is lateral when its canonical name (:func:`~nnunet_suprem.taxonomy.canonical_name`: ``"left kidney"``,
+    ``LAG``, ``lkid``, ``Kidney_Left`` ...) is; it pairs with the label whose canonical name is its partner's,
+    whatever either is spelled like. A lateral label without a partner, or a region (nnU-Net's region-based
+    ``labels``) of more than one value, cannot be swapped by value and is returned in the second list.
+    """
+    by_canonical = resolve_classes(labels, "dataset.json labels")
+    pairs, unswappable = set(), []
+    for canonical, name in by_canonical.items():
+        partner = laterality_partner(canonical)
         if partner is None:
             continue
-        if partner in labels:
-            pairs.add(tuple(sorted((value, labels[partner]))))
+        values = (_single_value(labels[name]), _single_value(labels.get(by_canonical.get(partner))))
+        if None in values:
+            unswappable.append(name)
         else:
-            unpaired.append(name)
-    return sorted(pairs), sorted(unpaired)
+            pairs.add(tuple(sorted(values)))
+    return sorted(pairs), sorted(unswappable)
+
+
+def _single_value(value: int | Sequence[int] | None) -> int | None:
+    """The label value of a label or of a one-value region; None for a missing label or a multi-value region."""
+    if isinstance(value, (list, tuple)):
+        return int(value[0]) if len(value) == 1 else None
+    return None if value is None else int(value)
+
+
+def describe_pairs(labels: Mapping[str, int | Sequence[int]], pairs: Iterable[tuple[int, int]]) -> str:
+    """``'left kidney' (1) / 'right kidney' (2), ...``: the label names of value pairs, for the training log."""
+    name_of = {_single_value(value): name for name, value in labels.items()}
+    return ", ".join(f"{name_of[a]!r} ({a}) / {name_of[b]!r} ({b})" for a, b in pairs)
 
 
 def left_right_axis(properties: Mapping) -> tuple[int, int] | None:
@@ -100,8 +121,8 @@ def lateral_mirroring_blocker(directions: set[tuple[int, int]] | None, unpaired:
     """Why mirroring along left-right cannot swap labels consistently, or None when it can.
 
     ``directions``: the (patch axis, sign) of left-right over all cases, None when some case's
-    geometry is unknown; ``unpaired``: lateral classes without a partner label; ``symmetric``:
-    every case annotates both or neither side of each pair.
+    geometry is unknown; ``unpaired``: lateral labels that cannot be swapped (:func:`lateral_label_pairs`);
+    ``symmetric``: every case annotates both or neither side of each pair.
     """
     if directions is None:
         return ("the image geometry of some cases is unknown (their reader, e.g. NaturalImage2DIO or Tiff3DIO, "
@@ -112,7 +133,7 @@ def lateral_mirroring_blocker(directions: set[tuple[int, int]] | None, unpaired:
         return ("cases differ in which way the left-right axis points (mixed orientations such as LPS and RAS; "
                 "'overwrite_image_reader_writer': 'NibabelIOWithReorient' in dataset.json makes them all RAS)")
     if unpaired:
-        return f"{unpaired} have no partner label"
+        return f"{unpaired} have no partner label of a single value"
     if not symmetric:
         return "some cases annotate only one side of a left/right pair"
     return None

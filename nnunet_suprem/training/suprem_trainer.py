@@ -22,8 +22,9 @@ from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels,
 from nnunet_suprem.orientation import ORIENTATION_KEY, describe, needs_check, training_orientation
 from nnunet_suprem.transfer.checkpoint import load_weights_only
 from nnunet_suprem.training.case_geometry import dataset_orientations
-from nnunet_suprem.training.laterality import (LateralMirrorTransform, lateral_directions, lateral_label_pairs,
-                                               lateral_mirroring_blocker, lateral_rotation, rotation_planes)
+from nnunet_suprem.training.laterality import (LateralMirrorTransform, describe_pairs, lateral_directions,
+                                               lateral_label_pairs, lateral_mirroring_blocker, lateral_rotation,
+                                               rotation_planes)
 from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
 from nnunet_suprem.training.partial_validation import hard_counts_per_case, restrict_summary_file
 from nnunet_suprem.training.sampling import source_repeats, source_shares
@@ -155,9 +156,14 @@ class SuPreMTrainer(nnUNetTrainer):
 
     def _configure_laterality(self, mirror_axes: tuple[int, ...]) -> None:
         """Find the left-right patch axis and decide how mirroring along it keeps laterality (see ``laterality``)."""
-        pairs, unpaired = lateral_label_pairs(foreground_labels(self.dataset_json))
+        labels = foreground_labels(self.dataset_json)
+        pairs, unpaired = lateral_label_pairs(labels)
         if not pairs and not unpaired:
+            self.print_to_log_file("Laterality: no label names a side of the body (left/right), so mirroring and "
+                                   "rotation are nnU-Net's.")
             return
+        self.print_to_log_file(f"Laterality: left/right label pairs {describe_pairs(labels, pairs) or 'none'}"
+                               f"{f'; lateral labels that cannot be swapped: {unpaired}' if unpaired else ''}.")
         folder = self.preprocessed_dataset_folder
         cases = infer_dataset_class(folder).get_identifiers(folder)
         orientations = dataset_orientations(folder, cases, self.print_to_log_file)
