@@ -21,6 +21,7 @@ from nnunet_suprem.training.case_geometry import dataset_orientations, summary_p
 
 CASES = 3000
 LPS, RAS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+SAGITTAL = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # index axes A, S, L: left-right is nnU-Net's array axis 0
 
 
 def _write_cases(folder: Path, count: int, direction=LPS, first: int = 0) -> list[str]:
@@ -75,6 +76,31 @@ def many_cases(anisotropic_dataset, tmp_path, monkeypatch):
         return trainer
 
     return make, folder
+
+
+@pytest.mark.parametrize("sagittal_cases", [0, 2, 12])
+def test_2d_cases_sliced_along_left_right_get_no_swap(anisotropic_dataset, tmp_path, monkeypatch, sagittal_cases):
+    """2D patches: a flip of in-plane axis 1 is left-right for axial cases but not for cases sliced along left-right
+    (their axis 1 is anterior-posterior), so a mix turns left-right mirroring off instead of swapping their labels."""
+    from nnunet_suprem.training.suprem_trainer import SuPreMTrainer
+
+    source = Path(anisotropic_dataset["nnUNet_preprocessed"]) / "Dataset901_Aniso"
+    plans = {**json.loads((source / "nnUNetPlans.json").read_text()), "dataset_name": "Dataset904_Mixed2d"}
+    folder = tmp_path / "Dataset904_Mixed2d" / plans["configurations"]["2d"]["data_identifier"]
+    _write_cases(folder, 12 - sagittal_cases)
+    _write_cases(folder, sagittal_cases, SAGITTAL, first=100)
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    trainer = SuPreMTrainer({**copy.deepcopy(plans), "continue_training": False}, "2d", 0,
+                            json.loads((source / "dataset.json").read_text()), device=torch.device("cpu"))
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    if sagittal_cases == 0:
+        assert _decision(trainer) == ((1,), (1, [(1, 2)]), (0,))
+    elif sagittal_cases == 12:  # no in-plane axis is left-right: nnU-Net's mirroring, nothing swapped
+        assert _decision(trainer) == ((), None, (0, 1))
+    else:
+        assert _decision(trainer) == ((1,), None, (0,))
+        assert "the 2D slices of some cases are cut along the left-right axis" in open(trainer.log_file).read()
 
 
 def _decision(trainer) -> tuple:

@@ -184,7 +184,7 @@ def test_rotation_is_limited_in_planes_containing_left_right():
 
 def test_lateral_directions_over_cases():
     assert lateral_directions([(2, -1), (2, -1), (2, 1)], (0, 1, 2), 3) == {(2, -1), (2, 1)}
-    assert lateral_directions([(2, -1), (0, 1)], (0, 1, 2), 2) == {(1, -1)}  # axis 0 is the 2D slicing axis
+    assert lateral_directions([(2, -1), (0, 1)], (0, 1, 2), 2) == {(1, -1), (None, 1)}  # 0: the 2D slicing axis
     assert lateral_directions([(2, -1), None], (0, 1, 2), 3) is None
 
 
@@ -195,5 +195,6 @@ def test_when_mirroring_may_swap_labels():
     assert "geometry of some cases is unknown" in lateral_mirroring_blocker(None, [], True)
     assert "differ in which way" in lateral_mirroring_blocker({(2, -1), (2, 1)}, [], True)
     assert "axis differs" in lateral_mirroring_blocker({(2, 1), (0, 1)}, [], True)
+    assert "cut along the left-right axis" in lateral_mirroring_blocker({(1, 1), (None, 1)}, [], True)
     assert "no partner" in lateral_mirroring_blocker({(2, 1)}, ["kidney_left"], True)
     assert "only one side" in lateral_mirroring_blocker({(2, 1)}, [], False)

@@ -101,33 +101,36 @@ def patch_axis(array_axis: int, transpose_forward: Sequence[int], patch_dim: int
 
 
 def lateral_directions(orientations: Iterable[tuple[int, int] | None], transpose_forward: Sequence[int],
-                       patch_dim: int) -> set[tuple[int, int]] | None:
+                       patch_dim: int) -> set[tuple[int | None, int]] | None:
     """The (patch axis, sign) of left-right over all cases; None when some case's geometry is unknown.
 
-    Cases whose left-right axis is the slicing axis of 2D patches contribute nothing.
+    Cases whose left-right axis is the slicing axis of 2D patches contribute ``(None, sign)``: no patch axis of
+    theirs is left-right, so flipping any of them must not swap their labels.
     """
     directions = set()
     for orientation in orientations:
         if orientation is None:
             return None
-        axis = patch_axis(orientation[0], transpose_forward, patch_dim)
-        if axis is not None:
-            directions.add((axis, orientation[1]))
+        directions.add((patch_axis(orientation[0], transpose_forward, patch_dim), orientation[1]))
     return directions
 
 
-def lateral_mirroring_blocker(directions: set[tuple[int, int]] | None, unpaired: list[str],
+def lateral_mirroring_blocker(directions: set[tuple[int | None, int]] | None, unpaired: list[str],
                               symmetric: bool) -> str | None:
     """Why mirroring along left-right cannot swap labels consistently, or None when it can.
 
-    ``directions``: the (patch axis, sign) of left-right over all cases, None when some case's
-    geometry is unknown; ``unpaired``: lateral labels that cannot be swapped (:func:`lateral_label_pairs`);
+    ``directions``: the (patch axis, sign) of left-right over all cases (:func:`lateral_directions`), None when some
+    case's geometry is unknown; ``unpaired``: lateral labels that cannot be swapped (:func:`lateral_label_pairs`);
     ``symmetric``: every case annotates both or neither side of each pair.
     """
     if directions is None:
         return ("the image geometry of some cases is unknown (their reader, e.g. NaturalImage2DIO or Tiff3DIO, "
                 "stores no direction or affine), so any axis may be left-right")
-    if len({axis for axis, _ in directions}) > 1:
+    axes = {axis for axis, _ in directions}
+    if None in axes and len(axes) > 1:
+        return ("the 2D slices of some cases are cut along the left-right axis and those of others are not, so a "
+                "flip that is left-right in one case is not in another (no label swap fits both)")
+    if len(axes) > 1:
         return f"the left-right axis differs between cases ({sorted(directions)})"
     if len(directions) > 1:
         return ("cases differ in which way the left-right axis points (mixed orientations such as LPS and RAS; "

@@ -171,9 +171,10 @@ class SuPreMTrainer(nnUNetTrainer):
         patch_dim = len(self.configuration_manager.patch_size)
         directions = lateral_directions(orientations.values(), self.plans_manager.transpose_forward, patch_dim)
         self.left_right_axes = tuple(range(patch_dim)) if directions is None \
-            else tuple(sorted({axis for axis, _ in directions}))
-        mirrored = None if directions is None else {(a, sign) for a, sign in directions if a in mirror_axes}
-        if mirrored == set():
+            else tuple(sorted({axis for axis, _ in directions if axis is not None}))
+        mirrored = None if directions is None \
+            else {(axis, sign) for axis, sign in directions if axis is None or axis in mirror_axes}
+        if mirrored is not None and all(axis is None for axis, _ in mirrored):
             return
         symmetric = self.annotated_rows is None or all(row[a] == row[b] for row in self.annotated_rows.values()
                                                         for a, b in pairs)
