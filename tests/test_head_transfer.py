@@ -188,6 +188,19 @@ def test_region_labels_and_unknown_labels_keep_fresh_heads_with_a_reason():
     assert "the checkpoint records no labels" in report.head
 
 
+def test_region_labels_in_another_order_are_not_loaded_whole():
+    """Region channels follow the order of ``labels``: the same BraTS regions in another key order are other heads."""
+    brats = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
+    reordered = {"background": 0, "enhancing tumor": [3], "tumor core": [2, 3], "whole tumor": [1, 2, 3]}
+    source, target = unet(len(brats), seed=1), unet(len(brats), seed=2)
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=brats)
+    _, report = transfer_checkpoint(checkpoint, target, reordered)
+    assert set(heads(target)) <= set(report.skipped) and "refused: region-based labels" in report.head
+    _, report = transfer_checkpoint(checkpoint, target, {k: tuple(v) if k != "background" else v
+                                                         for k, v in brats.items()})  # tuples as in nnU-Net's code
+    assert set(heads(target)) <= set(report.loaded)
+
+
 def test_labels_from_the_model_folder_and_through_a_weights_file(tmp_path):
     source, target = unet(len(SOURCE), seed=1), unet(len(TARGET) - 1, seed=2)
     model = tmp_path / "Dataset001_X" / "Trainer__nnUNetPlans__3d_fullres"

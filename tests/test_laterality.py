@@ -80,6 +80,8 @@ def test_label_pairs_of_region_based_labels():
     """Regions of one value pair like labels; a region of several values cannot be swapped by value."""
     regions = {"kidney left": [1], "kidney right": (2,), "kidneys": (1, 2), "left lung": [3, 4], "right lung": [5, 6]}
     assert lateral_label_pairs(regions) == ([(1, 2)], ["left lung", "right lung"])
+    tumour = {"kidney left": [1], "kidney right": [2], "tumour": [1, 3]}  # a swap would move the tumour's kidney
+    assert lateral_label_pairs(tumour) == ([], ["kidney left", "kidney right"])
 
 
 def test_two_spellings_of_one_class_are_refused():
@@ -196,5 +198,5 @@ def test_when_mirroring_may_swap_labels():
     assert "differ in which way" in lateral_mirroring_blocker({(2, -1), (2, 1)}, [], True)
     assert "axis differs" in lateral_mirroring_blocker({(2, 1), (0, 1)}, [], True)
     assert "cut along the left-right axis" in lateral_mirroring_blocker({(1, 1), (None, 1)}, [], True)
-    assert "no partner" in lateral_mirroring_blocker({(2, 1)}, ["kidney_left"], True)
+    assert "['kidney_left'] cannot be swapped by value" in lateral_mirroring_blocker({(2, 1)}, ["kidney_left"], True)
     assert "only one side" in lateral_mirroring_blocker({(2, 1)}, [], False)

@@ -41,20 +41,35 @@ def lateral_label_pairs(labels: Mapping[str, int | Sequence[int]]) -> tuple[list
     A label is lateral when its canonical name (:func:`~nnunet_suprem.taxonomy.canonical_name`: ``"left kidney"``,
     ``LAG``, ``lkid``, ``Kidney_Left`` ...) is; it pairs with the label whose canonical name is its partner's,
     whatever either is spelled like. A lateral label without a partner, or a region (nnU-Net's region-based
-    ``labels``) of more than one value, cannot be swapped by value and is returned in the second list.
+    ``labels``) of more than one value, cannot be swapped by value and is returned in the second list; so is every
+    lateral region when swapping the pairs' values would turn some region into one that is not its partner
+    (a region holding one side's value but not the other's).
     """
     by_canonical = resolve_classes(labels, "dataset.json labels")
-    pairs, unswappable = set(), []
+    pairs, unswappable, partner_of = set(), [], {}
     for canonical, name in by_canonical.items():
         partner = laterality_partner(canonical)
         if partner is None:
             continue
-        values = (_single_value(labels[name]), _single_value(labels.get(by_canonical.get(partner))))
+        partner_of[name] = by_canonical.get(partner)
+        values = (_single_value(labels[name]), _single_value(labels.get(partner_of[name])))
         if None in values:
             unswappable.append(name)
         else:
             pairs.add(tuple(sorted(values)))
+    if pairs and not _regions_follow_swap(labels, pairs, partner_of, unswappable):
+        return [], sorted(partner_of)
     return sorted(pairs), sorted(unswappable)
+
+
+def _regions_follow_swap(labels: Mapping[str, int | Sequence[int]], pairs: set[tuple[int, int]],
+                         partner_of: Mapping[str, str | None], unswappable: Sequence[str]) -> bool:
+    """Whether swapping the pairs' values turns every region (but the ``unswappable`` ones) into its partner's (a
+    lateral one) or itself."""
+    swap = {a: b for pair in pairs for a, b in (pair, pair[::-1])}
+    values = {name: set(value) if isinstance(value, (list, tuple)) else {value} for name, value in labels.items()}
+    return all({swap.get(v, v) for v in region} == values[partner_of.get(name) or name]
+               for name, region in values.items() if name not in unswappable)
 
 
 def _single_value(value: int | Sequence[int] | None) -> int | None:
@@ -136,7 +151,8 @@ def lateral_mirroring_blocker(directions: set[tuple[int | None, int]] | None, un
         return ("cases differ in which way the left-right axis points (mixed orientations such as LPS and RAS; "
                 "'overwrite_image_reader_writer': 'NibabelIOWithReorient' in dataset.json makes them all RAS)")
     if unpaired:
-        return f"{unpaired} have no partner label of a single value"
+        return (f"the lateral labels {unpaired} cannot be swapped by value (a partner is missing, or a region holds "
+                f"several values or one side's value only)")
     if not symmetric:
         return "some cases annotate only one side of a left/right pair"
     return None

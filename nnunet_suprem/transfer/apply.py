@@ -11,7 +11,7 @@ from torch import nn
 from nnunet_suprem.fileio import atomic_path
 from nnunet_suprem.transfer.checkpoint import TRANSFER_METADATA_KEY, Checkpoint
 from nnunet_suprem.transfer.defaults import DEFAULT_MIN_ENCODER_FRACTION, DEFAULT_NOVEL_ROWS
-from nnunet_suprem.transfer.head import IGNORE_LABEL, HeadRows, HeadTransferRefused, match_head_rows
+from nnunet_suprem.transfer.head import IGNORE_LABEL, HeadRows, HeadTransferRefused, match_head_rows, same_labels
 from nnunet_suprem.transfer.nnssl import rename_modules
 from nnunet_suprem.transfer.state_dict import TransferReport, require_encoder_fraction, transfer_state
 
@@ -45,7 +45,7 @@ def head_plan(checkpoint: Checkpoint, target_labels: dict | None, head_transfer:
         return False, HeadRows(note="the checkpoint records no labels" if checkpoint.labels is None
                                else "the target's labels are unknown")
     known = checkpoint.pretrained_rows
-    if checkpoint.labels == target_labels and (known is None or
+    if same_labels(checkpoint.labels, target_labels) and (known is None or
                                                known >= {n for n in target_labels if n != IGNORE_LABEL}):
         names = [n for n in target_labels if n != IGNORE_LABEL]
         return True, HeadRows(carried={n: n for n in names}, target_count=len(names), source_count=len(names),

@@ -28,7 +28,9 @@ Rules (each refusal is a note in the transfer report; the heads are then re-init
 - region-based labels (a label given as several values, nnU-Net's ``regions_class_order``) are refused: their rows
   are overlapping regions with sigmoid outputs, not classes of a softmax, so a row means something else;
 - labels that are not 0, 1, ..., n-1 (besides ``ignore``) or whose canonical names collide are refused;
-- the background row is carried only together with at least one class.
+- the background row is carried only together with at least one class;
+- heads are loaded whole only for the same labels in the same order (:func:`same_labels`): region channels follow
+  the order of ``labels``.
 """
 from __future__ import annotations
 
@@ -71,6 +73,17 @@ def output_rows(labels: Mapping[str, object]) -> dict[str, int]:
     if sorted(rows.values()) != list(range(len(rows))):
         raise HeadTransferRefused(f"label values {sorted(rows.values())} are not 0, 1, ..., {len(rows) - 1}")
     return rows
+
+
+def same_labels(first: Mapping[str, object], second: Mapping[str, object]) -> bool:
+    """The same label names with the same values in the same order.
+
+    Order matters: with region-based labels nnU-Net's output channels follow the order of the ``labels`` entry
+    (a BraTS-style dict in another key order swaps its region channels). A region's values are compared as a list.
+    """
+    def entries(labels: Mapping[str, object]) -> list[tuple[str, object]]:
+        return [(name, list(value) if isinstance(value, (list, tuple)) else value) for name, value in labels.items()]
+    return entries(first) == entries(second)
 
 
 @dataclass
