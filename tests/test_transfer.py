@@ -9,9 +9,9 @@ import torch
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
 from conftest import cli, run
-from nnunet_suprem.transfer.apply import build_network_from_plans, transfer_checkpoint
+from nnunet_suprem.transfer.apply import build_network_from_plans, image_channel_count, transfer_checkpoint
 from nnunet_suprem.transfer.checkpoint import read_checkpoint, strip_prefixes
-from nnunet_suprem.transfer.state_dict import adapt_input_conv, tensor_names
+from nnunet_suprem.transfer.state_dict import adapt_input_conv, input_conv_rule, tensor_names
 
 STEM = "encoder.stages.0.0.convs.0.conv.weight"
 
@@ -107,6 +107,28 @@ def test_more_input_channels_adapt_the_first_convolution(target, tmp_path):
     weight = source.state_dict()[STEM]
     assert torch.allclose(state[STEM], weight.repeat(1, 3, 1, 1, 1) / 3)
     assert torch.equal(state[STEM], state["encoder.stages.0.0.convs.0.all_modules.0.weight"])  # alias follows
+    dest.load_state_dict(state)
+
+
+def test_a_cascade_stage_keeps_the_image_weights_and_starts_the_segmentation_channels_at_zero(target, tmp_path):
+    """3d_cascade_fullres feeds the image, then the previous stage's one-hot segmentation: the pre-trained first
+    convolution is the image's (not divided by 1 + K over every input) and the segmentation channels start at 0."""
+    source, labels = network(target, seed=1)
+    plans, dataset_json = copy.deepcopy(target["plans"]), copy.deepcopy(target["dataset_json"])
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    dest = build_network_from_plans(plans, dataset_json, "3d_cascade_fullres")
+    foreground = len(dataset_json["labels"]) - 1
+    state, report = transfer_checkpoint(read_checkpoint(save(tmp_path, source.state_dict())), dest, labels,
+                                        image_channels=image_channel_count(dataset_json))
+    weight = source.state_dict()[STEM]
+    assert state[STEM].shape[1] == 1 + foreground and torch.equal(state[STEM][:, :1], weight)
+    assert not state[STEM][:, 1:].any()
+    assert report.adapted == {STEM: f"input channels 1 -> 1 image + {foreground} previous-stage segmentation "
+                                    f"channels starting at zero"}
+    assert adapt_input_conv(weight.repeat(1, 2, 1, 1, 1), 4, image_channels=1).shape[1] == 4  # 2 -> 1 image + 3
+    assert input_conv_rule(2, 4, 1) == ("input channels 2 -> 1 image (summed and spread) + 3 previous-stage "
+                                        "segmentation channels starting at zero")
+    assert input_conv_rule(1, 3) == "input channels 1 -> 3 (repeated and rescaled)"
     dest.load_state_dict(state)
 
 

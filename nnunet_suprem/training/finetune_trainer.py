@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_suprem.training.schedules import FinetuneLRScheduler
 from nnunet_suprem.training.suprem_trainer import SuPreMTrainer
-from nnunet_suprem.transfer.apply import pretrained_names, transfer_checkpoint
+from nnunet_suprem.transfer.apply import image_channel_count, pretrained_names, transfer_checkpoint
 from nnunet_suprem.transfer.checkpoint import load_weights_only, read_checkpoint
 from nnunet_suprem.transfer.defaults import DEFAULT_MIN_ENCODER_FRACTION, DEFAULT_NOVEL_ROWS
 
@@ -147,7 +147,8 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
         network = unwrap(self.network)
         state, report = transfer_checkpoint(checkpoint, network, self.dataset_json["labels"], self.encoder_only,
                                             self.min_encoder_fraction, head_transfer=self.head_transfer,
-                                            novel_rows=self.novel_rows)
+                                            novel_rows=self.novel_rows,
+                                            image_channels=image_channel_count(self.dataset_json))
         network.load_state_dict(state)
         self.pretrained_keys = frozenset(pretrained_names(network, report))
         self.print_to_log_file(f"Pre-trained weights: {fname} ({checkpoint.format})"

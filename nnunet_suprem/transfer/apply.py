@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -58,8 +59,8 @@ def head_plan(checkpoint: Checkpoint, target_labels: dict | None, head_transfer:
 
 def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_labels: dict[str, int] | None = None,
                         encoder_only: bool = False, min_encoder_fraction: float = DEFAULT_MIN_ENCODER_FRACTION,
-                        head_transfer: bool = True,
-                        novel_rows: str = DEFAULT_NOVEL_ROWS) -> tuple[dict, TransferReport]:
+                        head_transfer: bool = True, novel_rows: str = DEFAULT_NOVEL_ROWS,
+                        image_channels: int | None = None) -> tuple[dict, TransferReport]:
     """Fill ``network``'s state from ``checkpoint`` (nothing is loaded yet; call ``load_state_dict``).
 
     Segmentation heads (nnU-Net's ``seg_layers``, every deep-supervision output, or a network's ``key_to_head``)
@@ -68,7 +69,8 @@ def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_label
     are carried; the novel classes' rows start from the background row (``novel_rows="background"``) or keep the
     network's initialisation (``"init"``) (:func:`head_plan`). An
     encoder-only transfer takes no head. Raises ValueError when less than ``min_encoder_fraction`` of the encoder
-    would load.
+    would load. ``image_channels`` (:func:`image_channel_count`): how many network inputs are image channels; a
+    cascade's previous-stage segmentation channels after them start with zero first-convolution weights.
     """
     encoder, stem = encoder_prefixes(network)
     checkpoint = onto_network_paths(checkpoint, network)
@@ -77,9 +79,16 @@ def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_label
         head.note = "encoder-only transfer"
     state, report = transfer_state(checkpoint.state_dict, network, encoder_prefixes=encoder, stem_prefixes=stem,
                                    head_prefixes=module_paths(network, "key_to_head"), encoder_only=encoder_only,
-                                   load_heads=load_heads, head_rows=head, pretrained_keys=checkpoint.pretrained_keys)
+                                   load_heads=load_heads, head_rows=head, pretrained_keys=checkpoint.pretrained_keys,
+                                   image_channels=image_channels)
     require_encoder_fraction(report, min_encoder_fraction, checkpoint.path)
     return state, report
+
+
+def image_channel_count(dataset_json: Mapping) -> int:
+    """The image channels of a dataset (nnU-Net's ``channel_names``, or ``modality`` of older dataset.json files);
+    a cascade's later stage has its previous stage's one-hot segmentation as further inputs."""
+    return len(dataset_json["modality"] if "modality" in dataset_json else dataset_json["channel_names"])
 
 
 def onto_network_paths(checkpoint: Checkpoint, network: nn.Module) -> Checkpoint:

@@ -66,7 +66,8 @@ def add_subparser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from nnunet_suprem.transfer.apply import build_network_from_plans, transfer_checkpoint, write_nnunet_weights
+    from nnunet_suprem.transfer.apply import (build_network_from_plans, image_channel_count, transfer_checkpoint,
+                                              write_nnunet_weights)
     from nnunet_suprem.transfer.checkpoint import read_checkpoint
 
     output = Path(args.output)
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
     network = build_network_from_plans(plans, dataset_json, args.configuration)
     state, report = transfer_checkpoint(checkpoint, network, dataset_json["labels"], args.encoder_only,
                                         args.min_encoder_fraction, head_transfer=not args.no_head_transfer,
-                                        novel_rows=args.novel_rows)
+                                        novel_rows=args.novel_rows, image_channels=image_channel_count(dataset_json))
     network.load_state_dict(state)
     write_nnunet_weights(output, network, state, report, checkpoint, dataset_json["labels"])
     print(f"{checkpoint.path} ({checkpoint.format}) -> {plans['dataset_name']} {args.plans} {args.configuration}")

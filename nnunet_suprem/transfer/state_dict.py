@@ -109,7 +109,7 @@ def tensor_names(state_dict: Mapping[str, torch.Tensor]) -> list[list[str]]:
     return list(groups.values())
 
 
-def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+def adapt_input_conv(weight: torch.Tensor, in_channels: int, image_channels: int | None = None) -> torch.Tensor:
     """First-convolution weights ``[out, c, *k]`` for ``in_channels`` inputs instead of ``c``.
 
     Rule: when ``in_channels`` is a multiple of ``c``, the weights are repeated and scaled by
@@ -117,7 +117,14 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     gets the sum over the old channels divided by ``in_channels`` (to 1 channel: the sum).
     Both keep the layer's response to an image fed identically to every channel, so the
     pre-trained features start where they were.
+
+    ``image_channels`` below ``in_channels`` (a cascade's later stage: the image channels, then the previous
+    stage's one-hot segmentation): the rule applies to the image channels and the segmentation channels start
+    at zero, so the layer's response to the image is the pre-trained one.
     """
+    if image_channels is not None and image_channels < in_channels:
+        zeros = weight.new_zeros(weight.shape[0], in_channels - image_channels, *weight.shape[2:])
+        return torch.cat([adapt_input_conv(weight, image_channels), zeros], dim=1)
     source_channels = weight.shape[1]
     if source_channels == in_channels:
         return weight
@@ -127,6 +134,17 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     shape = list(weight.shape)
     shape[1] = in_channels
     return (weight.sum(dim=1, keepdim=True) / in_channels).expand(shape).clone()
+
+
+def input_conv_rule(source_channels: int, in_channels: int, image_channels: int | None = None) -> str:
+    """How :func:`adapt_input_conv` maps ``source_channels`` onto ``in_channels``, for the transfer report."""
+    images = in_channels if image_channels is None else min(image_channels, in_channels)
+    rule = "" if images == source_channels else \
+        " (repeated and rescaled)" if images % source_channels == 0 else " (summed and spread)"
+    if images == in_channels:
+        return f"input channels {source_channels} -> {in_channels}{rule}"
+    return (f"input channels {source_channels} -> {images} image{rule} + {in_channels - images} previous-stage "
+            f"segmentation channels starting at zero")
 
 
 def decoder_upsampling(state: Mapping[str, torch.Tensor]) -> list[tuple[int, ...]]:
@@ -163,13 +181,15 @@ def under_any(key: str, prefixes: Iterable[str]) -> bool:
 def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, encoder_prefixes: tuple[str, ...],
                    stem_prefixes: tuple[str, ...] = (), head_prefixes: tuple[str, ...] = (),
                    encoder_only: bool = False, load_heads: bool = False, head_rows: HeadRows | None = None,
-                   pretrained_keys: Iterable[str] | None = None) -> tuple[dict[str, torch.Tensor], TransferReport]:
+                   pretrained_keys: Iterable[str] | None = None,
+                   image_channels: int | None = None) -> tuple[dict[str, torch.Tensor], TransferReport]:
     """The target's full state dict with tensors taken from ``source`` where names and shapes allow.
 
     - ``encoder_prefixes``: module paths of the encoder (e.g. nnU-Net's ``key_to_encoder``);
       with ``encoder_only`` nothing else is taken.
     - ``stem_prefixes``: where the first convolution lives; its weight is adapted with
-      :func:`adapt_input_conv` when only the number of input channels differs.
+      :func:`adapt_input_conv` when only the number of input channels differs (``image_channels``: how many of the
+      target's inputs are image channels, the rest being a cascade's previous-stage segmentation; None: all).
     - segmentation heads (``HEAD_MARKERS``, or under ``head_prefixes``) keep their fresh initialisation
       unless ``load_heads`` (taken whole) or ``head_rows`` (class-aware: :func:`carry_head_rows`).
     - ``pretrained_keys``: only these source keys count as pre-trained (None: all).
@@ -223,10 +243,8 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
         if value.shape != wanted.shape:
             if (under_any(key, stem_prefixes) and value.ndim == wanted.ndim >= 3 and value.shape[0] ==
                     wanted.shape[0] and value.shape[2:] == wanted.shape[2:]):
-                old, new = value.shape[1], wanted.shape[1]
-                value = adapt_input_conv(value, new)
-                rule = "repeated and rescaled" if new % old == 0 else "summed and spread"
-                report.adapted[key] = f"input channels {old} -> {new} ({rule})"
+                report.adapted[key] = input_conv_rule(value.shape[1], wanted.shape[1], image_channels)
+                value = adapt_input_conv(value, wanted.shape[1], image_channels)
             else:
                 report.mismatched[key] = (list(value.shape), list(wanted.shape))
                 continue
