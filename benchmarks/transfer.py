@@ -6,8 +6,9 @@ Runs `nnunet-suprem demo --folds K` (synthetic partial-label pre-training with S
 target with 4 classes seen in pre-training and 4 novel ones), whose fine-tuning part is the few-shot study of
 `nnunet-suprem fewshot`: K independent draws of 5 training cases, each fine-tuned from the pre-trained checkpoint
 and from scratch with the same budget, test Dice on held-out cases. Then prints the study's paired difference
-pre-trained - scratch per class group with its 95% CI (units: draw x test case). Everything stays in --out (a
-rerun resumes); the study's tables are in DIR/fewshot (fewshot.csv, summary.csv, summary.md, fewshot.png).
+pre-trained - scratch per class group with its 95% CI (a Student t-interval over the draw means; with one draw, over
+test cases only) and its value in every draw. Everything stays in --out (a rerun resumes); the study's tables are
+in DIR/fewshot (fewshot.csv, summary.csv, summary.md, fewshot.png).
 
 --ablate TRAINER ...: other fine-tuning recipes (e.g. SuPreMFinetuneTrainerFullLR_40epochs_25iterations), each a
 study of its own in DIR/ablation_TRAINER (`nnunet-suprem fewshot --scratch-from DIR/fewshot`): the same checkpoint,
@@ -29,9 +30,14 @@ from nnunet_suprem.fewshot.study import read_study, study_command
 
 
 def differences(study: Path) -> list[dict]:
-    """The study's Dice rows of pre-trained - scratch per class group."""
+    """The study's Dice rows of pre-trained - scratch per class group, over its draws (``draw`` empty) and per draw."""
     with open(study / "summary.csv", newline="") as f:
         return [r for r in csv.DictReader(f) if r["metric"] == "Dice" and not r["class"] and r["arm"] == DIFFERENCE]
+
+
+def points(value: str) -> str:
+    """A Dice difference from summary.csv in signed points."""
+    return f"{100 * float(value):+.1f}"
 
 
 def ablate(out: Path, trainer: str) -> Path:
@@ -58,12 +64,15 @@ def main() -> None:
     studies = {read_study(out / "fewshot").pretrained_trainer: out / "fewshot"}
     studies.update((trainer, ablate(out, trainer)) for trainer in args.ablate)
 
-    print(f"\npre-trained - scratch, test Dice points ({args.draws} draw(s); mean [95% CI] over draw x test case):")
+    print("\npre-trained - scratch, test Dice points: mean [95% CI] (what the CI covers); per draw")
     for trainer, study in studies.items():
         print(f"{trainer} ({study}):")
-        for row in differences(study):
-            print(f"  N={row['N']} {row['group']:<6} {100 * float(row['mean']):+.1f} "
-                  f"[{100 * float(row['ci_low']):+.1f}, {100 * float(row['ci_high']):+.1f}]  (n={row['n']})")
+        rows = differences(study)
+        for row in (r for r in rows if not r["draw"]):
+            per_draw = [r for r in rows if r["draw"] and (r["N"], r["group"]) == (row["N"], row["group"])]
+            print(f"  N={row['N']} {row['group']:<6} {points(row['mean'])} [{points(row['ci_low'])}, "
+                  f"{points(row['ci_high'])}] ({row['interval']}); per draw "
+                  f"{', '.join(points(r['mean']) for r in per_draw)}")
 
 
 if __name__ == "__main__":

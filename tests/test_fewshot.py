@@ -1,5 +1,6 @@
 """nnunet-suprem fewshot: the study end to end through the real CLI (stock nnU-Net on 16^3 phantoms, CPU), resuming,
-refusing other settings; the long table, summary arithmetic and seen/novel groups on hand-made numbers."""
+refusing other settings; the long table, summary arithmetic and seen/novel groups on hand-made numbers; the interval
+over training draws on simulated studies of known truth."""
 import csv
 import json
 import math
@@ -11,11 +12,14 @@ import pytest
 import torch
 
 from conftest import cli, command, nnunet_folders, run, subprocess_env
-from nnunet_suprem.evaluate.stats import crossed_bootstrap_ci
+from scipy import stats
+
+from nnunet_suprem.evaluate.stats import TEST_CASES_ONLY, summarize_draws, t_interval
 from nnunet_suprem.fewshot.curves import (class_curves, first_epoch_means, group_curve, plot_learning_curves,
                                           read_class_curves)
-from nnunet_suprem.fewshot.report import (LONG_COLUMNS, class_groups, evaluation_rows, plot_study, summarize_study,
-                                          summary_markdown, write_long_table)
+from nnunet_suprem.fewshot.report import (ARMS, DIFFERENCE, LONG_COLUMNS, class_groups, evaluation_rows,
+                                          interval_caption, plot_study, summarize_study, summary_markdown,
+                                          unpaired_note, write_long_table, write_summary_csv)
 from nnunet_suprem.planning.split import few_shot_splits
 
 # the checkpoint's classes: postcava under a synonym, a side spelled out, and a class the target lacks
@@ -147,9 +151,11 @@ def test_a_study_reuses_the_scratch_arm_of_a_finished_one(target, study, tmp_pat
 @pytest.mark.e2e
 def test_bad_input_is_one_line_naming_the_problem(target, tmp_path):
     env = target["env"]
+    training_images = Path(env["nnUNet_raw"]) / "Dataset007_Few" / "imagesTr"
     for extra, message in ((["--train-cases", "5", "6"], "--train-cases must be between 1 and 5"),
                            (["--scratch-trainer", "a/x"], "trainer 'a/x' contains a path separator"),
-                           (["--test-images", str(tmp_path / "none")], "test folder not found (--test-images)")):
+                           (["--test-images", str(tmp_path / "none")], "test folder not found (--test-images)"),
+                           (["--test-images", str(training_images)], "6 test case(s) are training cases of ")):
         args = fewshot_args(target, tmp_path / "out", *extra)
         if extra[0] == "--train-cases":  # replaces the sizes
             index = args.index("--train-cases")
@@ -188,6 +194,24 @@ def test_one_fold_per_size_and_draw_in_the_studys_own_folder(tmp_path):
                                            "evaluate_pretrained_N5_draw0", "evaluate_scratch_N5_draw0"]
     assert steps[-6].command[:4] == ["nnUNetv2_train", "Dataset005_Few", "3d_fullres", "3"]
     assert "--no-nsd" in steps[-1].command
+
+
+def test_a_study_refuses_test_cases_that_are_training_cases(tmp_path):
+    from nnunet_suprem.fewshot.study import Study
+
+    source = tmp_path / "Dataset005_Few"
+    source.mkdir()
+    (source / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}))
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for case in ("case_07", "test_001", "case_03"):
+        (images / f"{case}_0000.nii.gz").touch()
+    study = Study(str(source), "plans", "3d_fullres", "w.pth", (5,), 1, 0, "A", "B", str(images), "labels", None)
+    cases = [f"case_{i:02d}" for i in range(12)]
+    with pytest.raises(ValueError, match=r"imagesTs: 2 test case\(s\) are training cases of .*Dataset005_Few "
+                                         r"\(case_03, case_07\): test on held-out cases only \(--test-images\)"):
+        study.check_held_out(cases)
+    study.check_held_out([c for c in cases if c not in ("case_03", "case_07")])
 
 
 def test_a_reused_scratch_arm_needs_the_same_settings_and_a_finished_study(tmp_path):
@@ -259,13 +283,17 @@ def test_fewshot_report_writes_interim_numbers_from_the_evaluated_runs(tmp_path,
     printed = capsys.readouterr().out
     assert printed.startswith("INTERIM, 1 of 2 runs evaluated (N=5 draw 0). Dataset005_Few: A from pretrained.pth")
     assert {row["draw"] for row in read_csv(out / "fewshot.csv")} == {"0"}
-    assert "| 5 | liver | seen | 0.900 [0.900, 0.900] | 0.500 [0.500, 0.500] | 0.400 [" in printed
+    assert (f"| 5 | liver | seen | 0.900 [0.900, 0.900] | 0.500 [0.500, 0.500] | 0.400 [0.400, 0.400] | +0.400 | "
+            f"{TEST_CASES_ONLY} |") in printed  # one draw evaluated
     assert (out / "summary.md").read_text().strip() in printed
 
     evaluated("scratch", 1, 0.3)
     main(["fewshot-report", str(out)])
     final = (out / "summary.md").read_text()
-    assert not final.startswith("INTERIM") and "| 5 | liver | seen | 0.800 [" in final
+    low, high = t_interval([0.4, 0.4])
+    assert not final.startswith("INTERIM") and "Student t-interval over the draw means" in final
+    assert f"| 5 | liver | seen | 0.800 [" in final
+    assert f"| 0.400 [{low:.3f}, {high:.3f}] | +0.400, +0.400 | Student t over 2 draw means |" in final
     assert fewshot.report() + "\n" == final and {row["draw"] for row in read_csv(out / "fewshot.csv")} == {"0", "1"}
 
 
@@ -324,24 +352,35 @@ def test_long_table_and_summary_arithmetic(tmp_path):
                         "Dice": "0.9", "NSD": "nan"}
     assert len(table) == 16
 
-    summary = {(r["group"], r["class"], r["arm"]): r for r in summarize_study(rows)}
+    summary = {(r["group"], r["class"], r["arm"], r["draw"]): r for r in summarize_study(rows)}
     assert {r["metric"] for r in summarize_study(rows)} == {"Dice"}  # NSD was not computed
-    liver = summary[("seen", "liver", "pretrained")]
+    liver = summary[("seen", "liver", "pretrained", "")]
     assert liver["n"] == 4 and liver["draws"] == 2 and liver["cases"] == 2
     assert liver["mean"] == pytest.approx((0.9 + 0.7 + 0.8 + 0.6) / 4)
-    assert liver["ci_low"] <= liver["mean"] <= liver["ci_high"]
-    # per unit (draw, case): the group mean over its scored classes; a NaN class is left out
-    every = summary[("all", "", "pretrained")]
+    assert (liver["ci_low"], liver["ci_high"]) == pytest.approx(t_interval([0.8, 0.7]))  # over the draw means
+    assert liver["interval"] == "Student t over 2 draw means"
+    draw_1 = summary[("seen", "liver", "pretrained", 1)]
+    assert draw_1["mean"] == pytest.approx(0.7) and draw_1["draws"] == 1 and draw_1["interval"] == TEST_CASES_ONLY
+    # per unit (draw, case): the group mean over its classes scored by both arms
+    every = summary[("all", "", "pretrained", "")]
     assert every["mean"] == pytest.approx(np.mean([0.7, 0.7, 0.55, 0.35]))
-    spleen_difference = summary[("novel", "spleen", "pretrained-scratch")]
+    spleen_difference = summary[("novel", "spleen", "pretrained-scratch", "")]
     assert spleen_difference["n"] == 3  # paired only where both arms are scored
-    assert spleen_difference["mean"] == pytest.approx(np.mean([0.4, 0.0, 0.0]))
-    difference = summary[("all", "", "pretrained-scratch")]
-    assert difference["mean"] == pytest.approx(np.mean([0.7 - 0.3, 0.7 - 0.35, 0.55 - 0.35, 0.35 - 0.15]))
-    assert summary[("seen", "", "scratch")]["mean"] == summary[("seen", "liver", "scratch")]["mean"]
+    assert spleen_difference["mean"] == pytest.approx(np.mean([0.4, 0.0]))  # the mean of the draw means
+    assert summary[("novel", "spleen", "scratch", "")]["mean"] == pytest.approx(np.mean([0.1, 0.2]))
+    # draw 0, case b: liver only in both arms (the pre-trained arm did not score the spleen there)
+    per_draw = [summary[("all", "", "pretrained-scratch", draw)]["mean"] for draw in (0, 1)]
+    assert per_draw == pytest.approx([np.mean([0.7 - 0.3, 0.7 - 0.5]), np.mean([0.55 - 0.35, 0.35 - 0.15])])
+    assert summary[("all", "", "pretrained-scratch", "")]["mean"] == pytest.approx(np.mean(per_draw))
+    for (group, name, arm, draw), row in summary.items():
+        if arm == DIFFERENCE:
+            assert row["mean"] == pytest.approx(summary[(group, name, "pretrained", draw)]["mean"]
+                                                - summary[(group, name, "scratch", draw)]["mean"])
+    assert summary[("seen", "", "scratch", "")]["mean"] == summary[("seen", "liver", "scratch", "")]["mean"]
 
     text = summary_markdown(summarize_study(rows), "title")
     assert "| 5 | liver | seen | 0.750 [" in text and "| 5 | mean, all |  | 0.575 [" in text
+    assert "| +0.300, +0.200 | Student t over 2 draw means |" in text  # mean, all: the difference in each draw
     plot_study(summarize_study(rows + [{**row, "N": 10} for row in rows]), tmp_path / "fewshot.png", "title")
     assert (tmp_path / "fewshot.png").stat().st_size > 0
 
@@ -367,12 +406,102 @@ def test_learning_curves_per_class_group(tmp_path):
         class_curves({"init_args": {"dataset_json": {"labels": {"background": 0, "organ": [1, 2]}}}, "logging": {}})
 
 
-def test_crossed_bootstrap_ci():
-    assert crossed_bootstrap_ci(np.full((3, 4), 0.25)) == (0.25, 0.25)
-    assert all(math.isnan(v) for v in crossed_bootstrap_ci(np.full((2, 2), np.nan)))
-    table = np.array([[0.1, 0.9, np.nan], [0.3, 0.7, 0.5]])
-    low, high = crossed_bootstrap_ci(table)
-    assert 0.1 <= low < np.nanmean(table) < high <= 0.9
-    assert crossed_bootstrap_ci(table) == (low, high)  # seeded
-    one_draw = crossed_bootstrap_ci(table[1:])  # one draw: the cases' bootstrap
-    assert 0.3 <= one_draw[0] < 0.5 < one_draw[1] <= 0.7
+def test_the_interval_over_draws_is_a_t_interval_on_the_draw_means():
+    """The published study: novel-class differences +6.2, +19.8, +26.3 points in its three draws."""
+    result = summarize_draws(np.array([[0.062], [0.198], [0.263]]))
+    assert result.mean == pytest.approx(0.1743, abs=1e-4) and result.interval == "Student t over 3 draw means"
+    assert (result.ci_low, result.ci_high) == pytest.approx((-0.0805, 0.4291), abs=1e-4)
+    table = np.array([[0.1, 0.3, np.nan], [0.5, np.nan, np.nan], [np.nan] * 3])  # a draw without a scored case
+    result = summarize_draws(table)
+    assert result.mean == pytest.approx(0.35)  # the mean of the draw means: each draw weighs the same
+    half = stats.t.ppf(0.975, 1) * np.std([0.2, 0.5], ddof=1) / math.sqrt(2)
+    assert (result.ci_low, result.ci_high) == pytest.approx((0.35 - half, 0.35 + half))
+    one = summarize_draws(table[:1])  # one draw: its test cases only
+    assert one.interval == TEST_CASES_ONLY and 0.1 <= one.ci_low < 0.2 < one.ci_high <= 0.3
+    constant = summarize_draws(np.full((2, 2), 0.25))
+    assert (constant.mean, constant.ci_low, constant.ci_high) == (0.25, 0.25, 0.25)
+    empty = summarize_draws(np.full((2, 2), np.nan))
+    assert math.isnan(empty.mean) and math.isnan(empty.ci_low) and empty.interval == ""
+
+
+TRUTH, DRAW_SD, CASE_SD, TEST_CASES = 0.10, 0.10, 0.05, 12
+
+
+def simulated_studies(rng: np.random.Generator, studies: int, draws: int) -> np.ndarray:
+    """studies x draws x test cases paired differences: the truth, plus an effect per training draw (its spread:
+    DRAW_SD), plus noise per test case."""
+    return (TRUTH + rng.normal(0, DRAW_SD, (studies, draws, 1))
+            + rng.normal(0, CASE_SD, (studies, draws, TEST_CASES)))
+
+
+def crossed_bootstrap(tables: np.ndarray, resamples: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """The interval the study reported before issue #26, per study: a percentile bootstrap resampling draws and
+    test cases independently (the same resamples for every study, as its fixed seed gave)."""
+    studies, draws, cases = tables.shape
+    rng = np.random.default_rng(0)
+    draw_counts = rng.multinomial(draws, np.full(draws, 1 / draws), size=resamples)
+    case_counts = rng.multinomial(cases, np.full(cases, 1 / cases), size=resamples)
+    weights = (draw_counts[:, :, None] * case_counts[:, None, :]).reshape(resamples, -1) / (draws * cases)
+    low, high = np.percentile(tables.reshape(studies, -1) @ weights.T, [2.5, 97.5], axis=1)
+    return low, high
+
+
+def test_the_interval_over_draws_covers_the_truth_in_simulated_studies():
+    """Simulated studies of known truth: the 95% interval covers it in about 95% of studies at 5 and 10 draws, and
+    at 3 draws is never narrower than the spread of the draw means; the crossed bootstrap it replaces covers it in
+    about 75% at 3 draws, and one draw's interval over test cases, in about 20%: hence its label."""
+    rng = np.random.default_rng(0)
+    for draws, studies in ((1, 500), (3, 2000), (5, 2000), (10, 2000)):
+        tables = simulated_studies(rng, studies, draws)
+        results = [summarize_draws(table) for table in tables]
+        low, high = (np.array([getattr(r, side) for r in results]) for side in ("ci_low", "ci_high"))
+        coverage = np.mean((low <= TRUTH) & (TRUTH <= high))
+        draw_means = tables.mean(axis=2)
+        spread = draw_means.max(axis=1) - draw_means.min(axis=1)
+        old_low, old_high = crossed_bootstrap(tables)
+        old_coverage = np.mean((old_low <= TRUTH) & (TRUTH <= old_high))
+        if draws == 1:
+            assert {r.interval for r in results} == {TEST_CASES_ONLY}
+            assert coverage < 0.3 and old_coverage < 0.3  # the same interval, now labelled for what it omits
+        else:
+            assert {r.interval for r in results} == {f"Student t over {draws} draw means"}
+            assert 0.93 <= coverage <= 0.97, (draws, coverage)
+            assert old_coverage < coverage - 0.04, (draws, old_coverage)
+        if draws == 3:
+            assert np.all(high - low >= spread)
+            assert np.mean(old_high - old_low < spread) > 0.5  # mostly narrower than the draws' own spread
+            assert old_coverage < 0.8
+
+
+def test_a_groups_difference_compares_the_same_classes_in_both_arms():
+    """A class one arm's evaluation lacks, or a result one arm scored and the other did not (absent from the ground
+    truth, predicted by one arm), counts in neither arm, and the report says so."""
+    groups = {"liver": "seen", "spleen": "novel", "stomach": "novel"}
+    pretrained = {"a": {"liver": 0.9, "spleen": 0.8, "stomach": 0.0},
+                  "b": {"liver": 0.7, "spleen": 0.6, "stomach": 0.0}}
+    scratch = {"a": {"liver": 0.5, "spleen": 0.4}, "b": {"liver": 0.5, "spleen": float("nan")}}  # no stomach
+    rows = [row for draw in (0, 1) for arm, cases in (("pretrained", pretrained), ("scratch", scratch))
+            for row in evaluation_rows(evaluation(cases), arm, 5, draw, groups)]
+    summary = {(r["group"], r["class"], r["arm"], r["draw"]): r for r in summarize_study(rows)}
+    novel = {arm: summary[("novel", "", arm, "")]["mean"] for arm in (*ARMS, DIFFERENCE)}
+    assert novel == pytest.approx({"pretrained": 0.8, "scratch": 0.4, DIFFERENCE: 0.4})  # case a's spleen only
+    assert summary[("all", "", "pretrained", "")]["mean"] == pytest.approx(np.mean([0.85, 0.7]))  # a: 2, b: 1 class
+    assert summary[("all", "", DIFFERENCE, "")]["mean"] == pytest.approx(np.mean([0.4, 0.2]))
+    assert summary[("novel", "stomach", "pretrained", "")]["n"] == 0
+    assert unpaired_note(rows).splitlines() == ["- Dice, N = 5, spleen: 2 results scored by pretrained only",
+                                                "- Dice, N = 5, stomach: 4 results scored by pretrained only"]
+
+
+def test_one_draw_is_labelled_test_case_variability_only(tmp_path):
+    """With one draw the CI is over test cases only: the table, summary.csv and the figure's caption say so."""
+    rows = evaluation_rows(evaluation({"a": {"liver": 0.9}, "b": {"liver": 0.7}}), "pretrained", 5, 0,
+                           {"liver": "seen"})
+    rows += evaluation_rows(evaluation({"a": {"liver": 0.5}, "b": {"liver": 0.6}}), "scratch", 5, 0, {"liver": "seen"})
+    summary = summarize_study(rows)
+    assert {r["interval"] for r in summary} == {TEST_CASES_ONLY}
+    write_summary_csv(tmp_path / "summary.csv", summary)
+    table = read_csv(tmp_path / "summary.csv")
+    difference = next(r for r in table if r["group"] == "all" and r["arm"] == DIFFERENCE and r["draw"] == "")
+    assert difference["interval"] == TEST_CASES_ONLY and float(difference["mean"]) == pytest.approx(0.25)
+    assert f"| +0.250 | {TEST_CASES_ONLY} |" in summary_markdown(summary, "title")
+    assert interval_caption(summary) == f"95% CI: {TEST_CASES_ONLY}"

@@ -1,4 +1,5 @@
-"""Per-class statistics over cases: mean, s.d., bootstrap confidence interval and a paired test.
+"""Per-class statistics over cases: mean, s.d., bootstrap confidence interval and a paired test; the mean over
+training draws of a study (:func:`summarize_draws`).
 
 NaN values (a class absent from prediction and reference, or not annotated) are left out.
 """
@@ -12,6 +13,7 @@ from scipy import stats
 
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
+TEST_CASES_ONLY = "test-case variability only, training-set variability not estimated"
 
 
 @dataclass(frozen=True)
@@ -59,28 +61,41 @@ def bootstrap_ci(values: Sequence[float], confidence: float = CONFIDENCE, resamp
     return float(low), float(high)
 
 
-def crossed_bootstrap_ci(table: np.ndarray, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
-                         seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of the finite cells of a rows x columns ``table`` (e.g.
-    training draws x test cases), resampling rows and columns independently with replacement (a crossed design:
-    both the draws and the cases vary); deterministic per ``seed``. One row: the cases' bootstrap."""
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Student t confidence interval of the mean of the finite ``values`` (NaN below 2 values)."""
+    values = finite(values)
+    if values.size < 2:
+        return float("nan"), float("nan")
+    half_width = stats.t.ppf((1 + confidence) / 2, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
+    return float(values.mean() - half_width), float(values.mean() + half_width)
+
+
+@dataclass(frozen=True)
+class DrawsSummary:
+    """A draws x test cases table summarised over its draws: the mean of the draw means (each over the draw's scored
+    test cases), its confidence interval and what the interval covers."""
+    mean: float
+    ci_low: float
+    ci_high: float
+    interval: str
+
+
+def summarize_draws(table: np.ndarray, confidence: float = CONFIDENCE) -> DrawsSummary:
+    """:class:`DrawsSummary` of a training draws x test cases ``table`` (NaN = not scored; a draw without a scored
+    case is left out): with 2 or more draws a Student t-interval over the draw means (the spread between training
+    draws, which a bootstrap over 1-3 draws cannot estimate); with one, a percentile bootstrap over its test cases,
+    labelled :data:`TEST_CASES_ONLY`."""
     table = np.asarray(table, dtype=float)
     if table.ndim != 2:
-        raise ValueError(f"expected a 2-D table, got shape {table.shape}")
-    scored = np.isfinite(table)
-    if not scored.any():
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    rows, columns = table.shape
-    # a resample is a count per row and per column: its mean is a weighted mean of the table
-    row_counts = rng.multinomial(rows, np.full(rows, 1 / rows), size=resamples).astype(float)
-    column_counts = rng.multinomial(columns, np.full(columns, 1 / columns), size=resamples).astype(float)
-    totals = np.einsum("ri,ij,rj->r", row_counts, np.where(scored, table, 0.0), column_counts)
-    weights = np.einsum("ri,ij,rj->r", row_counts, scored.astype(float), column_counts)
-    means = totals[weights > 0] / weights[weights > 0]
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+        raise ValueError(f"expected a draws x test cases table, got shape {table.shape}")
+    table = table[np.isfinite(table).any(axis=1)]
+    if len(table) == 0:
+        return DrawsSummary(float("nan"), float("nan"), float("nan"), "")
+    draw_means = [finite(row).mean() for row in table]
+    if len(table) == 1:
+        return DrawsSummary(float(draw_means[0]), *bootstrap_ci(table[0], confidence), TEST_CASES_ONLY)
+    return DrawsSummary(float(np.mean(draw_means)), *t_interval(draw_means, confidence),
+                        f"Student t over {len(table)} draw means")
 
 
 def summarize(values: Sequence[float]) -> Summary:

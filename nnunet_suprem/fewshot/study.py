@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
-from nnunet_suprem.fewshot.report import (ARMS, class_groups, evaluation_rows, plot_study, summarize_study,
-                                          summary_markdown, write_long_table, write_summary_csv)
+from nnunet_suprem.fewshot.report import (ARMS, METHOD, class_groups, evaluation_rows, plot_study, summarize_study,
+                                          summary_markdown, unpaired_note, write_long_table, write_summary_csv)
 from nnunet_suprem.fileio import atomic_path, check_file_ending, check_name, input_cases, write_json
 from nnunet_suprem.jobs import default_num_processes
 from nnunet_suprem.planning.recipes import TRANSFER_PLANS_NAME
@@ -62,6 +62,24 @@ class Study:
     def trainer(self, arm: str) -> str:
         return self.pretrained_trainer if arm == "pretrained" else self.scratch_trainer
 
+    def dataset_json(self) -> dict:
+        return json.loads((Path(self.preprocessed) / "dataset.json").read_text())
+
+    def file_ending(self) -> str:
+        return check_file_ending(self.dataset_json().get("file_ending"), Path(self.preprocessed) / "dataset.json")
+
+    def test_cases(self) -> list[str]:
+        """The test cases' identifiers: ``CASE`` of the ``CASE_XXXX<file_ending>`` images in ``test_images``."""
+        channels = len(self.dataset_json()["channel_names"])
+        return sorted(input_cases(Path(self.test_images), self.file_ending(), channels))
+
+    def check_held_out(self, cases: list[str]) -> None:
+        """ValueError naming the test cases that are among the training ``cases`` (a draw could train on them)."""
+        shared = sorted(set(cases) & set(self.test_cases()))
+        if shared:
+            raise ValueError(f"{self.test_images}: {len(shared)} test case(s) are training cases of {self.preprocessed}"
+                             f" ({', '.join(shared)}): test on held-out cases only (--test-images)")
+
     def check(self) -> list[str]:
         """Validate the settings against the files; returns the training cases (ValueError/FileNotFoundError)."""
         folder = Path(self.preprocessed)
@@ -88,6 +106,7 @@ class Study:
         cases = training_cases(folder)
         for n in self.sizes:
             few_shot_splits(cases, n)  # refuses an N the dataset cannot split
+        self.check_held_out(cases)
         return cases
 
 
@@ -187,14 +206,7 @@ class FewShot:
         splits_file = target / SPLITS_FILE
         if not splits_file.is_file() or json.loads(splits_file.read_text()) != splits:
             write_json(splits, splits_file)
-        return self.test_cases()
-
-    def test_cases(self) -> list[str]:
-        dataset_json_file = Path(self.study.preprocessed) / "dataset.json"
-        dataset_json = json.loads(dataset_json_file.read_text())
-        ending = check_file_ending(dataset_json.get("file_ending"), dataset_json_file)
-        cases = input_cases(Path(self.study.test_images), ending, len(dataset_json["channel_names"]))
-        return [f"{case}{ending}" for case in sorted(cases)]
+        return [f"{case}{self.study.file_ending()}" for case in self.study.test_cases()]
 
     # --- the commands ----------------------------------------------------------------------------------------
     def steps(self, prediction_files: list[str]) -> list[Step]:
@@ -296,9 +308,10 @@ class FewShot:
         if len(runs) < len(self.runs()):
             title = (f"INTERIM, {len(runs)} of {len(self.runs())} runs evaluated "
                      f"({', '.join(f'N={n} draw {draw}' for n, draw, _ in runs)}). {title}")
-        text = (f"{title}\n\nMean over (draw, test case) units; 95% CI: bootstrap resampling draws and test cases; "
-                f"the difference is paired per (draw, test case). 'in pre-training': the class has a pre-trained "
-                f"output row in {s.checkpoint}.\n\n{summary_markdown(summary, '').strip()}")
+        unpaired = unpaired_note(rows)
+        text = (f"{title}\n\n{METHOD} 'in pre-training': the class has a pre-trained output row in {s.checkpoint}."
+                f"\n\n{summary_markdown(summary, '').strip()}"
+                + (f"\n\nScored by one arm only, so left out of both:\n{unpaired}" if unpaired else ""))
         with atomic_path(self.out / "summary.md") as tmp:
             Path(tmp).write_text(text + "\n")
         plot_study(summary, self.out / "fewshot.png", title)
