@@ -159,6 +159,27 @@ def test_novel_rows_from_the_background_keep_every_prediction_of_the_pretrained_
             assert (g[:, [1, 4]] < g[:, [0]]).all()
 
 
+def test_a_head_without_bias_keeps_novel_rows_as_initialised():
+    """Copies of the background row could not start below it without a bias: the novel rows keep their
+    initialisation (as ``novel_rows="init"``), the seen rows are carried, and the report says why."""
+    def without_bias(network):
+        layers = network.decoder.seg_layers
+        for i, layer in enumerate(layers):
+            layers[i] = torch.nn.Conv3d(layer.in_channels, layer.out_channels, 1, bias=False)
+        return network
+
+    source, target = without_bias(unet(len(SOURCE), seed=1)), without_bias(unet(len(TARGET) - 1, seed=2))
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)
+    state, report = transfer_checkpoint(checkpoint, target, TARGET)
+    assert "new (from the network's initialisation): heart, kidney" in report.head
+    assert report.head.endswith("(novel rows keep the network's initialisation: the head decoder.seg_layers.0 has "
+                                "no bias to start them below the background)")
+    for key in heads(target):
+        assert torch.equal(state[key][[3, 5]], fresh[key][[3, 5]])
+        assert torch.equal(state[key][list(CARRIED)], source.state_dict()[key][list(CARRIED.values())])
+
+
 def test_a_head_whose_rows_are_all_known_is_pretrained_and_off_means_fresh():
     source, target = unet(len(SOURCE), seed=1), unet(3, seed=2)
     checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)

@@ -14,7 +14,8 @@ from nnunet_suprem.transfer.checkpoint import TRANSFER_METADATA_KEY, Checkpoint
 from nnunet_suprem.transfer.defaults import DEFAULT_MIN_ENCODER_FRACTION, DEFAULT_NOVEL_ROWS
 from nnunet_suprem.transfer.head import IGNORE_LABEL, HeadRows, HeadTransferRefused, match_head_rows, same_labels
 from nnunet_suprem.transfer.nnssl import rename_modules
-from nnunet_suprem.transfer.state_dict import TransferReport, require_encoder_fraction, transfer_state
+from nnunet_suprem.transfer.state_dict import (TransferReport, heads_without_bias, require_encoder_fraction,
+                                              transfer_state)
 
 
 def module_paths(network: nn.Module, attribute: str) -> tuple[str, ...]:
@@ -74,13 +75,20 @@ def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_label
     """
     encoder, stem = encoder_prefixes(network)
     checkpoint = onto_network_paths(checkpoint, network)
+    head_prefixes = module_paths(network, "key_to_head")
+    biasless = heads_without_bias(network.state_dict(), head_prefixes)
+    if biasless and novel_rows == "background":  # a copy of the background row could not be lowered below it
+        novel_rows = "init"
     load_heads, head = head_plan(checkpoint, target_labels, head_transfer and not encoder_only, novel_rows)
     if encoder_only and head_transfer:
         head.note = "encoder-only transfer"
     state, report = transfer_state(checkpoint.state_dict, network, encoder_prefixes=encoder, stem_prefixes=stem,
-                                   head_prefixes=module_paths(network, "key_to_head"), encoder_only=encoder_only,
+                                   head_prefixes=head_prefixes, encoder_only=encoder_only,
                                    load_heads=load_heads, head_rows=head, pretrained_keys=checkpoint.pretrained_keys,
                                    image_channels=image_channels)
+    if biasless and head.new and head.rows:
+        report.head += (f" (novel rows keep the network's initialisation: the head {biasless[0]} has no bias to "
+                        f"start them below the background)")
     require_encoder_fraction(report, min_encoder_fraction, checkpoint.path)
     return state, report
 

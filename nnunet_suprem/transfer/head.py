@@ -16,7 +16,9 @@ Novel rows (``NOVEL_ROWS``): ``"background"`` (the default) starts them as copie
 with the bias lowered by ``log(k + 1)`` for ``k`` novel classes (Cermelli et al., "Modeling the Background for
 Incremental Learning in Semantic Segmentation", CVPR 2020): the novel classes were background to the pre-trained
 model, they start as a share of it, and since their logits stay below the background's, the argmax, i.e. the
-prediction of every seen class, is exactly the pre-trained model's until fine-tuning moves them. ``"init"`` keeps
+prediction of every seen class, is exactly the pre-trained model's until fine-tuning moves them. (MiB also lowers
+the background's bias, sharing its probability exactly; its logits would then tie with the novel ones, leaving the
+prediction to argmax's tie-breaking: see docs/transfer.md.) ``"init"`` keeps
 the network's own initialisation (nnU-Net's He init, zero bias); random rows can then win the argmax where the
 pre-trained model is not confident (measured: a seen class's held-out Dice 0.81 -> 0.32 at zero iterations).
 

@@ -178,6 +178,18 @@ def under_any(key: str, prefixes: Iterable[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+def is_head_key(key: str, head_prefixes: tuple[str, ...] = ()) -> bool:
+    """Whether a state-dict key belongs to a segmentation head (``HEAD_MARKERS``, or under ``head_prefixes``)."""
+    return any(m in key for m in HEAD_MARKERS) or under_any(key, head_prefixes)
+
+
+def heads_without_bias(state_dict: Mapping[str, torch.Tensor], head_prefixes: tuple[str, ...] = ()) -> list[str]:
+    """The head modules (``<module>.weight`` keys) that have no ``<module>.bias``."""
+    return [key[:-len(".weight")] for key in state_dict
+            if key.endswith(".weight") and is_head_key(key, head_prefixes) and key[:-len("weight")] + "bias"
+            not in state_dict]
+
+
 def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, encoder_prefixes: tuple[str, ...],
                    stem_prefixes: tuple[str, ...] = (), head_prefixes: tuple[str, ...] = (),
                    encoder_only: bool = False, load_heads: bool = False, head_rows: HeadRows | None = None,
@@ -220,7 +232,7 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
         candidates = [decoder_source_key(n, source_up, target_up) for n in names]
         present = [k for k, _ in candidates if k in source]
         found = present[0] if present else None
-        is_head = any(m in n for n in names for m in HEAD_MARKERS) or under_any(key, head_prefixes)
+        is_head = any(is_head_key(n, head_prefixes) for n in names)
         if is_head:
             head_keys.append(key)
         if is_head and not load_heads:
