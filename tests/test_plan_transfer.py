@@ -165,7 +165,8 @@ def test_a_model_folder_whose_plans_name_a_function_runs_nothing(folders, tmp_pa
     marker = tmp_path / "marker"
     plans = load(folders, SOURCE, "nnUNetPlans")
     architecture = plans["configurations"]["3d_fullres"]["architecture"]
-    architecture["arch_kwargs"].update(nonlin="os.system", nonlin_kwargs={"command": f"touch {shlex.quote(str(marker))}"})
+    command = f"touch {shlex.quote(str(marker))}"
+    architecture["arch_kwargs"].update(nonlin="os.system", nonlin_kwargs={"command": command})
     model = tmp_path / NAMES[SOURCE] / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     model.mkdir(parents=True)
     (model / "plans.json").write_text(json.dumps(plans))

@@ -116,7 +116,9 @@ def test_every_network_and_layer_this_plugin_and_nnunet_write_is_allowed():
         check_architecture(block, "plans.json", "configurations.3d_fullres.architecture")
     for dimension in (1, 2, 3):
         conv = convert_dim_to_conv_op(dimension)
-        for layer in (conv, get_matching_instancenorm(conv), get_matching_batchnorm(conv), get_matching_dropout(dimension=dimension)):
+        layers = (conv, get_matching_instancenorm(conv), get_matching_batchnorm(conv),
+                  get_matching_dropout(dimension=dimension))
+        for layer in layers:
             assert f"{layer.__module__}.{layer.__name__}" in LAYER_NAMES, layer
     assert "torch.nn.LeakyReLU" in LAYER_NAMES  # what nnU-Net's planners write
     assert all(isinstance(pydoc.locate(name), type) for name in NETWORK_CLASSES | LAYER_NAMES)
