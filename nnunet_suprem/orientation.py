@@ -80,7 +80,9 @@ def write_reoriented(source: Path, destination: Path, orientation: Sequence[int]
 
 def model_record(model_folder: Path, fold: str | None, checkpoint_name: str) -> tuple[dict | None, Path]:
     """The training orientation recorded in a model folder's checkpoint (``fold_<fold>``, default: the first fold
-    that has ``checkpoint_name``; None: no record) and that checkpoint's path."""
+    that has ``checkpoint_name``; None: no record) and that checkpoint's path. The record's reader must be one of
+    nnU-Net's (:func:`~nnunet_suprem.plans_safety.check_lookup`): it is looked up by name and called."""
+    from nnunet_suprem.plans_safety import check_lookup, key_path
     from nnunet_suprem.transfer.checkpoint import load_weights_only
 
     folds = [model_folder / f"fold_{fold}"] if fold is not None else sorted(model_folder.glob("fold_*"))
@@ -88,7 +90,11 @@ def model_record(model_folder: Path, fold: str | None, checkpoint_name: str) -> 
     if not checkpoints:
         raise FileNotFoundError(f"{model_folder}: no {checkpoint_name} in "
                                 f"{', '.join(f.name for f in folds) or 'any fold_* folder'}")
-    return load_weights_only(checkpoints[0]).get(ORIENTATION_KEY), checkpoints[0]
+    record = load_weights_only(checkpoints[0]).get(ORIENTATION_KEY)
+    if record is not None:
+        check_lookup("image_reader_writer", record.get("reader") if isinstance(record, Mapping) else record,
+                     checkpoints[0], key_path(ORIENTATION_KEY, "reader"))
+    return record, checkpoints[0]
 
 
 def add_subparser(subparsers) -> None:

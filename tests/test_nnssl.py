@@ -7,6 +7,7 @@ around a real dynamic-network-architectures ResidualEncoderUNet of tiny size wit
 import json
 import pickle
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,26 @@ def test_damaged_and_hostile_files_give_one_line_errors(target, tmp_path, capsys
         assert message in error and name in error and "\n" not in error, error
     with pytest.raises(pickle.UnpicklingError):  # the hostile file really holds an object
         torch.load(tmp_path / "pickled.pth", weights_only=True)
+
+
+def test_a_plan_that_names_a_function_runs_nothing(target, tmp_path, monkeypatch, capsys):
+    """nnU-Net would import ``os.system`` as the nonlinearity and call it with nonlin_kwargs while plan-transfer
+    builds the network for its memory estimate: the plan is refused before anything is imported."""
+    marker = tmp_path / "marker"
+    kwargs = {**TINY_KWARGS, "nonlin": "os.system", "nonlin_kwargs": {"command": f"touch {shlex.quote(str(marker))}"}}
+    hostile = nnssl_checkpoint(tmp_path / "hostile.pth", adaptation_plan(arch_kwargs=kwargs),
+                               target["source"].state_dict())
+    for name, value in target["folders"].items():
+        monkeypatch.setenv(name, value)
+    assert main(["plan-transfer", "-d", str(DATASET), "--pretrained", str(hostile), "--plans-name", "hostile",
+                 "--no-preprocess", "-np", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (f"{hostile}: nnssl_adaptation_plan.architecture_plans.arch_kwargs.nonlin = 'os.system' is not a torch.nn "
+            f"convolution, normalisation, dropout or nonlinearity; refusing the file") in error and "\n" not in error
+    with pytest.raises(ValueError, match="arch_kwargs.nonlin = 'os.system'"):
+        read_checkpoint(hostile)  # every reader: transfer-weights, import-suprem, -pretrained_weights
+    assert not marker.exists()
+    assert not (Path(target["folders"]["nnUNet_preprocessed"]) / NAME / "hostile.json").exists()
 
 
 @pytest.mark.e2e

@@ -1,5 +1,6 @@
 """plan-transfer and plan --preset suprem, run in-process through nnU-Net's real planner and preprocessing."""
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -156,6 +157,27 @@ def test_resenc_model_folder_transfers_with_its_blocks(folders, capsys):
     assert target["experiment_planner_used"] == "TransferResEncMPlanner"
     assert target["transferred_from"]["plans_file"] == str((model / "plans.json").resolve())
     assert not (folders["nnUNet_preprocessed"] / NAMES[TARGET] / "resenc_transfer_3d_fullres").exists()
+
+
+def test_a_model_folder_whose_plans_name_a_function_runs_nothing(folders, tmp_path, capsys):
+    """nnU-Net would import ``os.system`` as the nonlinearity and call it while the transfer planner builds the
+    network for its memory estimate: the model folder is refused before anything is imported."""
+    marker = tmp_path / "marker"
+    plans = load(folders, SOURCE, "nnUNetPlans")
+    architecture = plans["configurations"]["3d_fullres"]["architecture"]
+    command = f"touch {shlex.quote(str(marker))}"
+    architecture["arch_kwargs"].update(nonlin="os.system", nonlin_kwargs={"command": command})
+    model = tmp_path / NAMES[SOURCE] / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    model.mkdir(parents=True)
+    (model / "plans.json").write_text(json.dumps(plans))
+    shutil.copy(folders["nnUNet_raw"] / NAMES[SOURCE] / "dataset.json", model / "dataset.json")
+
+    assert main(["plan-transfer", "-d", str(TARGET), "--pretrained", str(model), "--plans-name", "hostile",
+                 "--no-preprocess", "-np", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (f"{model.resolve() / 'plans.json'}: configurations.3d_fullres.architecture.arch_kwargs.nonlin = "
+            f"'os.system' is not a torch.nn convolution") in error and "\n" not in error
+    assert not marker.exists() and not plans_path(folders, TARGET, "hostile").exists()
 
 
 @pytest.mark.e2e

@@ -183,3 +183,21 @@ def test_training_batches_keep_left_and_right_apart(make_trainer, monkeypatch):
     stock = make_trainer(cls=nnUNetTrainer)  # same dataset, nnU-Net's own augmentation
     stock_signs = _kidney_order_signs(stock, axis, batches=8)
     assert set(stock_signs) == {-1, 1}  # nnU-Net mirrors kidney_left onto the right side
+
+
+@pytest.mark.parametrize("cls", ["SuPreMTrainer", "SuPreMFinetuneTrainer"])
+def test_a_non_finite_train_loss_stops_the_training(make_trainer, cls):
+    """nnU-Net logs 'train_loss nan' and trains on to exit code 0; our trainers stop at the end of that epoch."""
+    from nnunet_suprem.training.finetune_trainer import SuPreMFinetuneTrainer
+    from test_finetune_trainer import small_batch
+
+    trainer = make_trainer(cls=SuPreMFinetuneTrainer if cls == "SuPreMFinetuneTrainer" else None)
+    trainer.on_train_epoch_end([trainer.train_step(small_batch(trainer))])  # a finite epoch 0 goes on
+    trainer.current_epoch = 1
+    batch = small_batch(trainer)
+    batch["data"][0, 0, 0, 0, 0] = float("nan")
+    outputs = [trainer.train_step(small_batch(trainer)), trainer.train_step(batch)]
+    with pytest.raises(RuntimeError, match=r"the mean train loss of epoch 1 is nan: the training diverged or its "
+                                           r"data hold NaN or infinite values"):
+        trainer.on_train_epoch_end(outputs)
+    assert "the mean train loss of epoch 1 is nan" in open(trainer.log_file).read()

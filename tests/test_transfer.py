@@ -293,3 +293,35 @@ def test_decoder_stages_transfer_between_equal_resolution_levels_only():
         assert len(skipped_upsampling) == 6 - len(loaded_levels)
     assert "upsampling strides from full resolution" in report.skipped["decoder.stages.3.convs.0.conv.weight"]
     dest.load_state_dict(state)
+
+
+def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path):
+    state = {f"layer{i}.weight": torch.ones(2) for i in range(6)}
+    for i, value in enumerate((float("nan"), float("inf"), float("-inf"), float("nan"))):
+        state[f"layer{i}.weight"][1] = value
+    state["alias.weight"] = state["layer0.weight"]  # one tensor under two names (a module's alias) counts once
+    with pytest.raises(ValueError, match=r"plain.pth: refusing to load: 4 tensor\(s\) hold NaN or infinite values "
+                                         r"\(layer0.weight, layer1.weight, layer2.weight and 1 more\)"):
+        read_checkpoint(save(tmp_path, state, "plain.pth"))
+    nnunet = {"network_weights": {"w": torch.zeros(2)}, "optimizer_state": {"state": {0: {
+        "momentum_buffer": torch.tensor([float("nan")])}}, "param_groups": [{"params": [0]}]}}
+    with pytest.raises(ValueError, match=r"1 tensor\(s\) .* \(optimizer_state.state.0.momentum_buffer\)"):
+        read_checkpoint(save(tmp_path, nnunet, "diverged.pth"))
+    assert read_checkpoint(save(tmp_path, {"w": torch.zeros(2), "steps": torch.tensor([7])}, "finite.pth"))
+
+
+def test_transfer_weights_refuses_nan_weights(target, tmp_path, monkeypatch, capsys):
+    """The measured case: a checkpoint with NaN weights was reported as '100% of the encoder loaded' and written."""
+    from nnunet_suprem.cli import main
+
+    source, _ = network(target, seed=1)
+    weights = source.state_dict()
+    weights[STEM][0] = float("nan")
+    nan = save(tmp_path, weights, "nan.pth")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(name, target["env"][name])
+    out = tmp_path / "out.pth"
+    assert main(["transfer-weights", str(nan), "-d", "1", "-p", "nnUNetPlans", "-o", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"{nan}: refusing to load: 1 tensor(s) hold NaN or infinite values ({STEM})" in error and "\n" not in error
+    assert not out.exists()

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nnunet_suprem.plans_safety import check_lookups, check_plans
+
 DEFAULT_CONFIGURATION = "3d_fullres"
 MODEL_FOLDER = "$nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIGURATION"
 CHECKPOINT_SUFFIXES = (".pth", ".pt")
@@ -121,11 +123,14 @@ def load_nnssl(path: Path, configuration: str | None = None) -> PretrainedConfig
     recommended fine-tuning patch, its normalisation schemes with the target's intensity statistics (nnssl
     normalises each image by itself), and the ResEnc L memory model for its ResEncL preset."""
     from nnunet_suprem.transfer.checkpoint import read_checkpoint
+    from nnunet_suprem.transfer.nnssl import ADAPTATION_PLAN_KEY
 
     plan = read_checkpoint(path).extra.get("nnssl_plan")
     if plan is None:
         raise ValueError(f"{path}: not an nnssl checkpoint (no nnssl_adaptation_plan): --pretrained takes a "
                          f"checkpoint only when it carries its plan; for an nnU-Net checkpoint give its model folder")
+    check_lookups({"normalization_schemes": plan.normalization_schemes}, ("normalization_schemes",), path,
+                  ADAPTATION_PLAN_KEY, "pretrain_plan", "configurations", plan.configuration)
     configuration = configuration or DEFAULT_CONFIGURATION
     _check_architecture(plan.architecture, path, configuration)
     masks = plan.use_mask_for_norm or [False] * len(plan.normalization_schemes)
@@ -141,12 +146,12 @@ def load_nnssl(path: Path, configuration: str | None = None) -> PretrainedConfig
 
 
 def _read_plans(plans_file: Path) -> dict:
+    """The plans, every name in them that nnU-Net would resolve checked (:func:`check_plans`)."""
     try:
         plans = json.loads(plans_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{plans_file} is not an nnU-Net plans file (not JSON: {e})") from e
-    if not isinstance(plans, dict) or not isinstance(plans.get("configurations"), dict):
-        raise ValueError(f"{plans_file} is not an nnU-Net plans file (no 'configurations')")
+    check_plans(plans, plans_file)
     return plans
 
 

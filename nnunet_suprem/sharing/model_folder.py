@@ -24,6 +24,7 @@ from torch import nn
 
 from nnunet_suprem.fileio import check_name
 from nnunet_suprem.nnunet_env import EXT_TRAINER_VARIABLE, with_ext_trainers
+from nnunet_suprem.plans_safety import check_plans
 from nnunet_suprem.transfer.checkpoint import load_weights_only
 
 PLUGIN_PACKAGE = "nnunet_suprem"
@@ -82,7 +83,9 @@ def _fold_key(fold: str) -> tuple[int, str]:
 
 def read_model_folder(path: str | os.PathLike, folds: Sequence[str] | None = None,
                       checkpoint_name: str = "checkpoint_final.pth") -> ModelFolder:
-    """Read and check a model folder; ``folds`` None: every ``fold_X`` holding ``checkpoint_name`` (as nnU-Net does)."""
+    """Read and check a model folder (its plans name nothing nnU-Net would import or call but what
+    :func:`~nnunet_suprem.plans_safety.check_plans` allows); ``folds`` None: every ``fold_X`` holding
+    ``checkpoint_name`` (as nnU-Net does)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: model folder not found")
@@ -105,7 +108,8 @@ def read_model_folder(path: str | os.PathLike, folds: Sequence[str] | None = Non
         if not (path / f"fold_{fold}" / checkpoint_name).is_file():
             raise FileNotFoundError(f"{path / f'fold_{fold}' / checkpoint_name}: checkpoint not found")
     plans_json = _read_json(path / "plans.json")
-    if parts[2] not in plans_json.get("configurations", {}):
+    check_plans(plans_json, path / "plans.json")
+    if parts[2] not in plans_json["configurations"]:
         raise ValueError(f"{path / 'plans.json'}: has no configuration {parts[2]!r}")
     return ModelFolder(path, dataset, *parts, plans_json, _read_json(path / "dataset.json"),
                        sorted(set(folds), key=_fold_key), checkpoint_name)

@@ -254,6 +254,18 @@ class SuPreMTrainer(nnUNetTrainer):
         self._set_batch_annotation(batch)
         return super().train_step(batch)
 
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        """nnU-Net's epoch end (it logs the mean train loss of all processes); then stop if that loss is not finite,
+        where nnU-Net would train on and finish with exit code 0. Every DDP process sees the same mean and stops."""
+        super().on_train_epoch_end(train_outputs)
+        loss = self.logger.get_value("train_losses", step=self.current_epoch)
+        if not np.isfinite(loss):
+            message = (f"{type(self).__name__}: the mean train loss of epoch {self.current_epoch} is {loss}: the "
+                       f"training diverged or its data hold NaN or infinite values. Stopping (checkpoints written "
+                       f"so far are kept); lower the learning rate or check the preprocessed data.")
+            self.print_to_log_file(message)
+            raise RuntimeError(message)
+
     def validation_step(self, batch: dict) -> dict:
         """nnU-Net's validation step; with a manifest, tp/fp/fn count per case and only annotated classes."""
         if not isinstance(self.loss, BatchAnnotatedLoss):

@@ -39,6 +39,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from nnunet_suprem.plans_safety import key_path
 from nnunet_suprem.transfer.nnssl import encoder_weights, is_nnssl, read_adaptation_plan
 
 WRAPPER_KEYS = ("network_weights", "net", "state_dict", "model")
@@ -74,14 +75,44 @@ class Checkpoint:
     extra: dict = field(default_factory=dict)
 
 
+def non_finite_tensors(content: object) -> list[str]:
+    """Key paths (``network_weights.encoder.stem.weight``, ``optimizer_state.state.3.momentum_buffer``: list items
+    and dict keys other than text by their repr) of the floating-point tensors in ``content`` (nested dicts, lists
+    and tuples) that hold NaN or infinite values; a tensor saved under several names (aliases) by its first."""
+    found, seen, stack = [], set(), [((), content)]
+    while stack:  # not recursive: a weights-only pickle may nest deeper than Python's recursion limit
+        where, value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            if not (value.is_floating_point() or value.is_complex()) or value.layout != torch.strided:
+                continue
+            view = (value.untyped_storage().data_ptr(), value.storage_offset(), value.shape, value.stride())
+            if view not in seen and not bool(torch.isfinite(value).all()):
+                found.append(key_path(*where))
+            seen.add(view)
+        elif isinstance(value, (Mapping, list, tuple)):
+            items = value.items() if isinstance(value, Mapping) else enumerate(value)
+            stack.extend(((*where, key), item) for key, item in reversed(list(items)))
+    return found
+
+
+def _require_finite(path: str, content: object) -> object:
+    bad = non_finite_tensors(content)
+    if bad:
+        listed = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ValueError(f"{path}: refusing to load: {len(bad)} tensor(s) hold NaN or infinite values ({listed}); "
+                         f"the weights are damaged (a diverged training or a corrupted file)")
+    return content
+
+
 def load_weights_only(path: str | os.PathLike) -> object:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with clear errors naming the file."""
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with clear errors naming the file; a file whose
+    tensors hold NaN or infinite values is refused too (no loader, report or training should take them)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: checkpoint file not found")
     try:
         with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         objects = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
         if not objects:  # not a pickle of objects: random bytes, another format
@@ -92,6 +123,7 @@ def load_weights_only(path: str | os.PathLike) -> object:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:  # OSError: e.g. a zip cut mid-record
         raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or not a .pth file?): "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    return _require_finite(path, content)
 
 
 def strip_prefixes(state_dict: Mapping[str, torch.Tensor],

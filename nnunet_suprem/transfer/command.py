@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from nnunet_suprem.nnunet_env import dataset_folder_name, preprocessed_root
+from nnunet_suprem.plans_safety import check_plans
 from nnunet_suprem.transfer.defaults import DEFAULT_MIN_ENCODER_FRACTION, DEFAULT_NOVEL_ROWS, NOVEL_ROWS
 
 
@@ -19,14 +20,16 @@ def preprocessed_dataset_folder(dataset_id: int | str) -> Path:
 
 
 def load_target(dataset_id: int | str, plans_name: str) -> tuple[dict, dict]:
-    """(plans, dataset.json) of a planned dataset."""
+    """(plans, dataset.json) of a planned dataset; the plans' names checked (:func:`check_plans`)."""
     folder = preprocessed_dataset_folder(dataset_id)
     plans_file = folder / f"{plans_name}.json"
     if not plans_file.is_file():
         available = sorted(p.stem for p in folder.glob("*.json") if p.stem not in ("dataset", "dataset_fingerprint",
                                                                                    "splits_final"))
         raise FileNotFoundError(f"{plans_file} not found; plans of this dataset: {available}")
-    return json.loads(plans_file.read_text()), json.loads((folder / "dataset.json").read_text())
+    plans = json.loads(plans_file.read_text())
+    check_plans(plans, plans_file)
+    return plans, json.loads((folder / "dataset.json").read_text())
 
 
 def add_subparser(subparsers) -> None:

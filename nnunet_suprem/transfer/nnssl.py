@@ -26,10 +26,10 @@ from typing import Mapping, Sequence
 
 import torch
 
+from nnunet_suprem.plans_safety import CLASS_KWARGS, DNA_UNETS, check_architecture, key_path
 from nnunet_suprem.transfer.state_dict import under_any
 
 ADAPTATION_PLAN_KEY = "nnssl_adaptation_plan"
-DNA_UNETS = "dynamic_network_architectures.architectures.unet."
 RESENC_L_KWARGS = {
     "n_stages": 6, "features_per_stage": [32, 64, 128, 256, 320, 320],
     "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * 6,
@@ -84,16 +84,20 @@ def _field(path: str, mapping: object, key: str, where: str = "") -> object:
 
 
 def architecture_block(path: str, arch_class_name: str, arch_plans: Mapping) -> dict:
-    """nnU-Net's ``architecture`` block for the plan's network, or a ValueError naming what is not supported."""
+    """nnU-Net's ``architecture`` block for the plan's network, or a ValueError naming what is not supported or a
+    name in its ``arch_kwargs`` that is not an allowed layer (:func:`~nnunet_suprem.plans_safety.check_architecture`:
+    nothing named there is imported)."""
     if arch_class_name == "ResEncL":
         return {"network_class_name": DNA_UNETS + "ResidualEncoderUNet", "arch_kwargs": dict(RESENC_L_KWARGS),
-                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+                "_kw_requires_import": list(CLASS_KWARGS)}
     if arch_class_name in ("ResidualEncoderUNet", "PlainConvUNet"):
         kwargs = arch_plans.get("arch_kwargs")
         if not isinstance(kwargs, Mapping):
             raise ValueError(f"{path}: the nnssl plan names {arch_class_name} without its arch_kwargs")
-        return {"network_class_name": DNA_UNETS + arch_class_name, "arch_kwargs": dict(kwargs),
-                "_kw_requires_import": list(arch_plans.get("arch_kwargs_requiring_import") or ())}
+        block = {"network_class_name": DNA_UNETS + arch_class_name, "arch_kwargs": dict(kwargs),
+                 "_kw_requires_import": arch_plans.get("arch_kwargs_requiring_import") or []}
+        check_architecture(block, path, key_path(ADAPTATION_PLAN_KEY, "architecture_plans"))
+        return block
     family = "Primus" if arch_class_name.startswith("Primus") else arch_class_name
     missing = UNSUPPORTED.get(family, "a network this plugin does not know")
     raise ValueError(f"{path}: nnssl architecture {arch_class_name!r} is not supported: it needs {missing}; "
