@@ -184,6 +184,11 @@ def check_image_file(path: str | os.PathLike) -> None:
 Grid = sitk.Image | sitk.ImageFileReader  # an image, or a header from read_header: the same geometry getters
 Geometry = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]
 GEOMETRY_TOLERANCE = 1e-4  # absolute, in mm (spacing, origin) and direction-cosine units
+Tolerance = tuple[float, float]  # (rtol, atol) of np.allclose
+CONVERSION_TOLERANCE: Tolerance = (0.0, GEOMETRY_TOLERANCE)
+NNUNET_TOLERANCE: Tolerance = (1e-5, 1e-8)
+"""np.allclose's defaults, with which nnU-Net's verify_dataset_integrity compares a label map's spacing, origin and
+direction with its image's (it requires the same shape)."""
 
 
 def geometry(grid: Grid) -> Geometry:
@@ -191,13 +196,16 @@ def geometry(grid: Grid) -> Geometry:
     return grid.GetSize(), grid.GetSpacing(), grid.GetOrigin(), grid.GetDirection()
 
 
-def grid_mismatch(image: Geometry, reference: Geometry) -> str | None:
+def grid_mismatch(image: Geometry, reference: Geometry, tolerance: Tolerance = CONVERSION_TOLERANCE) -> str | None:
     """Why ``image`` is not on ``reference``'s voxel grid (``"spacing (..) != (..)"``), or None.
 
-    One grid: the same size, and spacing, origin and direction within ``GEOMETRY_TOLERANCE``.
+    One grid: the same size, and spacing, origin and direction within ``tolerance``.
     """
-    for what, a, b in zip(("size", "spacing", "origin", "direction"), image, reference):
-        if not np.allclose(a, b, rtol=0, atol=GEOMETRY_TOLERANCE):
+    if tuple(image[0]) != tuple(reference[0]):
+        return f"size {tuple(image[0])} != {tuple(reference[0])}"
+    rtol, atol = tolerance
+    for what, a, b in zip(("spacing", "origin", "direction"), image[1:], reference[1:]):
+        if len(a) != len(b) or not np.allclose(a, b, rtol=rtol, atol=atol):
             return f"{what} {tuple(round(v, 5) for v in a)} != {tuple(round(v, 5) for v in b)}"
     return None
 
