@@ -108,9 +108,7 @@ def add_subparser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from nnunet_suprem.fileio import atomic_path, input_cases
+    from nnunet_suprem.fileio import atomic_path, input_cases, read_json
 
     record, checkpoint = model_record(args.model_folder, args.fold, args.checkpoint)
     if record is None:
@@ -122,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{checkpoint}: trained with {record['reader']}, which reorients every image: any orientation "
               f"predicts right")
         return 0
-    dataset_json = json.loads((args.model_folder / "dataset.json").read_text())
+    dataset_json = read_json(args.model_folder / "dataset.json")
     cases = input_cases(args.input, dataset_json["file_ending"], len(dataset_json["channel_names"]))
     expected = tuple(record["left_right"])
     found = {case: image_orientation(record["reader"], str(files[0])) for case, files in cases.items()}

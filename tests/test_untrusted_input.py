@@ -304,7 +304,10 @@ def test_merge_refuses_hostile_dataset_json_fields(nnunet_env, capsys):
     folder = _hostile_source(raw, ["good"])
     dataset_json = json.loads((folder / "dataset.json").read_text())
     for field, value, message in (("file_ending", "/../../../x.nii.gz", "file_ending"),
-                                  ("labels", {"background": 0, "liv\ner": 1}, "control characters")):
+                                  ("labels", {"background": 0, "liv\ner": 1}, "control characters"),
+                                  ("labels", {"background": 0, "liver\u202e": 1}, "U+202E"),  # bidi override
+                                  ("labels", {"background": 0, "liv\u200ber": 1}, "U+200B"),  # zero width
+                                  ("labels", {"background": 0, "liver\x85": 1}, "U+0085")):  # C1 control
         write_json({**dataset_json, field: value}, folder / "dataset.json")
         assert main(["merge", "65", "-d", "67", "--name", "Bad"]) == 2
         error = _error_line(capsys.readouterr().err, "merge")
@@ -344,6 +347,17 @@ def test_case_folders_that_are_hidden_dangling_odd_or_empty_are_reported(nnunet_
     assert "control characters" in reasons[repr("bad\tname")]
     assert report["converted_cases"] == 1
     assert any("._liver.nii.gz" in note for note in report["notes"])
+
+
+def test_a_case_name_near_the_file_system_limit_converts(nnunet_env, tmp_path):
+    """Measured: the temporary name of a legal 242-character case's image was too long and aborted the conversion."""
+    src = tmp_path / "atlas"
+    good = _atlas(src)
+    long = "c" * (255 - len("_0000.nii.gz"))
+    shutil.copytree(good, src / long)
+    assert main(["convert-abdomenatlas", str(src), "-d", "68", "-np", "1"]) == 0
+    dataset = Path(nnunet_env["nnUNet_raw"]) / "Dataset068_AbdomenAtlas"
+    assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == [f"{long}_0000.nii.gz", "hospA_0000_0000.nii.gz"]
 
 
 def _overlapping_case(src: Path) -> Path:
