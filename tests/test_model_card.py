@@ -54,6 +54,7 @@ def test_card_says_test_images_need_the_training_orientation(reader, required):
     assert ("must have the training orientation (array axis 2 (x) grows towards the patient's left)"
             in _rendered_text(markdown)) is required
     assert ("its test images must first pass" in markdown) is required
+    assert "stock nnU-Net runs it (trainer nnUNetTrainer): no plugin" in markdown  # plain text stays readable
 
 
 def test_card_without_orientation_record_asks_nothing():
@@ -70,18 +71,20 @@ def test_card_quotes_hostile_texts_literally():
     only its own headings, no link, image or HTML, three cells in every table row, and shows each text as given."""
     labels = {"background": 0, **{text: value for value, text in enumerate(HOSTILE.values(), 1)}}
     dataset_json = {**DATASET_JSON, "labels": labels, "channel_names": {"0": HOSTILE["html"]},
-                    "partial_labels": {"format": MANIFEST_FORMAT, "groups": {HOSTILE["cell"]: {"cases": ["a"], "annotated": [HOSTILE["link"]]}}}}
-    card = _card(dataset_json, {}, license=HOSTILE["link"], citation=CITATION,
+                    "partial_labels": {"format": MANIFEST_FORMAT,
+                                       "groups": {HOSTILE["cell"]: {"cases": ["a"], "annotated": [HOSTILE["link"]]}}}}
+    license = f"1. {HOSTILE['link']}"
+    card = _card(dataset_json, {}, license=license, citation=CITATION,
                  model_folder="SuPreMTrainer__nnUNetPlans__3d_`x`<b>")
     rendered = MarkdownIt("commonmark").enable("table").render(card_markdown(card))
-    assert not re.search(r"<(a|img|script|b)[\s>]", rendered), rendered
+    assert not re.search(r"<(a|img|script|b|ol)[\s>]", rendered) and rendered.count("<ul>") == 1, rendered
     assert re.findall(r"<h(\d)>([^<]*)</h\1>", rendered) == [
         ("1", "Dataset501_Card: nnU-Net 3d_`x`&lt;b&gt; model"), ("2", "Classes"), ("2", "Training data"),
         ("2", "Model"), ("2", "License"), ("2", "Citation")]
     rows = re.findall(r"<tr>(.*?)</tr>", rendered, re.S)
     assert len(rows) == 1 + len(HOSTILE) + 1 + 2 and all(len(re.findall(r"<t[hd]>", r)) == 3 for r in rows), rows
     text = _rendered_text(card_markdown(card))
-    for value in (*HOSTILE.values(), CITATION):
+    for value in (*HOSTILE.values(), license, CITATION):
         assert value in text, value
     assert "-c '3d_`x`<b>'" in text  # the shown nnUNetv2_predict command quotes it for the shell
 

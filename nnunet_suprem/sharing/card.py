@@ -100,12 +100,17 @@ def model_card(model: ModelFolder, portability: Portability, checkpoint: dict, l
     }
 
 
-_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # ASCII punctuation: CommonMark escapes each with "\"
+_INLINE_MARKUP = re.compile(r"([\\`*_~\[\]<>!&|#$])")
+"""What can start inline markup in CommonMark, GitHub's tables, strikethrough and math: escaped with "\"."""
+_BLOCK_START = re.compile(r"^(\d+[.)]|[-+=])")
+"""What starts a list item or a setext underline at the start of a line (headings, quotes and fences are above)."""
 
 
 def markdown_text(value: object) -> str:
-    """``value`` as literal Markdown text on one line: line breaks become spaces, ASCII punctuation is escaped."""
-    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(value).split()))
+    """``value`` as literal Markdown text on one line (also at a line's start): line breaks become spaces, markup
+    characters are escaped."""
+    text = _INLINE_MARKUP.sub(r"\\\1", " ".join(str(value).split()))
+    return _BLOCK_START.sub(lambda m: m[0][:-1] + "\\" + m[0][-1], text, count=1)
 
 
 def _longest_backtick_run(text: str) -> int:
