@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import unicodedata
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,12 +26,21 @@ NIFTI_ENDINGS = (".nii.gz", ".nii")
 _CHUNK = 1 << 22  # bytes decoded at a time by check_image_file
 
 
+def hidden_characters(text: str) -> list[str]:
+    """The characters of ``text`` that do not show as themselves: controls (C0, DEL, C1), format characters
+    (bidi overrides and isolates, zero-width characters, soft hyphen, byte-order mark), line and paragraph
+    separators, surrogates, private-use and unassigned code points (Unicode categories C*, Zl, Zp)."""
+    return [c for c in text if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")]
+
+
 def check_text(value: object, what: str, source: str | os.PathLike) -> str:
-    """``value`` if it is a non-empty string without control characters; else ValueError naming ``source``."""
+    """``value`` if it is a non-empty string without control or invisible characters (``hidden_characters``);
+    else ValueError naming ``source``."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"{source}: {what} {value!r} is not a non-empty string")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{source}: {what} {value!r} contains control characters")
+    if hidden := hidden_characters(value):
+        shown = ", ".join(sorted({f"U+{ord(c):04X}" for c in hidden}))
+        raise ValueError(f"{source}: {what} {value!r} contains control characters or invisible ones ({shown})")
     return value
 
 
@@ -85,16 +95,35 @@ def _new_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+_KEPT_CHARACTERS = 32
+"""Of a final name, what a temporary name beside it keeps (at most 128 bytes): any name the file system allows
+then has a temporary name it allows too."""
+
+
+def _temporary_prefix(name: str, purpose: str = "") -> str:
+    """A hidden prefix for a temporary name beside ``name``, showing what it becomes, bounded in length."""
+    return f".{name[:_KEPT_CHARACTERS]}.{purpose}"
+
+
+def _temporary_suffix(name: str) -> str:
+    """The ending a writer may choose its format by: the last two suffixes (``.nii.gz``), else the last, if short."""
+    suffixes = Path(name).suffixes
+    for ending in ("".join(suffixes[-2:]), "".join(suffixes[-1:])):
+        if 0 < len(ending) <= _KEPT_CHARACTERS // 2:
+            return ending
+    return ".tmp"
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside ``path`` (same suffixes) and move it into place on success.
+    """Yield a temporary path beside ``path`` (same ending, a bounded name) and move it into place on success.
 
     The temporary file is removed if the body raises, so ``path`` is either complete or absent.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path.name.split(".")[0]),
+                               suffix=_temporary_suffix(path.name), dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -110,6 +139,14 @@ def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
     """Write ``image`` atomically (compressed when the name ends in .gz)."""
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, tmp, useCompression=str(path).endswith(".gz"))
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """The content of the JSON file ``path``; ValueError naming it when it is not UTF-8 JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def write_json(obj, path: str | os.PathLike) -> None:
@@ -131,7 +168,7 @@ def staged_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(final.name, "partial-"), dir=final.parent))
     os.chmod(staging, _new_mode(directory=True))  # mkdtemp makes 0700
     try:
         yield staging
@@ -144,7 +181,7 @@ def staged_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
 def move_directory_into_place(staging: Path, final: Path) -> None:
     """Rename ``staging`` to ``final``; an existing ``final`` is moved aside first and deleted only afterwards."""
     if final.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        retired = Path(tempfile.mkdtemp(prefix=_temporary_prefix(final.name, "old-"), dir=final.parent))
         os.replace(final, retired / final.name)
         os.replace(staging, final)
         shutil.rmtree(retired)
@@ -184,6 +221,11 @@ def check_image_file(path: str | os.PathLike) -> None:
 Grid = sitk.Image | sitk.ImageFileReader  # an image, or a header from read_header: the same geometry getters
 Geometry = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]
 GEOMETRY_TOLERANCE = 1e-4  # absolute, in mm (spacing, origin) and direction-cosine units
+Tolerance = tuple[float, float]  # (rtol, atol) of np.allclose
+CONVERSION_TOLERANCE: Tolerance = (0.0, GEOMETRY_TOLERANCE)
+NNUNET_TOLERANCE: Tolerance = (1e-5, 1e-8)
+"""np.allclose's defaults, with which nnU-Net's verify_dataset_integrity compares a label map's spacing, origin and
+direction with its image's (it requires the same shape)."""
 
 
 def geometry(grid: Grid) -> Geometry:
@@ -191,13 +233,16 @@ def geometry(grid: Grid) -> Geometry:
     return grid.GetSize(), grid.GetSpacing(), grid.GetOrigin(), grid.GetDirection()
 
 
-def grid_mismatch(image: Geometry, reference: Geometry) -> str | None:
+def grid_mismatch(image: Geometry, reference: Geometry, tolerance: Tolerance = CONVERSION_TOLERANCE) -> str | None:
     """Why ``image`` is not on ``reference``'s voxel grid (``"spacing (..) != (..)"``), or None.
 
-    One grid: the same size, and spacing, origin and direction within ``GEOMETRY_TOLERANCE``.
+    One grid: the same size, and spacing, origin and direction within ``tolerance``.
     """
-    for what, a, b in zip(("size", "spacing", "origin", "direction"), image, reference):
-        if not np.allclose(a, b, rtol=0, atol=GEOMETRY_TOLERANCE):
+    if tuple(image[0]) != tuple(reference[0]):
+        return f"size {tuple(image[0])} != {tuple(reference[0])}"
+    rtol, atol = tolerance
+    for what, a, b in zip(("spacing", "origin", "direction"), image[1:], reference[1:]):
+        if len(a) != len(b) or not np.allclose(a, b, rtol=rtol, atol=atol):
             return f"{what} {tuple(round(v, 5) for v in a)} != {tuple(round(v, 5) for v in b)}"
     return None
 

@@ -114,9 +114,7 @@ def add_subparser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from nnunet_suprem.fileio import atomic_path, input_cases
+    from nnunet_suprem.fileio import check_image_file, input_cases, read_json, staged_directory
 
     record, checkpoint = model_record(args.model_folder, args.fold, args.checkpoint)
     if record is None:
@@ -128,8 +126,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{checkpoint}: trained with {record['reader']}, which reorients every image: any orientation "
               f"predicts right")
         return 0
-    dataset_json = json.loads((args.model_folder / "dataset.json").read_text())
+    dataset_json = read_json(args.model_folder / "dataset.json")
     cases = input_cases(args.input, dataset_json["file_ending"], len(dataset_json["channel_names"]))
+    for files in cases.values():
+        for file in files:
+            check_image_file(file)  # else a truncated or NaN image would be reoriented into a clean-looking one
     expected = tuple(record["left_right"])
     found = {case: image_orientation(record["reader"], str(files[0])) for case, files in cases.items()}
     unknown = sorted(case for case, o in found.items() if o is None)
@@ -148,16 +149,16 @@ def run(args: argparse.Namespace) -> int:
                          f"--reorient OUT and predict from OUT")
     if args.reorient.exists() and any(args.reorient.iterdir()):
         raise ValueError(f"{args.reorient} exists and is not empty: choose a new folder for the reoriented images")
-    for case, files in cases.items():
-        for file in files:
-            destination = args.reorient / file.name
-            if case in other:
-                write_reoriented(file, destination, expected)
-            else:
-                with atomic_path(destination) as tmp:
-                    shutil.copyfile(file, tmp)
-        if case in other and image_orientation(record["reader"], str(args.reorient / files[0].name)) != expected:
-            raise RuntimeError(f"{args.reorient / files[0].name}: reorientation did not give {describe(expected)}")
+    with staged_directory(args.reorient, overwrite=args.reorient.exists()) as staging:  # exists: it is empty
+        for case, files in cases.items():
+            for file in files:
+                if case in other:
+                    write_reoriented(file, staging / file.name, expected)
+                else:
+                    shutil.copyfile(file, staging / file.name)
+            if case in other and image_orientation(record["reader"], str(staging / files[0].name)) != expected:
+                raise RuntimeError(f"{args.reorient / files[0].name}: reorientation did not give "
+                                   f"{describe(expected)}")
     print(f"{len(other)} case(s) reoriented, {len(cases) - len(other)} copied, into {args.reorient}: "
           f"nnUNetv2_predict -i {args.reorient} ...")
     return 0

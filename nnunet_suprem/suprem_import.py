@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nnunet_suprem.architectures import ARCHITECTURES, ReleasedArchitecture
+from nnunet_suprem.fileio import read_json
 from nnunet_suprem.nnunet_env import CANONICAL_READER, dataset_folder_name, preprocessed_root, raw_root
 from nnunet_suprem.planning.pipeline import add_planning_arguments, plan_and_preprocess
 from nnunet_suprem.planning.recipes import SUPREM_PATCH_SIZE, SUPREM_SPACING
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> None:
     release = ARCHITECTURES[args.arch]
     plans_name = args.plans_name or PLANS_NAME.format(arch=args.arch)
     dataset = dataset_folder_name(args.dataset_id)
-    dataset_json = json.loads((raw_root() / dataset / "dataset.json").read_text())
+    dataset_json = read_json(raw_root() / dataset / "dataset.json")
     if dataset_json["file_ending"] not in NIFTI_ENDINGS:
         raise ValueError(f"{dataset}: SuPreM's networks expect images reoriented to RAS, which nnU-Net's "
                          f"{CANONICAL_READER} does for NIfTI only; the dataset uses {dataset_json['file_ending']!r}. "

@@ -173,6 +173,9 @@ def add_subparser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.cases < 1 or args.test_cases < 0:
+        raise ValueError(f"--cases {args.cases} --test-cases {args.test_cases}: at least 1 training case and no "
+                         "negative number of test cases per hospital")
     hospitals = hospitals_from_args(args.hospitals, args.annotate, args.shape)
     if args.dataset_id is not None:
         path = write_nnunet_dataset(args.dataset_id, args.name, hospitals, args.cases, args.test_cases, args.seed,

@@ -179,3 +179,21 @@ def test_ddp_ranks_share_the_reading_and_agree(tmp_path):
     assert first[0]["orientations"] == first[1]["orientations"] == json.loads(json.dumps(sorted(expected.items())))
     second = _gloo_run(folder)  # rank 0 reads the summary rank 0 wrote, and broadcasts it
     assert [r["opened"] for r in second] == [0, 0] and second[0]["orientations"] == first[0]["orientations"]
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda summary: [summary],
+    lambda summary: {**summary, "orientations": "x"},
+    lambda summary: {**summary, "orientations": {case: [7, 3] for case in summary["orientations"]}},
+    lambda summary: {**summary, "orientations": {case: "ab" for case in summary["orientations"]}},
+    lambda summary: {**summary, "orientations": dict(list(summary["orientations"].items())[1:])},
+], ids=["a list", "orientations not a mapping", "no axis and sign", "not pairs", "a case missing"])
+def test_a_damaged_summary_is_made_again(tmp_path, tamper):
+    """A summary that parses but is not one this plugin wrote crashed every start or gave wrong orientations."""
+    folder = tmp_path / "data"
+    cases = _write_cases(folder, 3)
+    truth = dataset_orientations(str(folder), cases, print)
+    summary = Path(summary_path(str(folder)))
+    summary.write_text(json.dumps(tamper(json.loads(summary.read_text()))))
+    assert dataset_orientations(str(folder), cases, print) == truth
+    assert json.loads(summary.read_text())["orientations"] == {case: list(truth[case]) for case in cases}

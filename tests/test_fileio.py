@@ -1,10 +1,12 @@
-"""Atomic writes: the result is complete or absent, with the permissions any new file would get."""
+"""Atomic writes: the result is complete or absent, with the permissions any new file would get, whatever the
+name's length; names from user data are checked."""
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
-from nnunet_suprem.fileio import atomic_path, write_json
+from nnunet_suprem.fileio import atomic_path, check_name, staged_directory, write_json
 
 
 def test_atomic_write_gets_the_umask_mode_and_leaves_nothing_on_failure(tmp_path):
@@ -36,3 +38,26 @@ def test_input_cases_groups_channels_and_refuses_bad_names_and_missing_channels(
         input_cases(tmp_path, ".nii.gz", 2)
     with pytest.raises(ValueError, match="no images named CASE_XXXX.mha"):
         input_cases(tmp_path, ".mha", 1)
+
+
+@pytest.mark.parametrize("name", ["liver\x85", "\u202eliver.nii.gz", "liv\u200ber", "a\u2066b\u2069", "\ufeffliver",
+                                  "liver\u2028"])
+def test_names_with_control_or_invisible_characters_are_refused(name):
+    """C0 and C1 controls, bidi overrides and isolates, zero-width characters, a byte-order mark, line separators."""
+    with pytest.raises(ValueError, match=r"source: case identifier .* contains control characters"):
+        check_name(name, "case identifier", "source")
+
+
+def test_legal_names_near_the_file_system_limit_get_short_temporary_names(tmp_path):
+    """Measured: a 242-character case name aborted a whole conversion (its temporary name was too long)."""
+    long = "c" * 230 + ".v1"
+    write_json({"a": 1}, tmp_path / f"{long}.json")
+    with atomic_path(tmp_path / f"{long}.nii.gz") as tmp:
+        assert tmp.endswith(".nii.gz") and len(os.path.basename(tmp)) < 100
+        Path(tmp).write_bytes(b"x")
+    with staged_directory(tmp_path / ("D" * 250)) as staging:
+        (staging / "x").write_bytes(b"x")
+    with staged_directory(tmp_path / ("D" * 250), overwrite=True) as staging:
+        (staging / "y").write_bytes(b"y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["D" * 250, f"{long}.json", f"{long}.nii.gz"]
+    assert [p.name for p in (tmp_path / ("D" * 250)).iterdir()] == ["y"]

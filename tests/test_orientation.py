@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import cli, command, run, subprocess_env
+from nnunet_suprem.cli import main
+from nnunet_suprem.fileio import write_image, write_json
 from nnunet_suprem.nnunet_env import trainers_dir
 from nnunet_suprem.orientation import (ORIENTATION_KEY, image_orientation, needs_check, reorient_code,
                                        training_orientation, write_reoriented)
@@ -108,3 +111,38 @@ def test_check_orientation_without_a_record(planned_phantom_dataset, tmp_path):
     torch.save({"network_weights": {}, "trainer_name": "nnUNetTrainer"}, folder / "fold_0" / "checkpoint_final.pth")
     result = run(cli("check-orientation", str(folder), "-i", str(tmp_path)), planned_phantom_dataset["env"])
     assert "records no training orientation" in result.stdout
+
+
+def _recorded_model(folder: Path) -> Path:
+    """A model folder as check-orientation reads it: dataset.json and a checkpoint recording SimpleITKIO, LPS."""
+    (folder / "fold_0").mkdir(parents=True)
+    write_json({"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}, "file_ending": ".nii.gz"},
+               folder / "dataset.json")
+    torch.save({ORIENTATION_KEY: {"reader": "SimpleITKIO", "left_right": [2, 1]}},
+               folder / "fold_0/checkpoint_final.pth")
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["truncated", "NaN"])
+def test_reorient_refuses_a_damaged_image_and_writes_no_folder(tmp_path, capsys, damage):
+    """Measured: a truncated or NaN test image came out of --reorient as a clean-looking file."""
+    images = tmp_path / "images"
+    for case, code in (("lps", "LPS"), ("ras", "RAS")):
+        array = np.random.default_rng(0).normal(0, 100, (5, 6, 7)).astype(np.float32)
+        write_image(sitk.DICOMOrient(sitk.GetImageFromArray(array), code), images / f"{case}_0000.nii.gz")
+    damaged = images / "ras_0000.nii.gz"
+    if damage == "NaN":
+        image = sitk.ReadImage(str(damaged))
+        array = sitk.GetArrayFromImage(image)
+        array[0, 0, 0] = np.nan
+        nan_image = sitk.GetImageFromArray(array)
+        nan_image.CopyInformation(image)
+        write_image(nan_image, damaged)
+    else:
+        damaged.write_bytes(damaged.read_bytes()[:-40])
+    out = tmp_path / "reoriented"
+    assert main(["check-orientation", str(_recorded_model(tmp_path / "model")), "-i", str(images),
+                 "--reorient", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert str(damaged) in error and damage in error, error
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["images", "model"]

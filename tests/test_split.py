@@ -76,3 +76,9 @@ def test_split_needs_a_preprocessed_dataset(nnunet_env, capsys):
     assert f"{planned_only / 'gt_segmentations'} not found: preprocess the dataset first" in capsys.readouterr().err
     assert main(["split", "-d", "7", "--train-cases", "2"]) == 2
     assert "dataset 7:" in capsys.readouterr().err
+
+
+def test_split_names_a_damaged_dataset_json(preprocessed, capsys):
+    (preprocessed / "dataset.json").write_text('{"file_ending": ".nii.gz",')
+    assert split("--train-cases", "2") == 2
+    assert f"{preprocessed / 'dataset.json'}: not valid JSON" in capsys.readouterr().err

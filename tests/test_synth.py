@@ -1,11 +1,13 @@
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from conftest import cli, run, subprocess_env
+from nnunet_suprem.cli import main
 from nnunet_suprem.manifest import annotated_classes_by_case
 from nnunet_suprem.phantom import HOSPITALS, PHANTOM_CLASSES, case_rng, synthesize_case
 from nnunet_suprem.synth import hospitals_from_args, write_abdomenatlas_dataset, write_nnunet_dataset
@@ -102,3 +104,11 @@ def test_cli_writes_both_layouts_in_parallel(tmp_path, nnunet_env):
     again = cli("synth", "-d", "12", "--name", "Cli", "--hospitals", "hospA", "--cases", "1")
     result = subprocess.run(again, env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "already exists; pass --overwrite" in result.stderr
+
+
+@pytest.mark.parametrize("option", [["--cases", "-1"], ["--cases", "0"], ["--test-cases", "-1"]])
+def test_cli_refuses_case_counts_that_publish_no_dataset(nnunet_env, capsys, option):
+    """Measured: ``synth --cases -1`` published an empty dataset and exited 0."""
+    assert main(["synth", "-d", "3", *option, "-np", "1"]) == 2
+    assert f"{option[0]} {option[1]}" in capsys.readouterr().err
+    assert not list(Path(nnunet_env["nnUNet_raw"]).iterdir())

@@ -176,6 +176,59 @@ def test_merge_reports_damaged_files_and_publishes_only_converted_cases(nnunet_e
                 "--verify_dataset_integrity"), subprocess_env(nnunet_env))
 
 
+@pytest.mark.parametrize("labels, key", [
+    ({"background": 0, "spleen": 2, "liver": -1}, "liver"),  # measured: every liver voxel became spleen
+    ({"background": 0, "liver": 1, "spleen": 1}, "spleen"),
+    ({"background": 0, "liver": 1.0, "spleen": 2}, "liver"),
+    ({"background": 0, "liver": True, "spleen": 2}, "liver"),
+    ({"background": 0, "liver": 0, "spleen": 2}, "liver"),
+    ({"background": 3, "liver": 1, "spleen": 2}, "background"),
+])
+def test_merge_refuses_label_values_it_cannot_map(nnunet_env, capsys, labels, key):
+    raw = Path(nnunet_env["nnUNet_raw"])
+    write_raw(raw, "Dataset063_Src", {"background": 0, "liver": 1, "spleen": 2},
+              {"liver": "liver", "spleen": "spleen"}, range(2))
+    json_file = raw / "Dataset063_Src/dataset.json"
+    json_file.write_text(json.dumps({**json.loads(json_file.read_text()), "labels": labels}))
+    assert main(["merge", "63", "-d", "64", "--name", "Merged", "-np", "1"]) == 2
+    error = _error_line(capsys.readouterr().err, "merge")
+    assert str(json_file) in error and repr(key) in error, error
+    assert not (raw / "Dataset064_Merged").exists()
+
+
+def test_merge_skips_label_maps_off_their_image_grid(nnunet_env):
+    """Measured: a 20-slice label map for a 16-slice image and one 50 mm off were published. Within nnU-Net's own
+    tolerance (np.allclose's, relative 1e-5) a label map is still merged."""
+    raw = Path(nnunet_env["nnUNet_raw"])
+    write_raw(raw, "Dataset063_Src", {"background": 0, "liver": 1, "spleen": 2},
+              {"liver": "liver", "spleen": "spleen"}, range(4))
+    labels = raw / "Dataset063_Src/labelsTr"
+
+    def rewrite(case: int, change) -> Path:
+        image = sitk.ReadImage(str(labels / f"case{case}.nii.gz"))
+        write_image(change(image), labels / f"case{case}.nii.gz")
+        return labels / f"case{case}.nii.gz"
+
+    def shifted(offset):
+        def change(image):
+            image.SetOrigin(tuple(o + offset for o in image.GetOrigin()))
+            return image
+        return change
+
+    grown = rewrite(0, lambda image: sitk.ConstantPad(image, (0, 0, 0), (0, 0, 20 - image.GetSize()[2])))
+    moved = rewrite(1, shifted(50.0))
+    rewrite(2, shifted(1e-6))
+    assert main(["merge", "63", "-d", "64", "--name", "Merged", "-np", "1"]) == 0
+    dataset = raw / "Dataset064_Merged"
+    report = _report(dataset)
+    assert sorted(report["skipped_cases"]) == ["Src_case0", "Src_case1"]
+    for case, file, what in (("Src_case0", grown, "size"), ("Src_case1", moved, "origin")):
+        problem, = [p for p in report["problems"] if p["case"] == case]
+        assert problem["fatal"] and problem["file"] == str(file) and "not on the grid" in problem["problem"] \
+            and what in problem["problem"], problem
+    assert sorted(json.loads((dataset / "dataset.json").read_text())["dataset"]) == ["Src_case2", "Src_case3"]
+
+
 @pytest.mark.parametrize("kind", list(DAMAGE))
 def test_evaluate_names_a_damaged_prediction(tmp_path, capsys, kind):
     gt, pred, out = tmp_path / "gt", tmp_path / "pred", tmp_path / "out"
@@ -251,7 +304,10 @@ def test_merge_refuses_hostile_dataset_json_fields(nnunet_env, capsys):
     folder = _hostile_source(raw, ["good"])
     dataset_json = json.loads((folder / "dataset.json").read_text())
     for field, value, message in (("file_ending", "/../../../x.nii.gz", "file_ending"),
-                                  ("labels", {"background": 0, "liv\ner": 1}, "control characters")):
+                                  ("labels", {"background": 0, "liv\ner": 1}, "control characters"),
+                                  ("labels", {"background": 0, "liver\u202e": 1}, "U+202E"),  # bidi override
+                                  ("labels", {"background": 0, "liv\u200ber": 1}, "U+200B"),  # zero width
+                                  ("labels", {"background": 0, "liver\x85": 1}, "U+0085")):  # C1 control
         write_json({**dataset_json, field: value}, folder / "dataset.json")
         assert main(["merge", "65", "-d", "67", "--name", "Bad"]) == 2
         error = _error_line(capsys.readouterr().err, "merge")
@@ -291,6 +347,17 @@ def test_case_folders_that_are_hidden_dangling_odd_or_empty_are_reported(nnunet_
     assert "control characters" in reasons[repr("bad\tname")]
     assert report["converted_cases"] == 1
     assert any("._liver.nii.gz" in note for note in report["notes"])
+
+
+def test_a_case_name_near_the_file_system_limit_converts(nnunet_env, tmp_path):
+    """Measured: the temporary name of a legal 242-character case's image was too long and aborted the conversion."""
+    src = tmp_path / "atlas"
+    good = _atlas(src)
+    long = "c" * (255 - len("_0000.nii.gz"))
+    shutil.copytree(good, src / long)
+    assert main(["convert-abdomenatlas", str(src), "-d", "68", "-np", "1"]) == 0
+    dataset = Path(nnunet_env["nnUNet_raw"]) / "Dataset068_AbdomenAtlas"
+    assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == [f"{long}_0000.nii.gz", "hospA_0000_0000.nii.gz"]
 
 
 def _overlapping_case(src: Path) -> Path:

@@ -28,8 +28,8 @@ import numpy as np
 from nnunet_suprem.convert.cases import CaseResult, Problem
 from nnunet_suprem.convert.driver import CaseJob, Conversion, add_common_arguments, run_conversion
 from nnunet_suprem.convert.staging import DatasetStaging
-from nnunet_suprem.fileio import (NIFTI_ENDINGS, atomic_path, check_file_ending, check_image_file, check_name,
-                                  check_single_volume, check_text, read_header)
+from nnunet_suprem.fileio import (NIFTI_ENDINGS, NNUNET_TOLERANCE, atomic_path, check_file_ending, check_image_file,
+                                  check_name, check_single_volume, check_text, geometry, grid_mismatch, read_header)
 from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels
 from nnunet_suprem.nnunet_env import CANONICAL_READER, raw_root
 from nnunet_suprem.taxonomy import TAXONOMIES, in_taxonomy_order, label_dict, match_classes, resolve_classes
@@ -53,6 +53,27 @@ def load_mapping_file(path: str | Path | None) -> dict[str, dict[str, str | None
             if target is not None:
                 check_text(target, f"target of {source!r}/{label!r}", f"--map {path}")
     return mapping
+
+
+def check_label_values(labels: object, json_file: Path) -> None:
+    """ValueError naming ``json_file`` and the key unless ``labels`` maps each name to its own integer value:
+    background 0, every other label a distinct positive integer (else the lookup table would relabel voxels)."""
+    if not isinstance(labels, dict):
+        raise ValueError(f"{json_file}: labels is not a mapping of names to values")
+    owner: dict[int, str] = {}
+    for label, value in labels.items():
+        check_text(label, "label name", json_file)
+        if isinstance(value, (list, tuple)):
+            raise ValueError(f"{json_file}: label {label!r} is a region {value!r}; region-based labels cannot be "
+                             "merged")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{json_file}: label {label!r} has value {value!r}, not a non-negative integer")
+        if (value == 0) != (label == "background"):
+            raise ValueError(f"{json_file}: label {label!r} has value {value}; only 'background' may be 0, and it "
+                             "must be")
+        if value in owner:
+            raise ValueError(f"{json_file}: labels {owner[value]!r} and {label!r} share the value {value}")
+        owner[value] = label
 
 
 class Source:
@@ -83,10 +104,7 @@ class Source:
             check_file_ending(self.dataset_json["file_ending"], json_file)
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{json_file}: not a usable nnU-Net dataset.json ({e})") from None
-        if not isinstance(labels, dict) or any(not isinstance(v, int) for v in labels.values()):
-            raise ValueError(f"{json_file}: region-based labels cannot be merged")
-        for label in labels:
-            check_text(label, "label name", json_file)
+        check_label_values(labels, json_file)
         try:
             self.files = get_filenames_of_train_images_and_targets(str(self.folder), self.dataset_json)
         except (OSError, KeyError, TypeError, AttributeError) as e:
@@ -119,20 +137,28 @@ def relabel_case(case: str, source_label: str, images: list[str], dataset_json: 
     """Write ``lut[source label map]`` with nnU-Net's reader/writer for the source's file format.
 
     The source ``images`` are fully checked, not copied: ``image_out`` is unused, merged
-    datasets reference the source images.
+    datasets reference the source images. A label map off its images' grid (size, or spacing, origin and
+    direction beyond the tolerance of nnU-Net's ``verify_dataset_integrity``) skips the case.
     """
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     result = CaseResult(case, annotated)
+    grids = {}
     for file in (*images, source_label):
         try:
             check_image_file(file)
+            header = read_header(file)
             if file.endswith(NIFTI_ENDINGS):  # nnU-Net would read a 4D file as several channels
-                check_single_volume(read_header(file), file)
-        except ValueError as e:
+                check_single_volume(header, file)
+            grids[file] = geometry(header)
+        except (ValueError, RuntimeError) as e:
             result.problems.append(Problem.from_error(file, e))
     if not result.converted:
         return result
+    for image in images:
+        if mismatch := grid_mismatch(grids[source_label], grids[image], NNUNET_TOLERANCE):
+            result.problems.append(Problem(source_label, f"not on the grid of its image {image}: {mismatch}", True))
+            return result
     try:
         rw = determine_reader_writer_from_dataset_json(dataset_json, source_label, verbose=False)()
         seg, properties = rw.read_seg(source_label)

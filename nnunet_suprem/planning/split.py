@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunet_suprem.fileio import write_json
+from nnunet_suprem.fileio import read_json, write_json
 from nnunet_suprem.planning.pipeline import dataset_folder_name, preprocessed_root
 
 SPLITS_FILE = "splits_final.json"
@@ -21,7 +21,7 @@ def training_cases(preprocessed_folder: Path) -> list[str]:
     if not dataset_json.is_file() or not labels.is_dir():
         raise FileNotFoundError(f"{labels} not found: preprocess the dataset first (nnUNetv2_plan_and_preprocess, "
                                 f"nnunet-suprem plan or nnunet-suprem plan-transfer)")
-    ending = json.loads(dataset_json.read_text())["file_ending"]
+    ending = read_json(dataset_json)["file_ending"]
     cases = sorted(p.name[:-len(ending)] for p in labels.iterdir() if p.name.endswith(ending))
     if not cases:
         raise FileNotFoundError(f"{labels} holds no {ending} label files: preprocess the dataset first")

@@ -3,16 +3,25 @@
 Both say what the model segments (label values, taxonomy canonical names), what it was trained on (the dataset
 and, from the partial-label manifest, what each source annotated), how (plans, configuration, the trainer it was
 trained with and the one it is exported as, epochs), with which versions, under which license and how to cite it,
-and whether running it needs this plugin.
+whether running it needs this plugin, and whether its test images must have its training orientation (a model that
+learnt left and right from array position with a reader that keeps each file's index order, see
+:mod:`nnunet_suprem.orientation`).
+
+``MODEL.md`` quotes every name and text that comes with the model (label, dataset and trainer names, ``--license``,
+``--citation``, ...) literally: none can add markup (links, images, HTML, headings, table cells) or leave its code
+block, and the commands it shows quote them for the shell.
 """
 from __future__ import annotations
 
 import datetime
+import re
+import shlex
 from importlib.metadata import PackageNotFoundError, version
 
 from nnunet_suprem import __version__
 from nnunet_suprem.architectures import ARCHITECTURES
 from nnunet_suprem.manifest import MANIFEST_KEY, annotated_classes_by_case, foreground_labels
+from nnunet_suprem.orientation import ORIENTATION_KEY, describe, needs_check
 from nnunet_suprem.sharing.model_folder import ModelFolder, Portability
 from nnunet_suprem.taxonomy import canonical_name
 
@@ -59,6 +68,7 @@ def model_card(model: ModelFolder, portability: Portability, checkpoint: dict, l
     """``model.json``'s content; ``checkpoint`` is the first fold's."""
     dataset_json = model.dataset_json
     axes = checkpoint.get("inference_allowed_mirroring_axes")
+    orientation = checkpoint.get(ORIENTATION_KEY)
     return {
         "format": CARD_FORMAT,
         "dataset": model.dataset,
@@ -80,6 +90,8 @@ def model_card(model: ModelFolder, portability: Portability, checkpoint: dict, l
         "inference_allowed_mirroring_axes": list(axes) if axes is not None else None,
         "requires_plugin": portability.needs_plugin,
         "requirement": portability.requirement(),
+        "training_orientation": orientation,
+        "orientation_check_required": needs_check(orientation),
         "versions": {"nnunetv2": _version("nnunetv2"), "torch": _version("torch"), "nnunet_suprem": __version__},
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "license": license,
@@ -88,30 +100,84 @@ def model_card(model: ModelFolder, portability: Portability, checkpoint: dict, l
     }
 
 
+_INLINE_MARKUP = re.compile(r"([\\`*_~\[\]<>!&|#$])")
+"""What can start inline markup in CommonMark, GitHub's tables, strikethrough and math: escaped with "\"."""
+_BLOCK_START = re.compile(r"^(\d+[.)]|[-+=])")
+"""What starts a list item or a setext underline at the start of a line (headings, quotes and fences are above)."""
+
+
+def markdown_text(value: object) -> str:
+    """``value`` as literal Markdown text on one line (also at a line's start): line breaks become spaces, markup
+    characters are escaped."""
+    text = _INLINE_MARKUP.sub(r"\\\1", " ".join(str(value).split()))
+    return _BLOCK_START.sub(lambda m: m[0][:-1] + "\\" + m[0][-1], text, count=1)
+
+
+def _longest_backtick_run(text: str) -> int:
+    return max(map(len, re.findall("`+", text)), default=0)
+
+
+def markdown_code(value: object) -> str:
+    """``value`` as an inline code span on one line (literal inside), its delimiters longer than any backtick run."""
+    text = " ".join(str(value).split())
+    fence = "`" * (_longest_backtick_run(text) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def markdown_block(text: str, info: str = "") -> list[str]:
+    """``text`` as a fenced code block whose fence is longer than any backtick run inside."""
+    fence = "`" * max(3, _longest_backtick_run(text) + 1)
+    return [f"{fence}{info}", text, fence]
+
+
 def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
     return [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}",
-            *(f"| {' | '.join(str(c) for c in row)} |" for row in rows)]
+            *(f"| {' | '.join(markdown_text(c) for c in row)} |" for row in rows)]
+
+
+def _orientation_section(card: dict) -> list[str]:
+    """What the receiver must do before predicting when the model's left and right depend on index order."""
+    if not card["orientation_check_required"]:
+        return []
+    record = card["training_orientation"]
+    folder = shlex.quote(f"{card['dataset']}/{card['model_folder']}")
+    return [
+        "## Before predicting: test image orientation",
+        "",
+        f"This model learnt left and right from array position, reading images with "
+        f"{markdown_code(record['reader'])}, which keeps each file's index order: test images must have the "
+        f"training orientation ({markdown_text(describe(record['left_right']))}), or their left and right come out "
+        "swapped. Check every input folder first (this needs `pip install nnunet-suprem`); with `--reorient OUT` "
+        "it writes reoriented copies (the same physical images) to predict from:",
+        "",
+        *markdown_block(f'nnunet-suprem check-orientation "$nnUNet_results"/{folder} -i INPUT_FOLDER', "bash"),
+        "",
+    ]
 
 
 def card_markdown(card: dict) -> str:
-    """``MODEL.md``: the card for people, with the commands that install and run the model."""
+    """``MODEL.md``: the card for people, with the commands that install, check and run the model."""
     dataset_id = card["dataset"][len("Dataset"):len("Dataset") + 3]
     trainer = card["trainer"]
-    folds = " ".join(card["folds"])
+    folds = card["folds"]
     axes = card["inference_allowed_mirroring_axes"]
-    based_on = f", a {trainer['plugin_trainer']}" if trainer["plugin_trainer"] else ""
+    text, code = markdown_text, markdown_code
+    based_on = f", a {code(trainer['plugin_trainer'])}" if trainer["plugin_trainer"] else ""
+    orientation = (", and its test images must first pass `nnunet-suprem check-orientation` (below)"
+                   if card["orientation_check_required"] else "")
+    predict = shlex.join(["nnUNetv2_predict", "-i", "INPUT_FOLDER", "-o", "OUTPUT_FOLDER", "-d", dataset_id,
+                          "-c", card["configuration"], "-tr", card["model_folder"].split("__")[0],
+                          "-p", card["plans"], "-f", *folds])
     lines = [
-        f"# {card['dataset']}: nnU-Net {card['configuration']} model",
+        f"# {text(card['dataset'])}: nnU-Net {text(card['configuration'])} model",
         "",
         f"Exported by nnunet-suprem {card['versions']['nnunet_suprem']} on {card['exported']}. "
-        f"Running it {card['requirement']}.",
+        f"Running it {text(card['requirement'])}{orientation}.",
         "",
-        "```bash",
-        "nnUNetv2_install_pretrained_model_from_zip MODEL.zip",
-        f"nnUNetv2_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d {dataset_id} -c {card['configuration']} "
-        f"-tr {card['model_folder'].split('__')[0]} -p {card['plans']} -f {folds}",
-        "```",
+        *markdown_block("nnUNetv2_install_pretrained_model_from_zip MODEL.zip\n" + predict, "bash"),
         "",
+        *_orientation_section(card),
         "## Classes",
         "",
         *_table(("label", "name", "canonical name"),
@@ -119,35 +185,35 @@ def card_markdown(card: dict) -> str:
         "",
         "## Training data",
         "",
-        f"Input channels: {', '.join(f'{k}: {v}' for k, v in card['channels'].items())} "
-        f"(files ending {card['file_ending']}).",
+        f"Input channels: {text(', '.join(f'{k}: {v}' for k, v in card['channels'].items()))} "
+        f"(files ending {code(card['file_ending'])}).",
         "",
         *_table(("source", "cases", "annotated classes"),
                 [(s["source"], s["cases"], ", ".join(s["annotated"])) for s in card["training_data"]]),
         "",
         "## Model",
         "",
-        f"- trained with `{trainer['trained_with']}` (module {trainer['module']}{based_on}), "
-        f"epochs: {trainer['epochs']}, "
-        f"checkpoints exported naming `{trainer['exported_as']}` (the model folder keeps its name "
-        f"`{card['model_folder']}`)",
-        f"- plans `{card['plans']}`, configuration `{card['configuration']}`, network `{card['network']}`",
-        f"- folds {folds}, checkpoint `{card['checkpoint']}`",
-        f"- test-time mirroring axes: {tuple(axes) if axes is not None else 'none'} (as trained; nnU-Net reads "
+        f"- trained with {code(trainer['trained_with'])} (module {code(trainer['module'])}{based_on}), "
+        f"epochs: {text(trainer['epochs'])}, "
+        f"checkpoints exported naming {code(trainer['exported_as'])} (the model folder keeps its name "
+        f"{code(card['model_folder'])})",
+        f"- plans {code(card['plans'])}, configuration {code(card['configuration'])}, network {code(card['network'])}",
+        f"- folds {text(' '.join(folds))}, checkpoint {code(card['checkpoint'])}",
+        f"- test-time mirroring axes: {text(tuple(axes) if axes is not None else 'none')} (as trained; nnU-Net reads "
         f"them from the checkpoint)",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()),  # of this environment
         "",
         "## License",
         "",
-        card["license"] or "Not stated.",
+        text(card["license"]) if card["license"] else "Not stated.",
         "",
         "## Citation",
         "",
     ]
     if card["citation"]:
-        lines += ["```", card["citation"], "```"]
+        lines += markdown_block(card["citation"])
     elif card["suggested_citation"]:
-        lines += ["None given. Suggested (SuPreM):", "", "```", card["suggested_citation"], "```"]
+        lines += ["None given. Suggested (SuPreM):", "", *markdown_block(card["suggested_citation"])]
     else:
         lines.append("None given.")
     return "\n".join(lines) + "\n"

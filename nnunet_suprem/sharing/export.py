@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from nnunet_suprem.fileio import atomic_path, check_text
+from nnunet_suprem.fileio import atomic_path, check_text, hidden_characters
 from nnunet_suprem.sharing.card import CARD_JSON, CARD_MARKDOWN, SUPREM_CITATION, card_markdown, model_card
 from nnunet_suprem.sharing.model_folder import ModelFolder, portability, read_model_folder
 
@@ -49,8 +49,8 @@ def _citation_text(citation: str | None) -> str | None:
         return None
     if citation.strip().lower() == "suprem":
         return SUPREM_CITATION
-    if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in citation) or not citation.strip():
-        raise ValueError(f"--citation {citation[:40]!r}: empty or contains control characters")
+    if any(c not in "\n\t" for c in hidden_characters(citation)) or not citation.strip():
+        raise ValueError(f"--citation {citation[:40]!r}: empty or contains control characters or invisible ones")
     return citation
 
 
@@ -123,6 +123,9 @@ def run(args) -> int:
                         args.overwrite)
     print(f"Wrote {args.output}: {card['dataset']}/{card['model_folder']}, folds {' '.join(card['folds'])}. "
           f"Running it {card['requirement']}.")
+    if card["orientation_check_required"]:
+        print("Its test images must have its training orientation: MODEL.md gives the nnunet-suprem "
+              "check-orientation command to run before nnUNetv2_predict.")
     if card["suggested_citation"]:
         print("No --citation given; suggested for this model: --citation suprem (the SuPreM paper).")
     return 0

@@ -41,16 +41,28 @@ def _pkl_fingerprint(folder: str, cases: Sequence[str]) -> dict[str, list[int]]:
     return dict(zip(cases, files.values()))
 
 
+def _is_orientation(value: object) -> bool:
+    """None or an (array axis, sign) pair as ``laterality.left_right_axis`` gives."""
+    return value is None or (isinstance(value, list) and len(value) == 2 and value[0] in (0, 1, 2)
+                             and value[1] in (-1, 1) and not any(isinstance(v, bool) for v in value))
+
+
 def read_summary(folder: str, cases: Sequence[str]) -> Orientations | None:
-    """The summary if it exists and its cases' ``.pkl`` files are exactly the ones it was made from, else None."""
+    """The summary if it exists, is well-formed, and its cases' ``.pkl`` files are exactly the ones it was made
+    from, else None (it is then made again)."""
     try:
         with open(summary_path(folder), encoding="utf-8") as f:
             summary = json.load(f)
     except (OSError, ValueError):
         return None
-    if summary.get("format") != SUMMARY_FORMAT or summary.get("pkl") != _pkl_fingerprint(folder, cases):
+    if not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT or \
+            summary.get("pkl") != _pkl_fingerprint(folder, cases):
         return None
-    return {case: None if value is None else tuple(value) for case, value in summary["orientations"].items()}
+    orientations = summary.get("orientations")
+    if not isinstance(orientations, dict) or sorted(orientations) != sorted(cases) or \
+            not all(map(_is_orientation, orientations.values())):
+        return None
+    return {case: None if value is None else tuple(value) for case, value in orientations.items()}
 
 
 def write_summary(folder: str, orientations: Orientations, fingerprint: dict[str, list[int]]) -> None:

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from nnunet_suprem.fileio import read_json
 from nnunet_suprem.nnunet_env import dataset_folder_name, preprocessed_root
 from nnunet_suprem.plans_safety import check_plans
 from nnunet_suprem.transfer.defaults import DEFAULT_MIN_ENCODER_FRACTION, DEFAULT_NOVEL_ROWS, NOVEL_ROWS
@@ -27,9 +27,9 @@ def load_target(dataset_id: int | str, plans_name: str) -> tuple[dict, dict]:
         available = sorted(p.stem for p in folder.glob("*.json") if p.stem not in ("dataset", "dataset_fingerprint",
                                                                                    "splits_final"))
         raise FileNotFoundError(f"{plans_file} not found; plans of this dataset: {available}")
-    plans = json.loads(plans_file.read_text())
+    plans = read_json(plans_file)
     check_plans(plans, plans_file)
-    return plans, json.loads((folder / "dataset.json").read_text())
+    return plans, read_json(folder / "dataset.json")
 
 
 def add_subparser(subparsers) -> None:
