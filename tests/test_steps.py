@@ -58,10 +58,7 @@ def test_a_training_continues_only_from_the_inputs_it_started_with(tmp_path):
                 "train", inputs=(checkpoint,), results_folder=fold)
     fold.mkdir()
     (fold / "checkpoint_latest.pth").write_bytes(b"")
-    done = tmp_path / DONE_FOLDER
-    done.mkdir()
-    started = {"command": step.command, "inputs": {str(checkpoint): [1, checkpoint.stat().st_mtime_ns]}}
-    (done / "train").write_text(json.dumps(started))
+    started = step_marker(step)  # the marker run_steps wrote when the training started
     assert resumable(step, started, step_marker(step))[-1] == "--c"
     checkpoint.write_text("bb")  # another pre-trained checkpoint: the fold's checkpoint came from the old one
     assert resumable(step, started, step_marker(step)) == step.command and not fold.exists()
