@@ -22,7 +22,7 @@ from nnunet_suprem.fewshot.curves import first_epoch_means, plot_learning_curves
 from nnunet_suprem.fewshot.report import ARMS, class_groups
 from nnunet_suprem.fewshot.study import Study, run_study
 from nnunet_suprem.nnunet_env import dataset_name, with_ext_trainers
-from nnunet_suprem.steps import (Step, add_device_argument, default_device, prepare_out, report_failure, run_steps,
+from nnunet_suprem.steps import (Step, add_device_argument, claimed_out, default_device, report_failure, run_steps,
                                  trainer_epochs)
 
 logger = logging.getLogger(__name__)
@@ -84,25 +84,34 @@ class Demo:
                 / f"{self.budget.pretrain_trainer}__nnUNetPlans__3d_fullres")
 
     def steps(self) -> list[Step]:
-        """Everything up to the planned target and the pre-trained checkpoint."""
+        """Everything up to the planned target and the pre-trained checkpoint; each step's inputs are the files
+        earlier steps wrote, so a redone step redoes the steps after it that read what it wrote."""
         b, shape, np_ = self.budget, [str(s) for s in self.budget.shape], ["-np", "2"]
+        sources = {name: self.raw / dataset_name(i, name) for name, (i, _, _) in SOURCES.items()}
+        pretraining = self.preprocessed / DATASET_FOLDERS[PRETRAIN_ID]
+        target = self.raw / DATASET_FOLDERS[TARGET_ID]
         commands = [(f"simulate source {name}: {hospital} annotates {classes}",
                      ["nnunet-suprem", "synth", "-d", str(i), "--name", name, "--hospitals", hospital, "--cases",
                       str(b.source_cases), "--annotate", f"{hospital}={classes}", "--shape", *shape,
-                      "--organ-scale", str(b.organ_scale), "--seed", str(i), *np_, "--overwrite"])
+                      "--organ-scale", str(b.organ_scale), "--seed", str(i), *np_, "--overwrite"],
+                     (), (sources[name],))
                     for name, (i, hospital, classes) in SOURCES.items()]
         commands += [
             ("merge the partially labelled sources into one taxonomy",
              ["nnunet-suprem", "merge", *(str(i) for i, _, _ in SOURCES.values()), "-d", str(PRETRAIN_ID),
-              "--name", PRETRAIN_NAME, "--taxonomy", "union", *np_, "--overwrite"]),
+              "--name", PRETRAIN_NAME, "--taxonomy", "union", *np_, "--overwrite"],
+             tuple(sources.values()), (self.raw / DATASET_FOLDERS[PRETRAIN_ID],)),
             ("plan and preprocess the pre-training dataset",
-             ["nnUNetv2_plan_and_preprocess", "-d", str(PRETRAIN_ID), "-c", "3d_fullres", *np_]),
+             ["nnUNetv2_plan_and_preprocess", "-d", str(PRETRAIN_ID), "-c", "3d_fullres", *np_],
+             (self.raw / DATASET_FOLDERS[PRETRAIN_ID],), (pretraining,)),
         ]
-        steps = [Step(title, command, f"{number:02d}_{command[0]}") for number, (title, command) in
-                 enumerate(commands, 1)]
+        steps = [Step(title, command, f"{number:02d}_{command[0]}", inputs, outputs)
+                 for number, (title, command, inputs, outputs) in enumerate(commands, 1)]
         steps.append(Step(f"pre-train with partial labels: {b.pretrain_trainer}",
                           ["nnUNetv2_train", str(PRETRAIN_ID), "3d_fullres", "0", "-tr", b.pretrain_trainer,
                            "-device", self.device], f"{len(steps) + 1:02d}_nnUNetv2_train",
+                          inputs=(pretraining / "nnUNetPlans.json", pretraining / "dataset.json",
+                                  pretraining / "nnUNetPlans_3d_fullres"),
                           outputs=(self.checkpoint,), results_folder=self.checkpoint.parent,
                           epochs=trainer_epochs(b.pretrain_trainer)))
         commands = [
@@ -110,13 +119,16 @@ class Demo:
              ["nnunet-suprem", "synth", "-d", str(TARGET_ID), "--name", TARGET_NAME, "--cases",
               str(b.target_cases), "--test-cases", str(b.test_cases), "--annotate",
               *(f"{h}={TARGET_CLASSES}" for _, h, _ in SOURCES.values()), "--shape", *shape,
-              "--organ-scale", str(b.organ_scale), "--seed", str(TARGET_ID), *np_, "--overwrite"]),
+              "--organ-scale", str(b.organ_scale), "--seed", str(TARGET_ID), *np_, "--overwrite"],
+             (), (target,)),
             ("plan the target with the pre-trained network, then preprocess",
              ["nnunet-suprem", "plan-transfer", "-d", str(TARGET_ID), "--pretrained", str(self.pretrained_folder),
-              "--plans-name", TARGET_PLANS, *np_, "--overwrite"]),
+              "--plans-name", TARGET_PLANS, *np_, "--overwrite"],
+             (target, self.pretrained_folder / "plans.json", self.checkpoint),
+             (self.preprocessed / DATASET_FOLDERS[TARGET_ID],)),
         ]
-        return steps + [Step(title, command, f"{number:02d}_{command[0]}") for number, (title, command) in
-                        enumerate(commands, len(steps) + 1)]
+        return steps + [Step(title, command, f"{number:02d}_{command[0]}", inputs, outputs)
+                        for number, (title, command, inputs, outputs) in enumerate(commands, len(steps) + 1)]
 
     @property
     def checkpoint(self) -> Path:
@@ -185,5 +197,5 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--fast and --smoke are different budgets: choose one")
     budget = SMOKE if args.smoke else FAST if args.fast else FULL
     out = Path(args.out).expanduser().resolve()
-    prepare_out(out, {"budget": asdict(budget), "folds": args.folds}, DEMO_SETTINGS_FILE, "demo")
-    return report_failure("demo", Demo(out, budget, args.device or default_device(), args.folds).run)
+    with claimed_out(out, {"budget": asdict(budget), "folds": args.folds}, DEMO_SETTINGS_FILE, "demo"):
+        return report_failure("demo", Demo(out, budget, args.device or default_device(), args.folds).run)

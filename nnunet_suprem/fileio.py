@@ -88,6 +88,17 @@ def source_fingerprint(paths: Iterable[Path]) -> dict[str, list[int]]:
     return fingerprint
 
 
+def files_in(paths: Iterable[Path]) -> list[Path]:
+    """``paths`` with every folder replaced by the files under it (recursively, sorted); other paths as given."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(Path(root, name) for root, _, names in os.walk(path) for name in names)
+        else:
+            files.append(path)
+    return files
+
+
 def _new_mode(directory: bool = False) -> int:
     """Permissions of a new file (0666) or folder (0777) under the current umask."""
     umask = os.umask(0)

@@ -161,14 +161,16 @@ def test_demo_smoke_runs_the_story_and_resumes(tmp_path):
 
 
 def test_an_interrupted_training_resumes_with_nnunets_continue_flag(tmp_path):
-    from nnunet_suprem.steps import Step, resumable
+    from nnunet_suprem.steps import Step, resumable, step_marker
 
     step = Step("fine-tune", ["nnUNetv2_train", "620", "3d_fullres", "0", "-pretrained_weights", "w.pth"], "train",
                 results_folder=tmp_path / "fold_0")
-    assert resumable(step) == step.command  # nothing trained yet: the command as printed
+    marker = step_marker(step)
+    assert resumable(step, None, marker) == step.command  # nothing trained yet: the command as printed
     (tmp_path / "fold_0").mkdir()
     (tmp_path / "fold_0" / "checkpoint_latest.pth").write_bytes(b"")
-    assert resumable(step) == ["nnUNetv2_train", "620", "3d_fullres", "0", "--c"]  # the weights are in the checkpoint
+    # started with this command: the weights are in the checkpoint
+    assert resumable(step, marker, marker) == ["nnUNetv2_train", "620", "3d_fullres", "0", "--c"]
 
 
 def test_a_step_runs_again_when_an_input_changed_or_an_output_is_missing(tmp_path):

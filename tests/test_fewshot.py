@@ -4,6 +4,8 @@ over training draws on simulated studies of known truth."""
 import csv
 import json
 import math
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -505,3 +507,93 @@ def test_one_draw_is_labelled_test_case_variability_only(tmp_path):
     assert difference["interval"] == TEST_CASES_ONLY and float(difference["mean"]) == pytest.approx(0.25)
     assert f"| +0.250 | {TEST_CASES_ONLY} |" in summary_markdown(summary, "title")
     assert interval_caption(summary) == f"95% CI: {TEST_CASES_ONLY}"
+
+
+def small_study(tmp_path: Path):
+    """A study of hand-made files (a preprocessed dataset of 6 cases, 2 test images and labels in a raw dataset
+    layout, a checkpoint) whose steps only write their outputs (see test_steps.writing)."""
+    from test_steps import writing
+
+    from nnunet_suprem.fewshot.study import FewShot, Study
+
+    source = tmp_path / "nnUNet_preprocessed" / "Dataset005_Few"
+    source.mkdir(parents=True)
+    (source / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}))
+    (source / "plans.json").write_text("{}")
+    raw = tmp_path / "Dataset005_Few"
+    for folder, suffix in (("imagesTs", "_0000"), ("labelsTs", "")):
+        (raw / folder).mkdir(parents=True)
+        for case in ("test_1", "test_2"):
+            (raw / folder / f"{case}{suffix}.nii.gz").write_text(f"{folder} {case}")
+    (raw / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    (tmp_path / "pretrained.pth").write_text("weights")
+    study = Study(str(source), "plans", "3d_fullres", str(tmp_path / "pretrained.pth"), (5,), 1, 0, "A", "B",
+                  str(raw / "imagesTs"), str(raw / "labelsTs"), None)
+    fewshot = FewShot(tmp_path / "out", study, "cpu", 1)
+    steps = [writing(step) for step in fewshot.steps(fewshot.prepare([f"case_{i}" for i in range(6)]))]
+    return fewshot, steps
+
+
+def test_a_corrected_ground_truth_redoes_the_evaluations_and_only_them(tmp_path):
+    from nnunet_suprem.steps import DONE_FOLDER, is_done, run_steps
+
+    fewshot, steps = small_study(tmp_path)
+    done = fewshot.out / DONE_FOLDER
+
+    def redone() -> list[str]:
+        return [step.name for step in steps if not is_done(step, done)]
+
+    run_steps(steps, fewshot.out, dict(os.environ), "cpu")
+    assert redone() == []
+    (Path(fewshot.study.test_labels) / "test_2.nii.gz").write_text("corrected")
+    assert redone() == ["evaluate_pretrained_N5_draw0", "evaluate_scratch_N5_draw0"]
+    run_steps(steps, fewshot.out, dict(os.environ), "cpu")
+    (Path(fewshot.study.test_labels).parent / "dataset.json").write_text(json.dumps({"labels": {"liver": 2}}))
+    assert redone() == ["evaluate_pretrained_N5_draw0", "evaluate_scratch_N5_draw0"]  # the labels' values
+    run_steps(steps, fewshot.out, dict(os.environ), "cpu")
+    (Path(fewshot.study.test_images) / "test_1_0000.nii.gz").write_text("another image")
+    assert redone() == ["predict_pretrained_N5_draw0", "predict_scratch_N5_draw0"]  # then their evaluations
+    run_steps(steps, fewshot.out, dict(os.environ), "cpu")
+    Path(fewshot.study.checkpoint).write_text("other weights")
+    assert redone() == ["train_pretrained_N5_draw0"]
+    run_steps(steps, fewshot.out, dict(os.environ), "cpu")
+    assert redone() == []
+
+
+def test_tampered_summaries_and_settings_are_refused_naming_the_file(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from nnunet_suprem.cli import main
+    from nnunet_suprem.fewshot.study import SETTINGS_FILE, FewShot, Study, read_study
+    from nnunet_suprem.steps import prepare_out
+
+    checkpoint = tmp_path / "pretrained.pth"
+    torch.save({"network_weights": {"w": torch.zeros(1)}, "init_args": {"dataset_json": {"labels": CHECKPOINT_LABELS}}},
+               checkpoint)
+    study = Study("pre/Dataset005_Few", "plans", "3d_fullres", str(checkpoint), (5,), 1, 0, "A", "B", "imagesTs",
+                  "labelsTs", None)
+    out = tmp_path / "study"
+    prepare_out(out, {**asdict(study), "training_cases": ["c"]}, SETTINGS_FILE, "fewshot")
+    fewshot = FewShot(out, study, "cpu", 1)
+    summaries = {arm: fewshot.evaluation(arm, 5, 0) / "summary.json" for arm in ARMS}
+    for arm, path in summaries.items():
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(evaluation({"a": {"liver": 0.9}})))
+    assert main(["fewshot-report", str(out)]) == 0
+    capsys.readouterr()
+    for tampered, message in ((evaluation({"a": {"liver": 7.5}}), "case a, class liver: Dice 7.5 is not a number in "
+                                                                   "[0, 1]"),
+                              (evaluation({"../../x": {"liver": 0.5}}), "case '../../x' starts with '.'"),
+                              ({"metric_per_case": "all"}, "not an evaluation summary"), ("[", "not valid JSON")):
+        summaries["scratch"].write_text(tampered if isinstance(tampered, str) else json.dumps(tampered))
+        assert main(["fewshot-report", str(out)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert f"{summaries['scratch']}: {message}" in error and len(error.splitlines()) == 1, error
+    settings_file = out / SETTINGS_FILE
+    for change, message in (({"sizes": ["../../x"]}, "training-set sizes must be integers >= 1, got ['../../x']"),
+                            ({"draws": 0}, "--draws must be at least 1, got 0"),
+                            ({"plans": "../p"}, "plans name '../p' starts with '.'"),
+                            ({"tolerance": "1"}, "--tolerance must be >= 0 mm, got '1'")):
+        settings_file.write_text(json.dumps({**asdict(study), **change}))
+        with pytest.raises(ValueError, match=re.escape(f"{settings_file}: {message}")):
+            read_study(out)

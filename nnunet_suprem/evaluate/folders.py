@@ -136,7 +136,8 @@ def _mask_folder(path: Path, labels: Sequence[str] | None, option: str) -> Segme
     return SegmentationFolder(path, "mask folders", classes, cases, annotated)
 
 
-def _find_dataset_json(path: Path) -> Path | None:
+def find_dataset_json(path: Path) -> Path | None:
+    """The dataset.json that names a label-map folder's classes: in ``path``, else beside it; None: neither."""
     for candidate in (path / "dataset.json", path.parent / "dataset.json"):
         if candidate.is_file():
             return candidate
@@ -146,7 +147,7 @@ def _find_dataset_json(path: Path) -> Path | None:
 def _label_map_folder(path: Path, labels: Sequence[str] | None, option: str) -> SegmentationFolder:
     if labels:
         spec = parse_label_spec(labels)
-    elif (found := _find_dataset_json(path)) is not None:
+    elif (found := find_dataset_json(path)) is not None:
         spec = read_dataset_json(found)
     else:
         raise ValueError(f"{path} holds label maps but no dataset.json is in it or beside it: name the classes "

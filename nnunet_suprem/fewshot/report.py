@@ -5,6 +5,7 @@ how the summary is computed.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 
 from nnunet_suprem.evaluate.report import write_csv
 from nnunet_suprem.evaluate.stats import CONFIDENCE, TEST_CASES_ONLY, summarize_draws
-from nnunet_suprem.fileio import atomic_path
+from nnunet_suprem.fileio import atomic_path, check_name, check_text, read_json
 from nnunet_suprem.taxonomy import match_classes
 
 ARMS = ("pretrained", "scratch")
@@ -54,6 +55,35 @@ def evaluation_rows(summary: Mapping, arm: str, n: int, draw: int, groups: Mappi
             rows.append({"arm": arm, "N": n, "draw": draw, "case": case["case"], "class": name,
                          "group": groups[name], "Dice": scores["Dice"], "NSD": scores.get("NSD", NAN)})
     return rows
+
+
+def read_evaluation(path: Path) -> dict:
+    """An ``nnunet-suprem evaluate`` summary.json, checked as far as the study reads it: every case of
+    ``metric_per_case`` a file name, every class a name, every score a number in [0, 1] or NaN (not scored);
+    ValueError naming the file otherwise."""
+    summary = read_json(path)
+    cases = summary.get("metric_per_case") if isinstance(summary, dict) else None
+    if not isinstance(cases, list):
+        raise ValueError(f"{path}: not an evaluation summary (no metric_per_case list)")
+    for case in cases:
+        if not (isinstance(case, dict) and isinstance(case.get("metrics"), dict)):
+            raise ValueError(f"{path}: a metric_per_case entry is not a case with metrics: {str(case)[:80]}")
+        check_name(case.get("case"), "case", path)
+        for name, scores in case["metrics"].items():
+            check_text(name, "class", path)
+            if not isinstance(scores, dict) or "Dice" not in scores:
+                raise ValueError(f"{path}: case {case['case']}, class {name}: no Dice")
+            for metric in METRICS:
+                value = scores.get(metric, NAN)
+                if not _is_score(value):
+                    raise ValueError(f"{path}: case {case['case']}, class {name}: {metric} {value!r} is not a "
+                                     f"number in [0, 1]")
+    return summary
+
+
+def _is_score(value: object) -> bool:
+    """A Dice or NSD as a summary records it: a number in [0, 1], or NaN (not scored)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (math.isnan(value) or 0 <= value <= 1)
 
 
 def write_long_table(path: str | Path, rows: Sequence[Mapping]) -> None:

@@ -21,13 +21,16 @@ from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
-from nnunet_suprem.fewshot.report import (ARMS, METHOD, class_groups, evaluation_rows, plot_study, summarize_study,
-                                          summary_markdown, unpaired_note, write_long_table, write_summary_csv)
-from nnunet_suprem.fileio import atomic_path, check_file_ending, check_name, input_cases, write_json
+from nnunet_suprem.evaluate.folders import find_dataset_json
+from nnunet_suprem.fewshot.report import (ARMS, METHOD, class_groups, evaluation_rows, plot_study, read_evaluation,
+                                          summarize_study, summary_markdown, unpaired_note, write_long_table,
+                                          write_summary_csv)
+from nnunet_suprem.fileio import (atomic_path, check_file_ending, check_name, check_text, input_cases, read_json,
+                                  write_json)
 from nnunet_suprem.jobs import default_num_processes
 from nnunet_suprem.planning.recipes import TRANSFER_PLANS_NAME
 from nnunet_suprem.planning.split import SPLITS_FILE, few_shot_splits, training_cases
-from nnunet_suprem.steps import (Step, add_device_argument, changed_settings, default_device, prepare_out,
+from nnunet_suprem.steps import (Step, add_device_argument, changed_settings, claimed_out, default_device,
                                  report_failure, run_steps, trainer_epochs)
 
 logger = logging.getLogger(__name__)
@@ -80,12 +83,33 @@ class Study:
             raise ValueError(f"{self.test_images}: {len(shared)} test case(s) are training cases of {self.preprocessed}"
                              f" ({', '.join(shared)}): test on held-out cases only (--test-images)")
 
+    def check_values(self, source: str) -> None:
+        """ValueError naming ``source`` (the command line, a settings file) unless every setting has its type and
+        range: names that are file names, sizes and draws positive integers, a tolerance >= 0."""
+        paths = [(self.preprocessed, "preprocessed"), (self.checkpoint, "checkpoint"),
+                 (self.test_images, "test_images"), (self.test_labels, "test_labels")]
+        if self.scratch_from is not None:
+            paths.append((self.scratch_from, "scratch_from"))
+        for value, what in paths:
+            check_text(value, what, source)
+        for value, what in ((self.plans, "plans name"), (self.configuration, "configuration"),
+                            (self.pretrained_trainer, "trainer"), (self.scratch_trainer, "trainer")):
+            check_name(value, what, source)
+        if not self.sizes or not all(_is_int(n) and n >= 1 for n in self.sizes):
+            raise ValueError(f"{source}: training-set sizes must be integers >= 1, got {list(self.sizes)}")
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"{source}: --train-cases lists a size twice: {list(self.sizes)}")
+        if not (_is_int(self.draws) and self.draws >= 1):
+            raise ValueError(f"{source}: --draws must be at least 1, got {self.draws!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"{source}: --seed must be an integer, got {self.seed!r}")
+        if self.tolerance is not None and not (isinstance(self.tolerance, (int, float)) and self.tolerance >= 0):
+            raise ValueError(f"{source}: --tolerance must be >= 0 mm, got {self.tolerance!r}")
+
     def check(self) -> list[str]:
         """Validate the settings against the files; returns the training cases (ValueError/FileNotFoundError)."""
         folder = Path(self.preprocessed)
-        for value, what in ((self.plans, "plans name"), (self.configuration, "configuration"),
-                            (self.pretrained_trainer, "trainer"), (self.scratch_trainer, "trainer")):
-            check_name(value, what, "the command line")
+        self.check_values("the command line")
         plans_file = folder / f"{self.plans}.json"
         if not plans_file.is_file():
             raise FileNotFoundError(f"{plans_file} not found: plan the target first (nnunet-suprem plan-transfer "
@@ -94,12 +118,6 @@ class Study:
             raise ValueError(f"{plans_file} has no configuration {self.configuration!r}")
         if not Path(self.checkpoint).is_file():
             raise FileNotFoundError(f"{self.checkpoint}: checkpoint file not found (--pretrained)")
-        if len(set(self.sizes)) != len(self.sizes):
-            raise ValueError(f"--train-cases lists a size twice: {list(self.sizes)}")
-        if self.draws < 1:
-            raise ValueError(f"--draws must be at least 1, got {self.draws}")
-        if self.tolerance is not None and not self.tolerance >= 0:
-            raise ValueError(f"--tolerance must be >= 0 mm, got {self.tolerance}")
         for path, option in ((self.test_images, "--test-images"), (self.test_labels, "--test-labels")):
             if not Path(path).is_dir():
                 raise FileNotFoundError(f"{path}: test folder not found ({option})")
@@ -110,31 +128,44 @@ class Study:
         return cases
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def study_settings(study: Study, cases: list[str]) -> dict:
     """What ``fewshot.json`` records of a study: its settings and the training cases they were checked against."""
     return {**asdict(study), "training_cases": cases}
 
 
 def read_study(folder: Path) -> Study:
-    """The settings of the study in ``folder`` (its ``fewshot.json``; settings that are None are not recorded);
-    FileNotFoundError naming the folder when it is not a study's."""
+    """The settings of the study in ``folder`` (its ``fewshot.json``; settings that are None are not recorded),
+    checked (:meth:`Study.check_values`); FileNotFoundError naming the folder when it is not a study's."""
+    return _read_settings(folder, "name the --out of nnunet-suprem fewshot")[0]
+
+
+def _read_settings(folder: Path, hint: str) -> tuple[Study, dict]:
+    """The study of ``folder`` and its ``fewshot.json`` as recorded, checked; FileNotFoundError (with ``hint``)
+    when there is none, ValueError naming the file when it is not valid."""
     settings_file = folder / SETTINGS_FILE
     if not settings_file.is_file():
-        raise FileNotFoundError(f"{folder}: not a fewshot folder (no {SETTINGS_FILE}): name the --out of "
-                                f"nnunet-suprem fewshot")
-    settings = json.loads(settings_file.read_text())
+        raise FileNotFoundError(f"{folder}: not a fewshot folder (no {SETTINGS_FILE}): {hint}")
+    settings = read_json(settings_file)
+    if not isinstance(settings, dict) or not isinstance(settings.get("sizes"), list):
+        raise ValueError(f"{settings_file}: not a fewshot settings file (a JSON object with a list of sizes)")
     values = {f.name: settings.get(f.name) for f in fields(Study)}
-    return Study(**{**values, "sizes": tuple(values["sizes"])})
+    study = Study(**{**values, "sizes": tuple(values["sizes"])})
+    study.check_values(str(settings_file))
+    cases = settings.get("training_cases")
+    if cases is not None and not (isinstance(cases, list) and all(isinstance(c, str) for c in cases)):
+        raise ValueError(f"{settings_file}: training_cases must be a list of case names")
+    return study, settings
 
 
 def check_scratch_source(study: Study, cases: list[str]) -> None:
     """A study may reuse the scratch arm of ``study.scratch_from`` when that study ran its own scratch arm with the
     same settings (the pre-trained arm's trainer and checkpoint may differ); ValueError/FileNotFoundError."""
     source = Path(study.scratch_from)
-    settings_file = source / SETTINGS_FILE
-    if not settings_file.is_file():
-        raise FileNotFoundError(f"{source}: not a fewshot folder (no {SETTINGS_FILE}) (--scratch-from)")
-    theirs = json.loads(settings_file.read_text())
+    theirs = _read_settings(source, "--scratch-from")[1]
     if theirs.get("scratch_from") is not None:
         raise ValueError(f"{source} reuses the scratch arm of {theirs['scratch_from']}: name that study in "
                          f"--scratch-from")
@@ -211,6 +242,9 @@ class FewShot:
     # --- the commands ----------------------------------------------------------------------------------------
     def steps(self, prediction_files: list[str]) -> list[Step]:
         s, np_ = self.study, ["-np", str(self.num_processes)]
+        own = self.preprocessed / s.dataset
+        training_inputs = (own / f"{s.plans}.json", own / "dataset.json", own / SPLITS_FILE)
+        labels = (Path(s.test_labels), *filter(None, [find_dataset_json(Path(s.test_labels))]))
         workers = str(min(self.num_processes, 3))  # nnU-Net's default for -npp and -nps
         scoring = ["--no-nsd"] if s.tolerance is None else ["--tolerance", str(s.tolerance)]
         steps = []
@@ -223,7 +257,9 @@ class FewShot:
                     f"train, {arm}, {where}: {s.trainer(arm)}",
                     ["nnUNetv2_train", s.dataset, s.configuration, str(fold), "-tr", s.trainer(arm), "-p", s.plans,
                      "-device", self.device, *weights],
-                    f"train_{arm}_N{n}_draw{draw}", outputs=(fold_folder / "checkpoint_final.pth",),
+                    f"train_{arm}_N{n}_draw{draw}",
+                    inputs=(*training_inputs, *([Path(s.checkpoint)] if arm == "pretrained" else [])),
+                    outputs=(fold_folder / "checkpoint_final.pth",),
                     results_folder=fold_folder, epochs=trainer_epochs(s.trainer(arm))))
             for arm in self.arms:
                 output = self.predictions(arm, n, draw)
@@ -233,7 +269,7 @@ class FewShot:
                      "-c", s.configuration, "-p", s.plans, "-tr", s.trainer(arm), "-f", str(fold),
                      "-chk", "checkpoint_final.pth", "-device", self.device, "-npp", workers, "-nps", workers],
                     f"predict_{arm}_N{n}_draw{draw}",
-                    inputs=(self.model_folder(arm) / f"fold_{fold}" / "checkpoint_final.pth",),
+                    inputs=(self.model_folder(arm) / f"fold_{fold}" / "checkpoint_final.pth", Path(s.test_images)),
                     outputs=tuple(output / f for f in prediction_files)))
             for arm in self.arms:
                 predictions = self.predictions(arm, n, draw)
@@ -242,8 +278,7 @@ class FewShot:
                     f"evaluate, {arm}, {where}",
                     ["nnunet-suprem", "evaluate", str(predictions), s.test_labels, *scoring, *np_,
                      "-o", str(evaluation)],
-                    f"evaluate_{arm}_N{n}_draw{draw}", inputs=tuple(predictions / f for f in prediction_files),
-                    outputs=(evaluation / "summary.json",)))
+                    f"evaluate_{arm}_N{n}_draw{draw}", inputs=(predictions, *labels), outputs=(evaluation,)))
         return steps
 
     def environment(self) -> dict[str, str]:
@@ -291,7 +326,7 @@ class FewShot:
         else:
             self.check_reused_arms()
             runs = self.runs()
-        summaries = {(arm, n, draw): json.loads((self.evaluation(arm, n, draw) / "summary.json").read_text())
+        summaries = {(arm, n, draw): read_evaluation(self.evaluation(arm, n, draw) / "summary.json")
                      for n, draw, _ in runs for arm in ARMS}
         scored = dict.fromkeys(name for summary in summaries.values() for case in summary["metric_per_case"]
                                for name in case["metrics"])  # the ground truth's class names
@@ -319,13 +354,13 @@ class FewShot:
 
 
 def run_study(study: Study, out: Path, device: str, num_processes: int) -> FewShot:
-    """Check the settings, claim or resume ``out`` (refusing other settings), run the study."""
+    """Check the settings, claim or resume ``out`` (refusing other settings and a folder in use), run the study."""
     cases = study.check()
     if study.scratch_from is not None:
         check_scratch_source(study, cases)
-    prepare_out(out, study_settings(study, cases), SETTINGS_FILE, "fewshot")
     fewshot = FewShot(out, study, device, num_processes)
-    fewshot.run(cases)
+    with claimed_out(out, study_settings(study, cases), SETTINGS_FILE, "fewshot"):
+        fewshot.run(cases)
     return fewshot
 
 
