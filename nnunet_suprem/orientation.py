@@ -7,7 +7,9 @@ present every image in RAS, so any test image comes out right. Readers that keep
 ``nnUNetv2_predict`` then swaps left and right. SuPreMTrainer records the training orientation in its
 checkpoints (``ORIENTATION_KEY``); ``nnunet-suprem check-orientation`` compares a folder of test images with it
 before ``nnUNetv2_predict`` and refuses, or writes reoriented copies (the same physical image in the training
-cases' index order, through SimpleITK's ``DICOMOrient``) that predict right.
+cases' index order, through SimpleITK's ``DICOMOrient``) that predict right. The record also says where
+left-right lies in the network's patches (``PATCH_KEY``), which the weight transfer compares with the target's
+(:func:`nnunet_suprem.transfer.head.lateral_rows`).
 """
 from __future__ import annotations
 
@@ -21,17 +23,37 @@ REORIENTING_READERS = ("NibabelIOWithReorient", "SimpleITKIOWithReorient")
 """nnU-Net readers that present every image in RAS, whatever its file's orientation."""
 
 Orientation = tuple[int, int]  # (array axis, sign) of the patient's left-right, see laterality.left_right_axis
+PatchOrientation = tuple[int | None, int]
+"""(patch axis, sign) of the patient's left-right in the network's patches, i.e. after the plans' ``transpose_forward``
+(see laterality.patch_axis); the axis is None when left-right is the slicing axis of 2D patches."""
+PATCH_KEY = "patch_left_right"
 
 
-def training_orientation(orientations: Iterable[Orientation | None], reader: str) -> dict | None:
-    """The record of what a model's left and right depend on: its reader and the left-right (array axis, sign)
-    every training case shares. None when the cases disagree or some geometry is unknown: the network then
+def training_orientation(orientations: Iterable[Orientation | None], reader: str, transpose_forward: Sequence[int],
+                         patch_dim: int) -> dict | None:
+    """The record of what a model's left and right depend on: its reader, the left-right (array axis, sign) every
+    training case shares and where that lies in the network's patches (``PATCH_KEY``: patch axis after
+    ``transpose_forward``, sign). None when the cases disagree or some geometry is unknown: the network then
     cannot tie the sides to array position (it learns them from anatomy, or not at all)."""
+    from nnunet_suprem.training.laterality import patch_axis
+
     found = set(orientations)
     if len(found) != 1 or None in found:
         return None
     (axis, sign), = found
-    return {"reader": reader, "left_right": [int(axis), int(sign)]}
+    return {"reader": reader, "left_right": [int(axis), int(sign)],
+            PATCH_KEY: [patch_axis(axis, transpose_forward, patch_dim), int(sign)]}
+
+
+def patch_orientation(record: object) -> PatchOrientation | None:
+    """The (patch axis, sign) of left-right that an orientation record holds; None without a record, for a record
+    written before nnunet-suprem recorded it (check-orientation's fields only) and for a malformed one."""
+    value = record.get(PATCH_KEY) if isinstance(record, Mapping) else None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return None
+    axis, sign = value
+    valid_axis = axis is None or (type(axis) is int and 0 <= axis < 3)
+    return (axis, sign) if valid_axis and type(sign) is int and sign in (1, -1) else None
 
 
 def needs_check(record: Mapping | None) -> bool:
@@ -42,6 +64,13 @@ def needs_check(record: Mapping | None) -> bool:
 def describe(orientation: Sequence[int]) -> str:
     axis, sign = orientation
     return f"array axis {axis} ({'zyx'[axis]}) grows towards the patient's {'left' if sign > 0 else 'right'}"
+
+
+def describe_patch(orientation: PatchOrientation) -> str:
+    axis, sign = orientation
+    if axis is None:
+        return "left-right is the slicing axis of the 2D patches"
+    return f"patch axis {axis} grows towards the patient's {'left' if sign > 0 else 'right'}"
 
 
 def image_orientation(reader: str, file: str) -> Orientation | None:

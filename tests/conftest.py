@@ -137,7 +137,7 @@ def make_trainer(planned_phantom_dataset, monkeypatch, tmp_path):
 ANISOTROPIC_LABELS = {"background": 0, "kidney_left": 1, "kidney_right": 2, "vertebrae_L1": 3}
 
 
-def _anisotropic_case(rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image]:
+def anisotropic_case(rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image]:
     """96 x 96 x 12 voxels of 1.5 x 1.5 x 5 mm (5 mm slices like clinical CT), LPS: x grows to the patient's left."""
     shape, spacing, shift = (96, 96, 12), (1.5, 1.5, 5.0), rng.uniform(-5, 5, 3)
     x, y, z = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s - d for n, s, d in zip(shape, spacing, shift)],
@@ -168,7 +168,7 @@ def anisotropic_dataset(tmp_path_factory) -> dict[str, str]:
         (raw / sub).mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(5):
-        ct, labels = _anisotropic_case(rng)
+        ct, labels = anisotropic_case(rng)
         sitk.WriteImage(ct, str(raw / "imagesTr" / f"aniso_{i:03d}_0000.nii.gz"))
         sitk.WriteImage(labels, str(raw / "labelsTr" / f"aniso_{i:03d}.nii.gz"))
     (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": ANISOTROPIC_LABELS,

@@ -2,21 +2,29 @@
 a pre-trained model against its transfer at zero fine-tuning iterations on held-out phantom cases."""
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from conftest import cli, run
-from nnunet_suprem.transfer.apply import pretrained_names, transfer_checkpoint, write_nnunet_weights
+from nnunet_suprem.orientation import ORIENTATION_KEY
+from nnunet_suprem.transfer.apply import (pretrained_names, transfer_checkpoint, weights_orientation,
+                                          write_nnunet_weights)
 from nnunet_suprem.transfer.checkpoint import Checkpoint, read_checkpoint
-from nnunet_suprem.transfer.head import HeadTransferRefused, carry_rows, match_head_rows, output_rows
+from nnunet_suprem.transfer.head import (LATERAL_EXCHANGED, LATERAL_KEPT, LATERAL_NEW, HeadTransferRefused,
+                                         carry_rows, lateral_rows, match_head_rows, output_rows)
 
 SOURCE = {"background": 0, "aorta": 1, "kidney_left": 2, "kidney_right": 3, "liver": 4, "postcava": 5}
 # seen classes under other names and values, a novel class, an unsided name and nnU-Net's ignore label
 TARGET = {"background": 0, "inferior_vena_cava": 1, "Right Kidney": 2, "heart": 3, "liver": 4, "kidney": 5,
           "ignore": 6}
 CARRIED = {0: 0, 1: 5, 2: 3, 4: 4}  # target row -> checkpoint row
+RAS = {"reader": "NibabelIOWithReorient", "left_right": [2, -1], "patch_left_right": [2, -1]}
+"""The orientation record of a 3D model trained on RAS arrays (patch axis 2 grows towards the patient's right)."""
 
 
 def test_output_rows_leave_out_ignore_and_refuse_regions_and_gaps():
@@ -53,6 +61,56 @@ def test_only_pretrained_rows_are_carried_and_ambiguous_names_refused():
         match_head_rows({"background": 0, "postcava": 1, "ivc": 2}, TARGET)
 
 
+LPS = {"reader": "SimpleITKIO", "left_right": [2, 1], "patch_left_right": [2, 1]}
+"""RAS mirrored: patch axis 2 grows towards the patient's left (LPS files read by SimpleITKIO)."""
+SIDED = {"background": 0, "left kidney": 1, "liver": 2, "Right Kidney": 3, "adrenal_gland_left": 4}
+
+
+def test_lateral_rows_kept_exchanged_or_new_with_the_reason():
+    assert lateral_rows((2, -1), (2, -1))[0] == LATERAL_KEPT
+    assert lateral_rows((None, -1), (None, 1))[0] == LATERAL_KEPT  # 2D slices cut along left-right: no direction
+    assert lateral_rows((2, -1), (2, 1)) == (LATERAL_EXCHANGED, (
+        "left-right points the other way in the target's patches (checkpoint: patch axis 2 grows towards the "
+        "patient's right; target: patch axis 2 grows towards the patient's left)"))
+    assert lateral_rows((2, -1), (1, -1)) == (LATERAL_NEW, (
+        "left-right lies on another patch axis (checkpoint: patch axis 2 grows towards the patient's right; target: "
+        "patch axis 1 grows towards the patient's right)"))
+    assert lateral_rows((2, -1), (None, -1))[0] == LATERAL_NEW
+    action, why = lateral_rows(None, (2, 1))
+    assert action == LATERAL_NEW and why.startswith("the checkpoint records no left-right orientation")
+    action, why = lateral_rows((2, 1), None)
+    assert action == LATERAL_NEW and why.startswith("the target's preprocessed cases share no left-right orientation")
+
+
+def test_left_right_rows_kept_exchanged_or_new_and_the_others_carried_as_before():
+    kept = match_head_rows(SOURCE, SIDED, left_right=(LATERAL_KEPT, "alike"))
+    assert kept.rows == {0: 0, 1: 2, 2: 4, 3: 3} and kept.new == ["adrenal_gland_left"]
+    assert (kept.left_right, kept.left_right_note) == (
+        LATERAL_KEPT, "rows kept (left kidney <- kidney_left, Right Kidney <- kidney_right): alike")
+    assert match_head_rows(SOURCE, SIDED).rows == kept.rows and not match_head_rows(SOURCE, SIDED).left_right
+
+    exchanged = match_head_rows(SOURCE, SIDED, left_right=(LATERAL_EXCHANGED, "mirrored"))
+    assert exchanged.rows == {0: 0, 1: 3, 2: 4, 3: 2}  # each kidney takes the other side's row
+    assert exchanged.carried == {"background": "background", "left kidney": "kidney_right", "liver": "liver",
+                                 "Right Kidney": "kidney_left"}
+    assert exchanged.left_right_note == ("rows exchanged (left kidney <- kidney_right, Right Kidney <- kidney_left): "
+                                         "mirrored")
+
+    new = match_head_rows(SOURCE, SIDED, left_right=(LATERAL_NEW, "unknown"))
+    assert new.rows == {0: 0, 2: 4} and new.new == ["left kidney", "Right Kidney", "adrenal_gland_left"]
+    assert new.left_right_note == "rows of left kidney, Right Kidney not carried (they start as new rows): unknown"
+
+    one_side = {"background": 0, "kidney_left": 1, "liver": 2}  # the checkpoint knows the left kidney only
+    exchanged = match_head_rows(one_side, SIDED, left_right=(LATERAL_EXCHANGED, "mirrored"))
+    assert exchanged.carried == {"background": "background", "liver": "liver", "Right Kidney": "kidney_left"}
+    assert exchanged.left_right_note == "rows exchanged (left kidney <- new, Right Kidney <- kidney_left): mirrored"
+    only_sided = match_head_rows(one_side, {"background": 0, "left kidney": 1},
+                                 left_right=(LATERAL_EXCHANGED, "mirrored"))
+    assert only_sided.rows == {} and "once left and right are accounted for" in only_sided.note
+    unsided = match_head_rows(SOURCE, {"background": 0, "liver": 1}, left_right=(LATERAL_NEW, "unknown"))
+    assert unsided.rows == {0: 0, 1: 4} and unsided.left_right == unsided.left_right_note == ""
+
+
 def test_carry_rows_copies_rows_and_nothing_else():
     source, target = torch.arange(12.).reshape(6, 2), -torch.ones(4, 2)
     out = carry_rows(source, target, {0: 0, 2: 5})
@@ -87,8 +145,8 @@ def heads(network) -> list[str]:
 def test_every_deep_supervision_head_carries_the_known_rows_and_outputs_match_exactly():
     source, target = unet(len(SOURCE), seed=1), unet(len(TARGET) - 1, seed=2)
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
-    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)
-    state, report = transfer_checkpoint(checkpoint, target, TARGET, novel_rows="init")
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE, orientation=RAS)
+    state, report = transfer_checkpoint(checkpoint, target, TARGET, novel_rows="init", target_orientation=RAS)
     assert len(heads(target)) == 6 and set(report.rows_carried) == set(heads(target))  # 3 outputs x (weight, bias)
     assert all(k not in report.loaded and k not in report.skipped for k in heads(target))
     assert report.rows_carried["decoder.seg_layers.0.weight"] == "rows [0, 1, 2, 4] from checkpoint rows " \
@@ -128,8 +186,8 @@ def test_a_cpu_checkpoint_transfers_onto_a_network_on_another_device(device):
     stands in for a GPU where there is none: a loaded tensor left on the CPU shows there; the rows copied into a
     head on another device fail only on a real GPU (the ``cuda`` case)."""
     source, target = unet(len(SOURCE), seed=1), unet(len(TARGET) - 1, seed=2).to(device)
-    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)
-    state, report = transfer_checkpoint(checkpoint, target, TARGET)
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE, orientation=RAS)
+    state, report = transfer_checkpoint(checkpoint, target, TARGET, target_orientation=RAS)
     assert set(report.rows_carried) == set(heads(target)) and report.loaded
     assert {tensor.device.type for tensor in state.values()} == {device}
     target.load_state_dict(state)
@@ -145,8 +203,8 @@ def test_novel_rows_from_the_background_keep_every_prediction_of_the_pretrained_
     labels = {"background": 0, "heart": 1, "aorta": 2, "left kidney": 3, "trachea": 4, "kidney_right": 5,
               "liver": 6, "inferior_vena_cava": 7}  # every class of the checkpoint, in another order, and 2 novel
     target = unet(len(labels), seed=2)
-    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)
-    state, report = transfer_checkpoint(checkpoint, target, labels)
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE, orientation=RAS)
+    state, report = transfer_checkpoint(checkpoint, target, labels, target_orientation=RAS)
     assert report.head.endswith("new (from the background row, bias - log(k+1)): heart, trachea")
     for key in heads(target):
         assert torch.equal(state[key][[1, 4]], state[key][[0, 0]] - (math.log(3) if key.endswith("bias") else 0))
@@ -170,8 +228,8 @@ def test_a_head_without_bias_keeps_novel_rows_as_initialised():
 
     source, target = without_bias(unet(len(SOURCE), seed=1)), without_bias(unet(len(TARGET) - 1, seed=2))
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
-    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE)
-    state, report = transfer_checkpoint(checkpoint, target, TARGET)
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE, orientation=RAS)
+    state, report = transfer_checkpoint(checkpoint, target, TARGET, target_orientation=RAS)
     assert "new (from the network's initialisation): heart, kidney" in report.head
     assert report.head.endswith("(novel rows keep the network's initialisation: the head decoder.seg_layers.0 has "
                                 "no bias to start them below the background)")
@@ -197,6 +255,37 @@ def test_a_head_whose_rows_are_all_known_is_pretrained_and_off_means_fresh():
     assert all(torch.equal(state[k], fresh[k]) for k in heads(target)) and not report.carried_classes
     _, report = transfer_checkpoint(checkpoint, target, subset, encoder_only=True)
     assert "encoder-only transfer" in report.head and set(heads(target)) <= set(report.skipped)
+
+
+def test_left_right_mirrored_exchanges_the_rows_in_every_head_once_through_a_weights_file(tmp_path):
+    """The same labels as the checkpoint, but the target's patches present left-right the other way: the heads are not
+    loaded whole, each kidney takes the other side's rows, in every deep-supervision head; the weights file records
+    the target's orientation, so loading it into that target keeps the rows where they are."""
+    source, target = unet(len(SOURCE), seed=1), unet(len(SOURCE), seed=2)
+    checkpoint = Checkpoint("in-memory", source.state_dict(), "nnU-Net checkpoint", labels=SOURCE, orientation=RAS)
+    state, report = transfer_checkpoint(checkpoint, target, SOURCE, target_orientation=LPS)
+    assert set(heads(target)) <= set(report.loaded) and report.left_right == LATERAL_EXCHANGED
+    for key in heads(target):
+        assert torch.equal(state[key], source.state_dict()[key][[0, 1, 3, 2, 4, 5]])
+    assert ("Left and right: rows exchanged (kidney_left <- kidney_right, kidney_right <- kidney_left): left-right "
+            "points the other way in the target's patches (checkpoint: patch axis 2 grows towards the patient's right; "
+            "target: patch axis 2 grows towards the patient's left)") in report.lines()
+    target.load_state_dict(state)
+    write_nnunet_weights(tmp_path / "w.pth", target, state, report, checkpoint, SOURCE,
+                         weights_orientation(checkpoint, report, LPS))
+    written = read_checkpoint(tmp_path / "w.pth")
+    assert written.orientation == LPS
+    again, report2 = transfer_checkpoint(written, unet(len(SOURCE), seed=3), SOURCE, target_orientation=LPS)
+    assert report2.left_right == LATERAL_KEPT and all(torch.equal(again[k], state[k]) for k in heads(target))
+
+    state, report = transfer_checkpoint(checkpoint, target, SOURCE, target_orientation=RAS)  # alike: whole heads
+    assert report.head.startswith("labels identical") and report.left_right == LATERAL_KEPT
+    assert all(torch.equal(state[k], source.state_dict()[k]) for k in heads(target))
+    for record in (None, {**RAS, "patch_left_right": [1, -1]}):  # unknown, or left-right on another patch axis
+        state, report = transfer_checkpoint(checkpoint, target, SOURCE, target_orientation=record)
+        assert report.new_classes == ["kidney_left", "kidney_right"] and set(report.rows_carried) == set(heads(target))
+        assert report.left_right == LATERAL_NEW and report.carried_classes == {
+            n: n for n in ("background", "aorta", "liver", "postcava")}
 
 
 def test_region_labels_and_unknown_labels_keep_fresh_heads_with_a_reason():
@@ -227,20 +316,22 @@ def test_labels_from_the_model_folder_and_through_a_weights_file(tmp_path):
     model = tmp_path / "Dataset001_X" / "Trainer__nnUNetPlans__3d_fullres"
     (model / "fold_0").mkdir(parents=True)
     (model / "dataset.json").write_text(json.dumps({"labels": SOURCE}))
-    torch.save({"network_weights": source.state_dict(), "trainer_name": "nnUNetTrainer"},
+    torch.save({"network_weights": source.state_dict(), "trainer_name": "nnUNetTrainer", ORIENTATION_KEY: RAS},
                model / "fold_0" / "checkpoint_final.pth")  # no init_args: the model folder's dataset.json tells
     checkpoint = read_checkpoint(model / "fold_0" / "checkpoint_final.pth")
     assert checkpoint.labels == SOURCE and checkpoint.extra["labels_from"] == str(model / "dataset.json")
-    state, report = transfer_checkpoint(checkpoint, target, TARGET, novel_rows="init")
+    assert checkpoint.orientation == RAS
+    state, report = transfer_checkpoint(checkpoint, target, TARGET, novel_rows="init", target_orientation=RAS)
     target.load_state_dict(state)
-    write_nnunet_weights(tmp_path / "w.pth", target, state, report, checkpoint, TARGET)
+    write_nnunet_weights(tmp_path / "w.pth", target, state, report, checkpoint, TARGET,
+                         weights_orientation(checkpoint, report, RAS))
 
     written = read_checkpoint(tmp_path / "w.pth")  # its own labels; only the carried classes' rows are pre-trained
     assert written.labels == TARGET and written.pretrained_rows == set(report.carried_classes)
-    assert set(heads(target)) <= written.pretrained_keys
+    assert set(heads(target)) <= written.pretrained_keys and written.orientation == RAS
     again = unet(len(TARGET) - 1, seed=3)
     fresh = again.state_dict()
-    state2, report2 = transfer_checkpoint(written, again, TARGET, novel_rows="init")
+    state2, report2 = transfer_checkpoint(written, again, TARGET, novel_rows="init", target_orientation=RAS)
     assert report2.carried_classes == {n: n for n in report.carried_classes} and report2.new_classes == ["heart",
                                                                                                          "kidney"]
     for key in heads(again):
@@ -261,18 +352,23 @@ def test_transfer_weights_cli_reports_rows_and_no_head_transfer(planned_phantom_
     model = tmp_path / "model"
     (model / "fold_0").mkdir(parents=True)
     (model / "dataset.json").write_text(json.dumps({**dataset_json, "labels": labels}))
-    torch.save({"network_weights": source.state_dict()}, model / "fold_0" / "checkpoint_final.pth")
+    torch.save({"network_weights": source.state_dict(), ORIENTATION_KEY: RAS},  # pre-trained on RAS arrays as well
+               model / "fold_0" / "checkpoint_final.pth")
     args = [str(model / "fold_0" / "checkpoint_final.pth"), "-d", "1", "-c", "3d_fullres"]
     result = run(cli("transfer-weights", *args, "-o", str(tmp_path / "w.pth")), env)
     assert ("Head transfer: 4 of 17 output rows carried: background, kidney_right <- right kidney, liver <- Liver, "
             "postcava <- Inferior Vena Cava; new (from the background row, bias - log(k+1)): aorta, gall_bladder, "
             "kidney_left, pancreas, spleen") in result.stdout
+    assert ("Left and right: rows kept (kidney_right <- right kidney): the checkpoint's and the target's patches "
+            "present left-right alike (checkpoint: patch axis 2 grows towards the patient's right; target: patch axis "
+            "2 grows towards the patient's right)") in result.stdout
     assert "  rows        decoder.seg_layers.0.weight  (rows [0, 4, 5, 7] from checkpoint rows [0, 4, 3, 2]" \
         in result.stdout
     weights = torch.load(tmp_path / "w.pth", weights_only=True)
     head = "decoder.seg_layers.2.weight"  # full resolution
     assert torch.equal(weights["network_weights"][head][[0, 4, 5, 7]], source.state_dict()[head][[0, 4, 3, 2]])
     assert weights["nnunet_suprem_transfer"]["pretrained_rows"] == ["background", "kidney_right", "liver", "postcava"]
+    assert weights[ORIENTATION_KEY] == RAS
 
     result = run(cli("transfer-weights", *args, "-o", str(tmp_path / "off.pth"), "--no-head-transfer"), env)
     assert "Head transfer: output rows not carried (head transfer turned off)" in result.stdout
@@ -281,8 +377,9 @@ def test_transfer_weights_cli_reports_rows_and_no_head_transfer(planned_phantom_
     assert not any(".seg_layers." in k for k in off["nnunet_suprem_transfer"]["pretrained_keys"])
 
 
-def train_briefly(network, cases, iterations: int = 100, seed: int = 0) -> None:
-    """Adam on whole preprocessed volumes (cross-entropy + soft Dice): a pre-trained model in seconds."""
+def train_briefly(network, cases, iterations: int = 100, seed: int = 0, mirror=None) -> None:
+    """Adam on whole preprocessed volumes (cross-entropy + soft Dice): a pre-trained model in seconds. ``mirror``: a
+    batchgeneratorsv2 mirroring transform applied to each case of a batch (e.g. SuPreMTrainer's)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     network.decoder.deep_supervision = False
@@ -291,7 +388,12 @@ def train_briefly(network, cases, iterations: int = 100, seed: int = 0) -> None:
     images, labels = cases
     for _ in range(iterations):
         pick = torch.randperm(len(images), generator=generator)[:2]
-        logits, target = network(images[pick]), labels[pick]
+        batch, target = images[pick], labels[pick]
+        if mirror is not None:
+            mirrored = [mirror(image=image, segmentation=seg[None]) for image, seg in zip(batch, target)]
+            batch = torch.stack([case["image"] for case in mirrored])
+            target = torch.stack([case["segmentation"][0] for case in mirrored])
+        logits = network(batch)
         probabilities = logits.softmax(1)
         onehot = torch.nn.functional.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
         overlap = (probabilities * onehot).sum((0, 2, 3, 4))
@@ -304,13 +406,15 @@ def train_briefly(network, cases, iterations: int = 100, seed: int = 0) -> None:
     network.eval()
 
 
-def preprocessed_cases(folder, identifiers, multiple: int):
-    """(images [n, 1, *shape], labels [n, *shape]) of preprocessed cases, zero-padded to a multiple of ``multiple``."""
+def preprocessed_cases(folder, identifiers, strides):
+    """(images [n, 1, *shape], labels [n, *shape]) of preprocessed cases, zero-padded along each axis to a multiple
+    of the network's total downsampling (``strides``: the plans' per-stage strides)."""
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
     dataset = nnUNetDatasetBlosc2(str(folder), identifiers)
     loaded = [tuple(np.asarray(a) for a in dataset.load_case(i)[:2]) for i in identifiers]
-    shape = [-(-max(d.shape[axis + 1] for d, _ in loaded) // multiple) * multiple for axis in range(3)]
+    multiples = np.prod(strides, axis=0)
+    shape = [-(-max(d.shape[axis + 1] for d, _ in loaded) // m) * m for axis, m in enumerate(multiples)]
     images, labels = torch.zeros(len(loaded), 1, *shape), torch.zeros(len(loaded), *shape, dtype=torch.long)
     for i, (data, seg) in enumerate(loaded):
         region = tuple(slice(0, n) for n in data.shape[1:])
@@ -332,6 +436,7 @@ def test_zero_iterations_after_transfer_predict_seen_classes_as_the_pretrained_m
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    from nnunet_suprem.training.case_geometry import preprocessed_orientation
     from nnunet_suprem.transfer.apply import build_network_from_plans
 
     raw = planned_phantom_dataset["raw"]
@@ -348,15 +453,18 @@ def test_zero_iterations_after_transfer_predict_seen_classes_as_the_pretrained_m
         to_source[phantom_json["labels"][name]] = value
     training = sorted(p.stem for p in (preprocessed / "nnUNetPlans_3d_fullres").glob("*.pkl")
                       if not p.stem.startswith("hospB"))  # hospB annotates 4 classes only
-    images, labels = preprocessed_cases(preprocessed / "nnUNetPlans_3d_fullres", training,
-                                        int(np.prod([s[0] for s in arch["strides"]])))
+    images, labels = preprocessed_cases(preprocessed / "nnUNetPlans_3d_fullres", training, arch["strides"])
     torch.manual_seed(0)
     pretrained = build_network_from_plans(plans, source_json, "3d_fullres")
     train_briefly(pretrained, (images, to_source[labels]), iterations=60)
     model = tmp_path / "Dataset001_SynthCT" / "Pretrained__nnUNetPlans__3d_fullres"
     (model / "fold_0").mkdir(parents=True)
-    torch.save({"network_weights": pretrained.state_dict(), "init_args": {"dataset_json": source_json}},
-               model / "fold_0" / "checkpoint_final.pth")
+    plans_manager = PlansManager(plans)
+    orientation = preprocessed_orientation(str(preprocessed), plans_manager, plans_manager.get_configuration(
+        "3d_fullres"), phantom_json["labels"], print)  # pre-training and target: the phantoms, RAS
+    assert orientation == RAS
+    torch.save({"network_weights": pretrained.state_dict(), "init_args": {"dataset_json": source_json},
+                ORIENTATION_KEY: orientation}, model / "fold_0" / "checkpoint_final.pth")
 
     seen = {"liver": "Liver", "postcava": "inferior_vena_cava", "lung_left": "lung (left)",
             "kidney_left": "left kidney", "lung_right": "lung_right"}  # pre-training name -> target name
@@ -365,12 +473,11 @@ def test_zero_iterations_after_transfer_predict_seen_classes_as_the_pretrained_m
     torch.manual_seed(1)
     transferred = build_network_from_plans(plans, target_json, "3d_fullres")
     state, report = transfer_checkpoint(read_checkpoint(model / "fold_0" / "checkpoint_final.pth"), transferred,
-                                        target_json["labels"])
+                                        target_json["labels"], target_orientation=orientation)
     transferred.load_state_dict(state)
     assert report.carried_classes == {"background": "background", **{t: s for s, t in seen.items()}}
     assert report.new_classes == ["heart", "trachea"]
 
-    plans_manager = PlansManager(plans)
     reader = plans_manager.image_reader_writer_class()
     scores, masks = {}, {}
     for arm, network, dataset_json in (("pretrained", pretrained, source_json),
@@ -427,11 +534,14 @@ def test_finetune_trainer_carries_rows_trains_such_heads_as_new_layers_and_can_t
 
 def test_every_row_carried_means_no_head_only_epochs_and_training_steps(make_trainer, tmp_path):
     """The same labels as the checkpoint: every layer is pre-trained, so freezing them would train nothing."""
+    from nnunet_suprem.training.case_geometry import preprocessed_orientation
     from nnunet_suprem.training.finetune_trainer import SuPreMFinetuneTrainer
 
     trainer = make_trainer(cls=SuPreMFinetuneTrainer)
-    torch.save({"network_weights": trainer.network.state_dict(), "init_args": {"dataset_json": trainer.dataset_json}},
-               tmp_path / "checkpoint_final.pth")
+    orientation = preprocessed_orientation(trainer.preprocessed_dataset_folder_base, trainer.plans_manager,
+                                           trainer.configuration_manager, trainer.dataset_json["labels"], print)
+    torch.save({"network_weights": trainer.network.state_dict(), "init_args": {"dataset_json": trainer.dataset_json},
+                ORIENTATION_KEY: orientation}, tmp_path / "checkpoint_final.pth")  # as SuPreMTrainer writes it
     trainer.load_pretrained_weights(str(tmp_path / "checkpoint_final.pth"))
     assert {g["pretrained"]: len(g["params"]) for g in trainer.optimizer.param_groups}[False] == 0
     assert trainer.head_epochs == 0
@@ -440,3 +550,106 @@ def test_every_row_carried_means_no_head_only_epochs_and_training_steps(make_tra
     assert all(p.requires_grad for p in trainer.network.parameters())
     trainer.train_step(next(trainer.dataloader_train))  # the whole network trains from the first epoch
     trainer.on_train_end()
+
+
+def test_left_right_through_the_transfer_to_lps_files_read_by_simpleitkio(anisotropic_dataset, tmp_path, monkeypatch,
+                                                                          capsys):
+    """The issue's configuration: a model pre-trained on RAS arrays (NibabelIOWithReorient), mirrored along left-right
+    with the sides' labels swapped as SuPreMTrainer does, transferred to Dataset901, LPS files read by SimpleITKIO
+    (the array index grows towards the patient's left, not the right). Its kidneys lie either side of a vertebra in a
+    symmetric body, so a network tells the sides by direction only. At zero fine-tuning iterations the transferred
+    model puts kidney_left on the patient's left in the target's own held-out images, through transfer-weights and
+    through SuPreMFinetuneTrainer; the rows carried as they were put it on the right."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from conftest import anisotropic_case
+    from nnunet_suprem.cli import main
+    from nnunet_suprem.training.case_geometry import preprocessed_orientation
+    from nnunet_suprem.training.finetune_trainer import SuPreMFinetuneTrainer
+    from nnunet_suprem.training.laterality import LateralMirrorTransform
+    from nnunet_suprem.transfer.apply import build_network_from_plans
+
+    raw = Path(anisotropic_dataset["nnUNet_raw"]) / "Dataset901_Aniso"
+    preprocessed = tmp_path / "nnUNet_preprocessed"
+    target = preprocessed / raw.name  # a copy: its plans get a narrow network, seconds to train
+    shutil.copytree(Path(anisotropic_dataset["nnUNet_preprocessed"]) / raw.name, target)
+    for name, value in (("nnUNet_raw", anisotropic_dataset["nnUNet_raw"]), ("nnUNet_preprocessed", str(preprocessed)),
+                        ("nnUNet_results", str(tmp_path / "results"))):
+        monkeypatch.setenv(name, value)
+    plans = json.loads((target / "nnUNetPlans.json").read_text())
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = [min(8 * 2 ** i, 32) for i in range(arch["n_stages"])]
+    (target / "nnUNetPlans.json").write_text(json.dumps(plans))
+    dataset_json = json.loads((target / "dataset.json").read_text())
+    labels = dataset_json["labels"]
+    assert plans["image_reader_writer"] == "SimpleITKIO"
+
+    # pre-training on the same cases read with NibabelIOWithReorient (RAS), through nnU-Net's preprocessor
+    source_plans = PlansManager({**plans, "dataset_name": "Dataset902_AnisoRAS",
+                                 "image_reader_writer": "NibabelIOWithReorient"})
+    configuration = source_plans.get_configuration("3d_fullres")
+    source = preprocessed / "Dataset902_AnisoRAS"
+    (source / configuration.data_identifier).mkdir(parents=True)
+    cases = sorted(p.name.removesuffix(".nii.gz") for p in (raw / "labelsTr").glob("*.nii.gz"))
+    for case in cases:
+        DefaultPreprocessor(verbose=False).run_case_save(
+            str(source / configuration.data_identifier / case), [str(raw / "imagesTr" / f"{case}_0000.nii.gz")],
+            str(raw / "labelsTr" / f"{case}.nii.gz"), source_plans, configuration, dataset_json)
+    record = preprocessed_orientation(str(source), source_plans, configuration, labels, print)
+    assert record == {"reader": "NibabelIOWithReorient", "left_right": [2, -1], "patch_left_right": [2, -1]}
+    images, segmentations = preprocessed_cases(source / configuration.data_identifier, cases, arch["strides"])
+    torch.manual_seed(0)
+    pretrained = build_network_from_plans(plans, dataset_json, "3d_fullres")
+    mirror = LateralMirrorTransform((0, 1, 2), 2, [(labels["kidney_left"], labels["kidney_right"])])
+    train_briefly(pretrained, (images, segmentations), iterations=30, mirror=mirror)
+    checkpoint = tmp_path / "pretrained" / "checkpoint_final.pth"
+    checkpoint.parent.mkdir()
+    torch.save({"network_weights": pretrained.state_dict(), "init_args": {"dataset_json": dataset_json},
+                ORIENTATION_KEY: record}, checkpoint)
+
+    capsys.readouterr()
+    assert main(["transfer-weights", str(checkpoint), "-d", "901", "-o", str(tmp_path / "weights.pth")]) == 0
+    assert ("Left and right: rows exchanged (kidney_left <- kidney_right, kidney_right <- kidney_left): left-right "
+            "points the other way in the target's patches (checkpoint: patch axis 2 grows towards the patient's right; "
+            "target: patch axis 2 grows towards the patient's left)") in capsys.readouterr().out
+    weights = read_checkpoint(tmp_path / "weights.pth")
+    assert weights.orientation == {"reader": "SimpleITKIO", "left_right": [2, 1], "patch_left_right": [2, 1]}
+    transferred = build_network_from_plans(plans, dataset_json, "3d_fullres")
+    transferred.load_state_dict(weights.state_dict)
+    trainer = SuPreMFinetuneTrainer({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json,
+                                    device=torch.device("cpu"))
+    trainer.initialize()
+    trainer.load_pretrained_weights(str(checkpoint))
+    assert all(torch.equal(trainer.network.state_dict()[key], weights.state_dict[key]) for key in heads(transferred))
+    assert "Left and right: rows exchanged (kidney_left <- kidney_right" in open(trainer.log_file).read()
+
+    held_out = tmp_path / "imagesTs"
+    held_out.mkdir()
+    rng = np.random.default_rng(1)  # new cases, stored as the target's: LPS
+    references = {}
+    for case in ("lps_000", "lps_001"):
+        ct, reference = anisotropic_case(rng)
+        sitk.WriteImage(ct, str(held_out / f"{case}_0000.nii.gz"))
+        references[case] = sitk.GetArrayFromImage(reference)
+    plans_manager = PlansManager(plans)
+    reader = plans_manager.image_reader_writer_class()
+    left = {}
+    for arm, network in (("transferred", transferred), ("carried as they were", pretrained)):
+        network.decoder.deep_supervision = False
+        predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
+                                    device=torch.device("cpu"), allow_tqdm=False)
+        predictor.manual_initialization(network, plans_manager, plans_manager.get_configuration("3d_fullres"),
+                                        [network.state_dict()], dataset_json, "nnUNetTrainer", None)
+        for case, reference in references.items():
+            image = reader.read_images([str(held_out / f"{case}_0000.nii.gz")])
+            prediction = predictor.predict_single_npy_array(*image)
+            kidney_left = prediction == labels["kidney_left"]
+            left.setdefault(arm, []).append({side: dice(kidney_left, reference == labels[f"kidney_{side}"])
+                                             for side in ("left", "right")})
+    print("Dice of the predicted kidney_left with each kidney:", left)
+    for case in left["transferred"]:
+        assert case["left"] > 0.5 > case["right"]
+    for case in left["carried as they were"]:
+        assert case["right"] > 0.5 > case["left"]

@@ -14,15 +14,29 @@ from conftest import cli, command, run, subprocess_env
 from nnunet_suprem.cli import main
 from nnunet_suprem.fileio import write_image, write_json
 from nnunet_suprem.nnunet_env import trainers_dir
-from nnunet_suprem.orientation import (ORIENTATION_KEY, image_orientation, needs_check, reorient_code,
-                                       training_orientation, write_reoriented)
+from nnunet_suprem.orientation import (ORIENTATION_KEY, image_orientation, needs_check, patch_orientation,
+                                       reorient_code, training_orientation, write_reoriented)
 from nnunet_suprem.transfer.checkpoint import load_weights_only
 
 
 def test_training_orientation_only_when_every_case_agrees():
-    assert training_orientation([(2, 1), (2, 1)], "SimpleITKIO") == {"reader": "SimpleITKIO", "left_right": [2, 1]}
-    assert training_orientation([(2, 1), (2, -1)], "SimpleITKIO") is None  # mixed: sides come from anatomy
-    assert training_orientation([(2, 1), None], "SimpleITKIO") is None
+    assert training_orientation([(2, 1), (2, 1)], "SimpleITKIO", (0, 1, 2), 3) == {
+        "reader": "SimpleITKIO", "left_right": [2, 1], "patch_left_right": [2, 1]}
+    assert training_orientation([(2, 1), (2, -1)], "SimpleITKIO", (0, 1, 2), 3) is None  # mixed: from anatomy
+    assert training_orientation([(2, 1), None], "SimpleITKIO", (0, 1, 2), 3) is None
+    # the network's patches: after transpose_forward, and in 2D without the slicing axis
+    assert training_orientation([(0, -1)], "NibabelIO", (2, 0, 1), 3)["patch_left_right"] == [1, -1]
+    assert training_orientation([(2, -1)], "NibabelIO", (0, 1, 2), 2)["patch_left_right"] == [1, -1]
+    assert training_orientation([(0, -1)], "NibabelIO", (0, 1, 2), 2)["patch_left_right"] == [None, -1]
+
+
+@pytest.mark.parametrize("record, expected", [
+    ({"patch_left_right": [2, -1]}, (2, -1)), ({"patch_left_right": [None, 1]}, (None, 1)),
+    ({"reader": "SimpleITKIO", "left_right": [2, 1]}, None),  # written before the patch orientation was recorded
+    (None, None), ("RAS", None), ({"patch_left_right": [3, 1]}, None), ({"patch_left_right": [2, 0]}, None),
+    ({"patch_left_right": [True, 1]}, None), ({"patch_left_right": "2,1"}, None), ({"patch_left_right": [2]}, None)])
+def test_patch_orientation_of_records_old_and_malformed(record, expected):
+    assert patch_orientation(record) == expected
     assert needs_check({"reader": "NibabelIO", "left_right": [2, 1]})
     assert not needs_check({"reader": "NibabelIOWithReorient", "left_right": [2, -1]})
     assert not needs_check(None)
@@ -64,7 +78,8 @@ def lps_model(anisotropic_dataset) -> dict:
 def test_checkpoint_records_the_orientation_and_log_says_what_to_do(lps_model):
     fold = lps_model["folder"] / "fold_0"
     for name in ("checkpoint_final.pth", "checkpoint_best.pth"):
-        assert load_weights_only(fold / name)[ORIENTATION_KEY] == {"reader": "SimpleITKIO", "left_right": [2, 1]}
+        assert load_weights_only(fold / name)[ORIENTATION_KEY] == {"reader": "SimpleITKIO", "left_right": [2, 1],
+                                                                   "patch_left_right": [2, 1]}
     log = next(fold.glob("training_log_*.txt")).read_text()
     assert "ties left and right to that index order" in log and "nnunet-suprem check-orientation" in log
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch.distributed as dist
 from batchgenerators.utilities.file_and_folder_operations import load_pickle
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_suprem.fileio import source_fingerprint, write_json
-from nnunet_suprem.training.laterality import left_right_axis
+from nnunet_suprem.orientation import training_orientation
+from nnunet_suprem.training.laterality import lateral_label_pairs, left_right_axis
 
 SUMMARY_FORMAT = 2
 
@@ -106,3 +109,21 @@ def dataset_orientations(folder: str, cases: Sequence[str], log: Callable[[str],
             log(f"Laterality: read the orientation of {len(cases)} cases from their .pkl files; could not write "
                 f"the summary ({error}), so the next start reads them again")
     return orientations
+
+
+def preprocessed_orientation(dataset_folder: str, plans_manager: PlansManager,
+                             configuration_manager: ConfigurationManager, labels: Mapping,
+                             log: Callable[[str], None]) -> dict | None:
+    """The orientation record (:func:`~nnunet_suprem.orientation.training_orientation`) of a configuration's cases in
+    nnU-Net's preprocessed dataset folder (``$nnUNet_preprocessed/DatasetXXX_NAME``): where left-right lies in the
+    patches the network sees. None when they share no left-right orientation, there are none, or no label of
+    ``labels`` names a side (nothing depends on it, and reading every case's geometry costs a pass over the
+    ``.pkl`` files)."""
+    folder = os.path.join(dataset_folder, configuration_manager.data_identifier)
+    if not any(lateral_label_pairs(labels)) or not os.path.isdir(folder) or \
+            not any(name.endswith(".pkl") for name in os.listdir(folder)):
+        return None
+    cases = infer_dataset_class(folder).get_identifiers(folder)
+    return training_orientation(dataset_orientations(folder, cases, log).values(),
+                                plans_manager.plans["image_reader_writer"], plans_manager.transpose_forward,
+                                len(configuration_manager.patch_size))

@@ -23,6 +23,7 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
+from nnunet_suprem.training.case_geometry import preprocessed_orientation
 from nnunet_suprem.training.schedules import FinetuneLRScheduler
 from nnunet_suprem.training.suprem_trainer import SuPreMTrainer
 from nnunet_suprem.transfer.apply import image_channel_count, pretrained_names, transfer_checkpoint
@@ -84,7 +85,9 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
       every deep-supervision head; novel classes' rows start as a lowered copy of the background
       row (``novel_rows = "background"``; ``"init"``: nnU-Net's initialisation). A head with new
       rows trains as a new layer (full learning rate, never frozen); one whose rows are all
-      carried is pre-trained. ``head_transfer = False`` re-initialises every head.
+      carried is pre-trained. ``head_transfer = False`` re-initialises every head. Left/right
+      classes' rows are kept, exchanged or new depending on where left-right lies in the
+      checkpoint's patches (its orientation record) and in this configuration's preprocessed cases.
     - Schedule (SGD as nnU-Net, :func:`~nnunet_suprem.training.schedules.finetune_lr_factors`):
       pre-trained layers are frozen for ``head_epochs_fraction`` of the epochs (learning rate
       0 and no gradient, so nnU-Net's gradient clipping sees only the new layers; no such epochs
@@ -145,9 +148,12 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
         """Load ``fname`` through :mod:`nnunet_suprem.transfer`, log the report and regroup the optimiser."""
         checkpoint = read_checkpoint(fname)
         network = unwrap(self.network)
+        orientation = preprocessed_orientation(self.preprocessed_dataset_folder_base, self.plans_manager,
+                                               self.configuration_manager, self.dataset_json["labels"],
+                                               self.print_to_log_file)
         state, report = transfer_checkpoint(checkpoint, network, self.dataset_json["labels"], self.encoder_only,
                                             self.min_encoder_fraction, head_transfer=self.head_transfer,
-                                            novel_rows=self.novel_rows,
+                                            novel_rows=self.novel_rows, target_orientation=orientation,
                                             image_channels=image_channel_count(self.dataset_json))
         network.load_state_dict(state)
         self.pretrained_keys = frozenset(pretrained_names(network, report))

@@ -190,7 +190,9 @@ class SuPreMTrainer(nnUNetTrainer):
 
     def _record_orientation(self, orientations) -> None:
         """Keep the orientation the network learns left and right in, for the checkpoints."""
-        self.training_orientation = training_orientation(orientations, self.plans_manager.plans["image_reader_writer"])
+        self.training_orientation = training_orientation(orientations, self.plans_manager.plans["image_reader_writer"],
+                                                         self.plans_manager.transpose_forward,
+                                                         len(self.configuration_manager.patch_size))
         if needs_check(self.training_orientation):
             self.print_to_log_file(
                 f"Laterality: every training case is read by {self.training_orientation['reader']} with "

@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 from nnunet_suprem.fileio import atomic_path
+from nnunet_suprem.orientation import ORIENTATION_KEY, patch_orientation
 from nnunet_suprem.transfer.checkpoint import TRANSFER_METADATA_KEY, Checkpoint
 from nnunet_suprem.transfer.defaults import DEFAULT_MIN_ENCODER_FRACTION, DEFAULT_NOVEL_ROWS
-from nnunet_suprem.transfer.head import IGNORE_LABEL, HeadRows, HeadTransferRefused, match_head_rows, same_labels
+from nnunet_suprem.transfer.head import (BACKGROUND, IGNORE_LABEL, LATERAL_EXCHANGED, HeadRows, HeadTransferRefused,
+                                         lateral_rows, match_head_rows, orient_matches, same_labels)
 from nnunet_suprem.transfer.nnssl import rename_modules
 from nnunet_suprem.transfer.state_dict import (TransferReport, heads_without_bias, require_encoder_fraction,
                                               transfer_state)
@@ -33,13 +35,15 @@ def encoder_prefixes(network: nn.Module) -> tuple[tuple[str, ...], tuple[str, ..
 
 
 def head_plan(checkpoint: Checkpoint, target_labels: dict | None, head_transfer: bool = True,
-              novel_rows: str = DEFAULT_NOVEL_ROWS) -> tuple[bool, HeadRows]:
+              novel_rows: str = DEFAULT_NOVEL_ROWS, target_orientation: dict | None = None) -> tuple[bool, HeadRows]:
     """(load the heads whole, which output rows to carry) for a checkpoint and the target's labels.
 
     Heads are taken whole when both label sets are identical (and every row of the checkpoint's head is
-    pre-trained); otherwise the rows of classes both know are carried (:func:`match_head_rows`; ``novel_rows``:
-    how the others start, see :mod:`nnunet_suprem.transfer.head`). With
-    ``head_transfer`` off, or labels unknown on either side, every head is re-initialised; the note says why.
+    pre-trained) and no left/right class changes its row; otherwise the rows of classes both know are carried
+    (:func:`match_head_rows`; ``novel_rows``: how the others start, see :mod:`nnunet_suprem.transfer.head`), those
+    of left/right classes as :func:`lateral_rows` decides from the checkpoint's orientation record and
+    ``target_orientation`` (the target's, :func:`~nnunet_suprem.orientation.training_orientation`; None: unknown).
+    With ``head_transfer`` off, or labels unknown on either side, every head is re-initialised; the note says why.
     """
     if not head_transfer:
         return False, HeadRows(note="head transfer turned off")
@@ -47,13 +51,18 @@ def head_plan(checkpoint: Checkpoint, target_labels: dict | None, head_transfer:
         return False, HeadRows(note="the checkpoint records no labels" if checkpoint.labels is None
                                else "the target's labels are unknown")
     known = checkpoint.pretrained_rows
+    left_right = lateral_rows(patch_orientation(checkpoint.orientation), patch_orientation(target_orientation))
     if same_labels(checkpoint.labels, target_labels) and (known is None or
                                                known >= {n for n in target_labels if n != IGNORE_LABEL}):
         names = [n for n in target_labels if n != IGNORE_LABEL]
-        return True, HeadRows(carried={n: n for n in names}, target_count=len(names), source_count=len(names),
-                              note="labels identical to the checkpoint's: heads loaded whole")
+        classes = {n: n for n in names if n != BACKGROUND}
+        oriented, note = orient_matches(classes, classes, *left_right)
+        if oriented == classes:
+            return True, HeadRows(carried={n: n for n in names}, target_count=len(names), source_count=len(names),
+                                  note="labels identical to the checkpoint's: heads loaded whole",
+                                  left_right=left_right[0] if note else "", left_right_note=note)
     try:
-        return False, match_head_rows(checkpoint.labels, target_labels, known, novel_rows)
+        return False, match_head_rows(checkpoint.labels, target_labels, known, novel_rows, left_right)
     except HeadTransferRefused as e:
         return False, HeadRows(note=f"refused: {e}")
 
@@ -61,6 +70,7 @@ def head_plan(checkpoint: Checkpoint, target_labels: dict | None, head_transfer:
 def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_labels: dict[str, int] | None = None,
                         encoder_only: bool = False, min_encoder_fraction: float = DEFAULT_MIN_ENCODER_FRACTION,
                         head_transfer: bool = True, novel_rows: str = DEFAULT_NOVEL_ROWS,
+                        target_orientation: dict | None = None,
                         image_channels: int | None = None) -> tuple[dict, TransferReport]:
     """Fill ``network``'s state from ``checkpoint`` (nothing is loaded yet; call ``load_state_dict``).
 
@@ -68,7 +78,10 @@ def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_label
     are taken whole when both sides predict the same labels; otherwise, with ``head_transfer``, the output rows of
     the background and of every target class the checkpoint knows (same canonical name; label values may differ)
     are carried; the novel classes' rows start from the background row (``novel_rows="background"``) or keep the
-    network's initialisation (``"init"``) (:func:`head_plan`). An
+    network's initialisation (``"init"``) (:func:`head_plan`). Left/right classes' rows are kept, exchanged or
+    new depending on where left-right lies in the checkpoint's patches and in the target's
+    (``target_orientation``, the orientation record of the target's preprocessed cases; None: unknown, so they are
+    new). An
     encoder-only transfer takes no head. Raises ValueError when less than ``min_encoder_fraction`` of the encoder
     would load. ``image_channels`` (:func:`image_channel_count`): how many network inputs are image channels; a
     cascade's previous-stage segmentation channels after them start with zero first-convolution weights.
@@ -79,7 +92,8 @@ def transfer_checkpoint(checkpoint: Checkpoint, network: nn.Module, target_label
     biasless = heads_without_bias(network.state_dict(), head_prefixes)
     if biasless and novel_rows == "background":  # a copy of the background row could not be lowered below it
         novel_rows = "init"
-    load_heads, head = head_plan(checkpoint, target_labels, head_transfer and not encoder_only, novel_rows)
+    load_heads, head = head_plan(checkpoint, target_labels, head_transfer and not encoder_only, novel_rows,
+                                 target_orientation)
     if encoder_only and head_transfer:
         head.note = "encoder-only transfer"
     state, report = transfer_state(checkpoint.state_dict, network, encoder_prefixes=encoder, stem_prefixes=stem,
@@ -137,14 +151,23 @@ def build_network_from_plans(plans: dict, dataset_json: dict, configuration: str
         plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=True)
 
 
+def weights_orientation(checkpoint: Checkpoint, report: TransferReport, target_orientation: dict | None) -> dict | None:
+    """The orientation record of transferred weights: the checkpoint's, or the target's when the rows of left/right
+    classes were exchanged for it (they now fit the target's patches; loading the weights into that target must not
+    exchange them back)."""
+    return target_orientation if report.left_right == LATERAL_EXCHANGED else checkpoint.orientation
+
+
 def write_nnunet_weights(path: str | os.PathLike, network: nn.Module, state: dict[str, torch.Tensor],
-                         report: TransferReport, checkpoint: Checkpoint, labels: dict | None = None) -> Path:
+                         report: TransferReport, checkpoint: Checkpoint, labels: dict | None = None,
+                         orientation: dict | None = None) -> Path:
     """Write ``{"network_weights": state, ...}`` (what ``nnUNetv2_train -pretrained_weights`` reads), atomically.
 
     The file also records which keys are pre-trained, so ``SuPreMFinetuneTrainer`` treats the
-    freshly initialised rest (e.g. the decoder after an encoder-only transfer) as new layers, and the
+    freshly initialised rest (e.g. the decoder after an encoder-only transfer) as new layers, the
     ``labels`` of the network's outputs with the classes whose output rows are pre-trained
-    (``pretrained_rows``), so that loading the file carries those rows again and no others.
+    (``pretrained_rows``), so that loading the file carries those rows again and no others, and the
+    ``orientation`` record of its weights (:func:`weights_orientation`) as checkpoints do.
     """
     payload = {
         "network_weights": state,
@@ -158,6 +181,8 @@ def write_nnunet_weights(path: str | os.PathLike, network: nn.Module, state: dic
             "report": report.as_dict(),
         },
     }
+    if orientation is not None:
+        payload[ORIENTATION_KEY] = orientation
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -14,6 +14,8 @@ Formats (one filter function each, as timm does):
 - a file written by ``nnunet-suprem transfer-weights``: an nnU-Net checkpoint plus
   ``"nnunet_suprem_transfer": {"pretrained_keys": [...], "labels": {...}, "pretrained_rows": [...]}`` (only those
   keys are pre-trained; ``labels`` are its outputs', of which only the ``pretrained_rows`` classes are);
+  both may hold an orientation record (``nnunet_suprem.orientation.ORIENTATION_KEY``: where left-right lies in the
+  network's patches), which decides what becomes of left/right classes' output rows;
 - nnssl checkpoints (MIC-DKFZ's self-supervised ResEnc-L, :mod:`~nnunet_suprem.transfer.nnssl`):
   ``{"network_weights": ..., "nnssl_adaptation_plan": {...}, ...}``; only the tensors under the plan's
   ``key_to_encoder`` / ``key_to_stem`` are pre-trained, and those module paths are mapped onto the target network's;
@@ -39,6 +41,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from nnunet_suprem.orientation import ORIENTATION_KEY
 from nnunet_suprem.plans_safety import key_path
 from nnunet_suprem.transfer.nnssl import encoder_weights, is_nnssl, read_adaptation_plan
 
@@ -72,6 +75,9 @@ class Checkpoint:
     """Classes of ``labels`` whose output rows hold pre-trained values; None means all of them."""
     declared_paths: dict[str, str] | None = None
     """The checkpoint's own ``key_to_encoder`` / ``key_to_stem`` (nnssl), moved onto the target network's paths."""
+    orientation: dict | None = None
+    """The orientation record the file holds (``nnunet_suprem.orientation.ORIENTATION_KEY``: SuPreMTrainer's
+    checkpoints, transfer-weights outputs); None without one."""
     extra: dict = field(default_factory=dict)
 
 
@@ -178,7 +184,7 @@ def _filter_nnunet(path: str, content: Mapping) -> Checkpoint:
         labels, labels_from = _labels_beside(path)
     return Checkpoint(path, strip_prefixes(content["network_weights"]), "nnU-Net checkpoint",
                       labels=labels, pretrained_keys=frozenset(keys) if keys is not None else None,
-                      pretrained_rows=rows,
+                      pretrained_rows=rows, orientation=content.get(ORIENTATION_KEY),
                       extra={"trainer_name": content.get("trainer_name"), "labels_from": labels_from, **metadata})
 
 

@@ -44,8 +44,11 @@ def add_subparser(subparsers) -> None:
                     "are identical; otherwise the output rows of the background and of every target class the "
                     "checkpoint knows (same canonical name or synonym, e.g. postcava = inferior_vena_cava; label "
                     "values may differ) are carried; the novel classes' rows start as a lowered copy of the "
-                    "background row (--novel-rows). A different number of input channels adapts the first "
-                    "convolution.")
+                    "background row (--novel-rows). Rows of left/right classes are kept when the checkpoint's "
+                    "orientation record and the target's preprocessed cases present left-right alike in the "
+                    "network's patches, exchanged between the sides when it points the other way, and not carried "
+                    "when it lies on another axis or is unknown; the output records the orientation its rows fit. "
+                    "A different number of input channels adapts the first convolution.")
     p.add_argument("checkpoint", help="pre-trained weights file (.pth)")
     p.add_argument("-d", dest="dataset_id", required=True, help="target dataset name or ID (planned)")
     p.add_argument("-p", dest="plans", default="nnUNetPlans", help="target plans identifier (default: nnUNetPlans)")
@@ -69,8 +72,11 @@ def add_subparser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_suprem.training.case_geometry import preprocessed_orientation
     from nnunet_suprem.transfer.apply import (build_network_from_plans, image_channel_count, transfer_checkpoint,
-                                              write_nnunet_weights)
+                                              weights_orientation, write_nnunet_weights)
     from nnunet_suprem.transfer.checkpoint import read_checkpoint
 
     output = Path(args.output)
@@ -80,11 +86,17 @@ def run(args: argparse.Namespace) -> None:
     checkpoint = read_checkpoint(args.checkpoint)
     torch.manual_seed(args.seed)
     network = build_network_from_plans(plans, dataset_json, args.configuration)
+    plans_manager = PlansManager(plans)
+    orientation = preprocessed_orientation(str(preprocessed_dataset_folder(args.dataset_id)), plans_manager,
+                                           plans_manager.get_configuration(args.configuration),
+                                           dataset_json["labels"], print)
     state, report = transfer_checkpoint(checkpoint, network, dataset_json["labels"], args.encoder_only,
                                         args.min_encoder_fraction, head_transfer=not args.no_head_transfer,
-                                        novel_rows=args.novel_rows, image_channels=image_channel_count(dataset_json))
+                                        novel_rows=args.novel_rows, target_orientation=orientation,
+                                        image_channels=image_channel_count(dataset_json))
     network.load_state_dict(state)
-    write_nnunet_weights(output, network, state, report, checkpoint, dataset_json["labels"])
+    write_nnunet_weights(output, network, state, report, checkpoint, dataset_json["labels"],
+                         weights_orientation(checkpoint, report, orientation))
     print(f"{checkpoint.path} ({checkpoint.format}) -> {plans['dataset_name']} {args.plans} {args.configuration}")
     print("\n".join(report.lines(loaded=args.verbose)))
     print(f"wrote {output}\nuse it with: nnUNetv2_train {args.dataset_id} {args.configuration} FOLD "

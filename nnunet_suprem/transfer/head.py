@@ -10,7 +10,11 @@ timm's ``load_pretrained`` / MONAI's ``copy_model_state``:
 - :func:`output_rows`: class name -> output row of an nnU-Net ``labels`` entry;
 - :func:`match_head_rows`: which target row comes from which checkpoint row (a :class:`HeadRows`);
 - :func:`carry_rows`: a target head tensor with those rows taken from the checkpoint's, and the novel rows
-  initialised.
+  initialised;
+- :func:`lateral_rows` and :func:`orient_matches`: left and right. A pre-training ties each side to a direction in
+  its patches (see :mod:`nnunet_suprem.training.laterality`); when the target's patches present left-right the other
+  way along the same axis, each left/right class takes the row of its other side; when left-right lies on another
+  patch axis, or either side's orientation is unknown, the rows of left/right classes are not carried.
 
 Novel rows (``NOVEL_ROWS``): ``"background"`` (the default) starts them as copies of the carried background row
 with the bias lowered by ``log(k + 1)`` for ``k`` novel classes (Cermelli et al., "Modeling the Background for
@@ -32,7 +36,8 @@ Rules (each refusal is a note in the transfer report; the heads are then re-init
 - labels that are not 0, 1, ..., n-1 (besides ``ignore``) or whose canonical names collide are refused;
 - the background row is carried only together with at least one class;
 - heads are loaded whole only for the same labels in the same order (:func:`same_labels`): region channels follow
-  the order of ``labels``.
+  the order of ``labels``;
+- left/right classes as :func:`lateral_rows` decides (kept, exchanged, or new rows).
 """
 from __future__ import annotations
 
@@ -42,12 +47,15 @@ from typing import Collection, Mapping
 
 import torch
 
-from nnunet_suprem.taxonomy import match_classes
+from nnunet_suprem.orientation import PatchOrientation, describe_patch
+from nnunet_suprem.taxonomy import canonical_name, laterality_partner, match_classes, resolve_classes
 from nnunet_suprem.transfer.defaults import DEFAULT_NOVEL_ROWS, NOVEL_ROWS
 
 IGNORE_LABEL = "ignore"
 BACKGROUND = "background"
 """How novel classes' output rows start: from the background row (default) or as the network initialised them."""
+LATERAL_KEPT, LATERAL_EXCHANGED, LATERAL_NEW = "kept", "exchanged", "new"
+"""What becomes of the rows of left/right classes (:func:`lateral_rows`)."""
 
 
 class HeadTransferRefused(ValueError):
@@ -105,6 +113,10 @@ class HeadRows:
     """How it was decided (why nothing is carried, when nothing is)."""
     novel_rows: str = DEFAULT_NOVEL_ROWS
     """How the new rows start (``NOVEL_ROWS``)."""
+    left_right: str = ""
+    """What became of the rows of left/right classes (``LATERAL_*``); empty when no carried row is lateral."""
+    left_right_note: str = ""
+    """Which left/right classes that concerns, and why."""
 
     @property
     def background_row(self) -> int | None:
@@ -119,13 +131,64 @@ class HeadRows:
         return bool(self.rows) and len(self.rows) == self.target_count
 
 
+def lateral_rows(source: PatchOrientation | None, target: PatchOrientation | None) -> tuple[str, str]:
+    """What becomes of the rows of left/right classes, and why, given where left-right lies in the checkpoint's
+    patches and in the target's (:func:`nnunet_suprem.orientation.patch_orientation`; None: unknown).
+
+    ``LATERAL_KEPT`` when both present it alike (or both slice 2D patches along it), ``LATERAL_EXCHANGED`` when it
+    points the other way along the same patch axis (each class takes its other side's row), else ``LATERAL_NEW``:
+    the rows are not carried.
+    """
+    if source is None:
+        return LATERAL_NEW, ("the checkpoint records no left-right orientation of its patches (trained by stock "
+                             "nnU-Net or an older nnunet-suprem, or on cases of mixed orientation)")
+    if target is None:
+        return LATERAL_NEW, ("the target's preprocessed cases share no left-right orientation (mixed orientations, "
+                             "a reader that stores no image geometry, or no preprocessed cases)")
+    sides = f"checkpoint: {describe_patch(source)}; target: {describe_patch(target)}"
+    if source[0] != target[0]:
+        return LATERAL_NEW, f"left-right lies on another patch axis ({sides})"
+    if source[0] is None or source[1] == target[1]:
+        return LATERAL_KEPT, f"the checkpoint's and the target's patches present left-right alike ({sides})"
+    return LATERAL_EXCHANGED, f"left-right points the other way in the target's patches ({sides})"
+
+
+def orient_matches(matches: Mapping[str, str | None], source_names: Collection[str], left_right: str,
+                   why: str) -> tuple[dict[str, str | None], str]:
+    """``(target class -> checkpoint class, note)``: the class matches with left and right accounted for.
+
+    A lateral target class (one whose canonical name has a side) keeps its match (``LATERAL_KEPT``), takes the
+    checkpoint class of its other side among ``source_names`` (``LATERAL_EXCHANGED``; none if the checkpoint has
+    no such class) or none (``LATERAL_NEW``). The note lists the lateral classes concerned and ``why``; it is empty
+    when no lateral class is carried before or after.
+    """
+    other_side = resolve_classes(source_names, "checkpoint labels")
+    oriented, concerned = {}, []
+    for name, match in matches.items():
+        partner = laterality_partner(canonical_name(name))
+        if partner is None or left_right == LATERAL_KEPT:
+            oriented[name] = match
+        else:
+            oriented[name] = other_side.get(partner) if left_right == LATERAL_EXCHANGED else None
+        if partner is not None and (match or oriented[name]):
+            concerned.append(name)
+    if not concerned:
+        return oriented, ""
+    if left_right == LATERAL_NEW:
+        return oriented, f"rows of {', '.join(concerned)} not carried (they start as new rows): {why}"
+    moves = ", ".join(f"{name} <- {oriented[name] or 'new'}" for name in concerned)
+    return oriented, f"rows {left_right} ({moves}): {why}"
+
+
 def match_head_rows(source_labels: Mapping[str, object], target_labels: Mapping[str, object],
-                    source_known: Collection[str] | None = None, novel_rows: str = DEFAULT_NOVEL_ROWS) -> HeadRows:
+                    source_known: Collection[str] | None = None, novel_rows: str = DEFAULT_NOVEL_ROWS,
+                    left_right: tuple[str, str] | None = None) -> HeadRows:
     """Match the target's output rows to the checkpoint's by canonical class name.
 
     ``source_known``: checkpoint classes whose rows hold pre-trained values (None: all); the others are not
     carried (a weights file written by ``transfer-weights`` whose head has new rows). ``novel_rows``: how the new
-    rows start (``NOVEL_ROWS``). Raises
+    rows start (``NOVEL_ROWS``). ``left_right``: what becomes of left/right classes and why (:func:`lateral_rows`,
+    applied by :func:`orient_matches`; None: matched by name alone). Raises
     :class:`HeadTransferRefused` when either label set cannot be matched (see the module doc).
     """
     if novel_rows not in NOVEL_ROWS:
@@ -138,12 +201,16 @@ def match_head_rows(source_labels: Mapping[str, object], target_labels: Mapping[
                                 targets_source="checkpoint labels")
     except ValueError as e:
         raise HeadTransferRefused(str(e)) from None
-    result = HeadRows(source_count=len(source_rows), target_count=len(target_rows), novel_rows=novel_rows)
+    known = any(matches.values())
+    matches, note = orient_matches(matches, source_names, *left_right) if left_right else (matches, "")
+    result = HeadRows(source_count=len(source_rows), target_count=len(target_rows), novel_rows=novel_rows,
+                      left_right=left_right[0] if note else "", left_right_note=note)
     background_known = BACKGROUND in source_rows and (source_known is None or BACKGROUND in source_known)
     if BACKGROUND not in target_rows or not background_known or not any(matches.values()):
         result.new = sorted(target_rows, key=target_rows.get)
-        result.note = ("no target class is a class of the checkpoint" if BACKGROUND in target_rows and
-                       background_known else "no background label")
+        result.note = ("no background label" if BACKGROUND not in target_rows or not background_known else
+                       "no target class is a class of the checkpoint" if not known else
+                       "no target class keeps a row of the checkpoint once left and right are accounted for")
         return result
     for name in sorted(target_rows, key=target_rows.get):
         source = BACKGROUND if name == BACKGROUND else matches[name]

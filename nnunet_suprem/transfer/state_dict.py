@@ -58,6 +58,11 @@ class TransferReport:
     """Target class -> checkpoint class whose output rows it took (background included)."""
     new_classes: list[str] = field(default_factory=list)
     """Target classes whose output rows are freshly initialised."""
+    left_right: str = ""
+    """What became of the rows of left/right classes: kept, exchanged or new (``transfer.head.lateral_rows``); empty
+    when no carried row is lateral."""
+    left_right_note: str = ""
+    """Which left/right classes that concerns, and why."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -69,11 +74,14 @@ class TransferReport:
                 f"{self.encoder_loaded_fraction:.1%} of the encoder loaded")
 
     def entries(self) -> list[tuple[str, str]]:
-        """``(kind, line)`` for the log: the summary (kind ``"summary"``), the head transfer (``"head"``), then every
-        key with its fate (kind ``"loaded"``, ``"rows"``, ``"skipped"``, ``"mismatched"`` or ``"unused"``)."""
+        """``(kind, line)`` for the log: the summary (kind ``"summary"``), the head transfer and what became of
+        left/right rows (``"head"``), then every key with its fate (kind ``"loaded"``, ``"rows"``, ``"skipped"``,
+        ``"mismatched"`` or ``"unused"``)."""
         out = [("summary", f"Weight transfer: {self.summary()}")]
         if self.head:
             out.append(("head", f"Head transfer: {self.head}"))
+        if self.left_right_note:
+            out.append(("head", f"Left and right: {self.left_right_note}"))
         out += [("loaded", f"  loaded      {k}" + (f"  [{self.adapted[k]}]" if k in self.adapted else ""))
                 for k in self.loaded]
         out += [("rows", f"  rows        {k}  ({rows})") for k, rows in self.rows_carried.items()]
@@ -276,14 +284,15 @@ def transfer_state(source: Mapping[str, torch.Tensor], target: nn.Module, *, enc
 def report_head(report: TransferReport, head: HeadRows, head_keys: list[str], whole: bool) -> None:
     """Record in ``report`` which classes' output rows the head tensors ``head_keys`` took from the checkpoint."""
     carried = [k for k in head_keys if k in report.loaded or k in report.rows_carried]
+    if (head.rows or whole) and not carried:
+        report.head = "output rows not carried (no head tensor of the checkpoint fits); every row initialised fresh"
+        return
+    report.left_right, report.left_right_note = head.left_right, head.left_right_note
     if head.rows or whole:
-        if carried:
-            report.carried_classes, report.new_classes = dict(head.carried), list(head.new)
-            report.head = head.note if whole else describe(head)
-            if len(carried) < len(head_keys):
-                report.head += f" ({len(head_keys) - len(carried)} of {len(head_keys)} head tensors re-initialised)"
-        else:
-            report.head = "output rows not carried (no head tensor of the checkpoint fits); every row initialised fresh"
+        report.carried_classes, report.new_classes = dict(head.carried), list(head.new)
+        report.head = head.note if whole else describe(head)
+        if len(carried) < len(head_keys):
+            report.head += f" ({len(head_keys) - len(carried)} of {len(head_keys)} head tensors re-initialised)"
     else:
         report.head = describe(head)
 
