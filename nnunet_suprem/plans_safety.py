@@ -65,7 +65,7 @@ LOOKUPS = {
                                 "preprocessor"),
     "normalization_schemes": Lookup(
         "preprocessing.normalization",
-        "nnunetv2.preprocessing.normalization.default_normalization_schemes.ImageNormalization", "normalization"),
+        "nnunetv2.preprocessing.normalization.default_normalization_schemes.ImageNormalization", "normalisation"),
     **{key: Lookup("preprocessing.resampling", None, "resampling function")
        for key in ("resampling_fn_data", "resampling_fn_seg", "resampling_fn_probabilities")},
 }
@@ -145,7 +145,7 @@ def check_lookups(entries: Mapping, keys: Iterable[str], source: str | os.PathLi
         names = entries[key]
         if key == "normalization_schemes":
             if not isinstance(names, (list, tuple)):
-                raise _refuse(source, key_path(*where, key), names, "a list of nnU-Net's normalizations")
+                raise _refuse(source, key_path(*where, key), names, "a list of nnU-Net's normalisations")
             for i, name in enumerate(names):
                 check_lookup(key, name, source, f"{key_path(*where, key)}[{i}]")
         else:
