@@ -127,7 +127,7 @@ def test_a_checkpoint_is_nnunets_plus_the_orientation_record(make_trainer, tmp_p
 
 
 @pytest.fixture
-def test_trainers(planned_phantom_dataset, tmp_path) -> dict[str, str]:
+def user_trainers_env(planned_phantom_dataset, tmp_path) -> dict[str, str]:
     """Environment for nnUNetv2_train with the trainers of :data:`TRAINER_MODULE` in a user's nnUNet_extTrainer
     folder, results in ``tmp_path / "results"``."""
     ext = tmp_path / "user_trainers"
@@ -159,8 +159,8 @@ def _kill_when_written(process: subprocess.Popen, folder: Path, name: str, kille
         time.sleep(0.001)
 
 
-def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one_to_continue_from(test_trainers, tmp_path):
-    env, fold = {**test_trainers, "nnUNet_n_proc_DA": "0"}, _fold(test_trainers, ONE_EPOCH)
+def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one_to_continue_from(user_trainers_env, tmp_path):
+    env, fold = {**user_trainers_env, "nnUNet_n_proc_DA": "0"}, _fold(user_trainers_env, ONE_EPOCH)
     with open(tmp_path / "killed.txt", "w") as output:
         training = subprocess.Popen(_train(ONE_EPOCH), env=env, stdout=output, stderr=subprocess.STDOUT)
         killed = threading.Event()
@@ -229,11 +229,11 @@ def _wait_for_log(fold: Path, text: str, process: subprocess.Popen, timeout: flo
     pytest.fail(f"the training never logged {text!r} (exit code {process.poll()})")
 
 
-def test_sigusr1_mid_epoch_stops_with_a_checkpoint_that_continue_resumes(test_trainers, tmp_path):
+def test_sigusr1_mid_epoch_stops_with_a_checkpoint_that_continue_resumes(user_trainers_env, tmp_path):
     """SLURM's wall-time warning (``--signal=USR1@600``) reaches every process of the job: here the training's whole
     process group, its data-augmentation workers included. It stops after the current iteration with exit code
     124; ``--c`` repeats only the interrupted epoch, with the learning rate, the optimiser state and the log."""
-    env, fold = {**test_trainers, "nnUNet_n_proc_DA": "1"}, _fold(test_trainers, TWO_EPOCHS)
+    env, fold = {**user_trainers_env, "nnUNet_n_proc_DA": "1"}, _fold(user_trainers_env, TWO_EPOCHS)
     with open(tmp_path / "stopped.txt", "w") as output:
         training = subprocess.Popen(_train(TWO_EPOCHS), env=env, stdout=output, stderr=subprocess.STDOUT,
                                     start_new_session=True)
