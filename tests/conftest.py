@@ -121,12 +121,12 @@ def make_trainer(planned_phantom_dataset, monkeypatch, tmp_path):
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
 
-    def make(edit_dataset_json=lambda d: None, cls=None, initialize: bool = True):
+    def make(edit_dataset_json=lambda d: None, cls=None, initialize: bool = True, continue_training: bool = False):
         cls = cls or SuPreMTrainer_smoke
         d = copy.deepcopy(dataset_json)
         edit_dataset_json(d)
-        trainer = cls({**copy.deepcopy(plans), "continue_training": False}, "3d_fullres", 0, d,
-                                      device=torch.device("cpu"))
+        trainer = cls({**copy.deepcopy(plans), "continue_training": continue_training}, "3d_fullres", 0, d,
+                      device=torch.device("cpu"))
         if initialize:
             trainer.initialize()
         return trainer

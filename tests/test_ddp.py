@@ -11,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_suprem.architectures.suprem_unet3d import BatchStatisticsNorm3d, SuPreMUNet3D
 from nnunet_suprem.training.finetune_trainer import set_requires_grad
+from nnunet_suprem.training.walltime import stop_agreed
 
 WORLD = 2
 
@@ -97,3 +98,14 @@ def _freezing_worker(rank: int) -> None:
 @pytest.mark.e2e
 def test_ddp_freezing_and_unfreezing(tmp_path):
     spawn(_freezing_worker, tmp_path)
+
+
+# ---------------------------------------------------------------- wall-time stop
+def _stop_agreement_worker(rank: int) -> None:
+    assert stop_agreed(rank == 1, torch.device("cpu"))  # only rank 1 caught the signal: every rank stops now
+    assert not stop_agreed(False, torch.device("cpu"))
+
+
+@pytest.mark.e2e
+def test_every_rank_stops_after_the_iteration_in_which_one_caught_a_stop_signal(tmp_path):
+    spawn(_stop_agreement_worker, tmp_path)

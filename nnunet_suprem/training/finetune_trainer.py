@@ -20,14 +20,14 @@ from typing import Iterable
 import torch
 from nnunetv2.run import run_training
 from torch import nn
-from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_suprem.training.case_geometry import preprocessed_orientation
+from nnunet_suprem.training.checkpoints import unwrap
 from nnunet_suprem.training.schedules import FinetuneLRScheduler
 from nnunet_suprem.training.suprem_trainer import SuPreMTrainer
 from nnunet_suprem.transfer.apply import image_channel_count, pretrained_names, transfer_checkpoint
-from nnunet_suprem.transfer.checkpoint import load_weights_only, read_checkpoint
+from nnunet_suprem.transfer.checkpoint import read_checkpoint
 from nnunet_suprem.transfer.defaults import DEFAULT_MIN_ENCODER_FRACTION, DEFAULT_NOVEL_ROWS
 
 _TRAINER_OF_NETWORK: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -48,15 +48,6 @@ def _route_pretrained_weights() -> None:
 
     load_pretrained_weights.routes_to_finetune_trainers = True
     run_training.load_pretrained_weights = load_pretrained_weights
-
-
-def unwrap(network: nn.Module) -> nn.Module:
-    """The plain module inside DDP and ``torch.compile`` wrappers."""
-    if isinstance(network, DistributedDataParallel):
-        network = network.module
-    if isinstance(network, OptimizedModule):
-        network = network._orig_mod
-    return network
 
 
 def set_requires_grad(network: nn.Module, parameters: Iterable[nn.Parameter], requires_grad: bool) -> nn.Module:
@@ -163,14 +154,12 @@ class SuPreMFinetuneTrainer(SuPreMTrainer):
             self.print_to_log_file(line, also_print_to_console=kind != "loaded", add_timestamp=False)
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
 
-    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        """nnU-Net's resume, after restoring which parameters are pre-trained (they decide the optimiser groups)."""
-        if isinstance(filename_or_checkpoint, str):
-            groups = load_weights_only(filename_or_checkpoint)["optimizer_state"]["param_groups"]
-            self.pretrained_keys = frozenset(n for g in groups if g.get("pretrained") for n in g["param_names"])
-            if self.was_initialized:
-                self.optimizer, self.lr_scheduler = self.configure_optimizers()
-        super().load_checkpoint(filename_or_checkpoint)
+    def restore_before_loading(self, checkpoint: dict) -> None:
+        """Which parameters are pre-trained: they decide the optimiser groups that nnU-Net's resume loads into."""
+        groups = checkpoint["optimizer_state"]["param_groups"]
+        self.pretrained_keys = frozenset(n for g in groups if g.get("pretrained") for n in g["param_names"])
+        if self.was_initialized:
+            self.optimizer, self.lr_scheduler = self.configure_optimizers()
 
     def on_train_start(self):
         super().on_train_start()

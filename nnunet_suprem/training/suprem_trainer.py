@@ -5,8 +5,11 @@ expose them to nnU-Net's ``nnUNet_extTrainer`` lookup.
 """
 from __future__ import annotations
 
+from typing import NoReturn
+
 import numpy as np
 import torch
+import torch.distributed as dist
 from batchgenerators.utilities.file_and_folder_operations import join
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
@@ -22,6 +25,7 @@ from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels,
 from nnunet_suprem.orientation import ORIENTATION_KEY, describe, needs_check, training_orientation
 from nnunet_suprem.transfer.checkpoint import load_weights_only
 from nnunet_suprem.training.case_geometry import dataset_orientations
+from nnunet_suprem.training.checkpoints import finished_epochs_only, read_checkpoint_to_continue, unwrap
 from nnunet_suprem.training.laterality import (LateralMirrorTransform, describe_pairs, lateral_directions,
                                                lateral_label_pairs, lateral_mirroring_blocker, lateral_rotation,
                                                rotation_planes)
@@ -29,6 +33,7 @@ from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
 from nnunet_suprem.training.partial_validation import hard_counts_per_case, restrict_summary_file
 from nnunet_suprem.training.sampling import source_repeats, source_shares
 from nnunet_suprem.training.schedules import WarmupCosineLRScheduler, checkpoint_interval
+from nnunet_suprem.training.walltime import REQUEUE_EXIT_CODE, StopSignals, stop_agreed, warning_ignored
 
 
 class BatchAnnotatedLoss(nn.Module):
@@ -67,6 +72,10 @@ class SuPreMTrainer(nnUNetTrainer):
 
     Variants set the class attributes below (None keeps nnU-Net's value); ``epochs`` also scales how often
     ``checkpoint_latest.pth`` is written (:func:`~nnunet_suprem.training.schedules.checkpoint_interval`).
+
+    Checkpoints are written atomically; ``--c`` passes over a damaged one (:meth:`read_checkpoint`). SIGUSR1 or
+    SIGTERM during the training loop stops it after the current iteration with ``checkpoint_latest.pth`` and exit
+    code :data:`~nnunet_suprem.training.walltime.REQUEUE_EXIT_CODE` (:mod:`~nnunet_suprem.training.walltime`).
     """
 
     epochs: int | None = None
@@ -77,7 +86,11 @@ class SuPreMTrainer(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        continuing = bool(plans.get("continue_training"))  # nnU-Net's --c (nnU-Net's __init__ removes the key)
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.continuing = continuing
+        self.stop_signals = StopSignals()
+        self.epoch_iterations_done = 0
         if self.epochs is not None:
             self.save_every = checkpoint_interval(self.epochs, self.num_epochs, self.save_every)  # nnU-Net's values
             self.num_epochs = self.epochs
@@ -203,14 +216,82 @@ class SuPreMTrainer(nnUNetTrainer):
                 f"before planning, which reorients every image).")
 
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint, plus the training orientation when left and right depend on it."""
-        super().save_checkpoint(filename)
-        if self.training_orientation is None or self.local_rank != 0 or self.disable_checkpointing:
+        """nnU-Net's checkpoint at the end of the current epoch (:meth:`write_checkpoint`)."""
+        self.write_checkpoint(filename, self.current_epoch + 1)
+
+    def write_checkpoint(self, filename: str, epochs_done: int) -> None:
+        """nnU-Net's checkpoint of a training that finished ``epochs_done`` epochs (its ``current_epoch``, where
+        ``--c`` starts; the log up to there), plus the training orientation when left and right depend on it, in
+        one atomic write (temporary name, then rename): a kill leaves the previous file. Rank 0 only, as nnU-Net."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            super().save_checkpoint(filename)  # writes nothing; nnU-Net says so when checkpointing is disabled
             return
-        checkpoint = load_weights_only(filename)
-        checkpoint[ORIENTATION_KEY] = self.training_orientation
+        checkpoint = {
+            "network_weights": unwrap(self.network).state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": finished_epochs_only(self.logger.get_checkpoint(), epochs_done),
+            "_best_ema": self._best_ema,
+            "current_epoch": epochs_done,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+        }
+        if self.training_orientation is not None:
+            checkpoint[ORIENTATION_KEY] = self.training_orientation
         with atomic_path(filename) as tmp:
             torch.save(checkpoint, tmp)
+
+    def read_checkpoint(self, filename: str) -> tuple[str, dict]:
+        """The checkpoint file to load and its contents, read with ``weights_only``: ``filename``, or with ``--c``,
+        when a kill during an older version's write damaged it, the next readable one in nnU-Net's order
+        (:func:`~nnunet_suprem.training.checkpoints.read_checkpoint_to_continue`)."""
+        if self.continuing:
+            return read_checkpoint_to_continue(filename, self.print_to_log_file)
+        return filename, load_weights_only(filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """nnU-Net's resume from the file :meth:`read_checkpoint` picks (so nnU-Net's own read, which unpickles
+        anything, opens only a readable checkpoint of plain data), after :meth:`restore_before_loading`."""
+        if isinstance(filename_or_checkpoint, str):
+            filename_or_checkpoint, checkpoint = self.read_checkpoint(filename_or_checkpoint)
+            self.restore_before_loading(checkpoint)
+        super().load_checkpoint(filename_or_checkpoint)
+
+    def restore_before_loading(self, checkpoint: dict) -> None:
+        """What a subclass takes from a checkpoint before nnU-Net loads it (nothing here)."""
+
+    def on_train_start(self):
+        """Catch the wall-time signals (``walltime``) before nnU-Net forks its data-augmentation workers, which
+        then ignore SIGUSR1."""
+        caught = self.stop_signals.install()
+        super().on_train_start()
+        if not caught:
+            self.print_to_log_file("SIGUSR1 and SIGTERM are not caught (the training runs outside the main thread): "
+                                   "they end the training without a checkpoint.")
+
+    def on_train_end(self):
+        super().on_train_end()
+        self.stop_signals.uninstall()
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.epoch_iterations_done = 0
+
+    def _stop_for_requeue(self) -> NoReturn:
+        """Write ``checkpoint_latest.pth`` with the current epoch unfinished (``--c`` repeats it, no more), then exit
+        with REQUEUE_EXIT_CODE on every rank once rank 0 has written it."""
+        received = self.stop_signals.received
+        self.print_to_log_file(
+            f"{received.name if received else 'A stop signal to another rank'}: stopping after iteration "
+            f"{self.epoch_iterations_done} of {self.num_iterations_per_epoch} of epoch {self.current_epoch}. "
+            f"checkpoint_latest.pth continues with epoch {self.current_epoch}: rerun the same command with --c "
+            f"(exit code {REQUEUE_EXIT_CODE}).")
+        self.write_checkpoint(join(self.output_folder, "checkpoint_latest.pth"), self.current_epoch)
+        if self.is_ddp:
+            dist.barrier()
+        self.stop_signals.uninstall()
+        raise SystemExit(REQUEUE_EXIT_CODE)
 
     def _limit_lateral_rotation(self, rotation: tuple[float, float], dummy_2d: bool,
                                 initial_patch_size) -> tuple[tuple[float, float], np.ndarray]:
@@ -253,8 +334,13 @@ class SuPreMTrainer(nnUNetTrainer):
             self.loss.annotated = self.annotated_mask(batch["keys"])
 
     def train_step(self, batch: dict) -> dict:
+        """nnU-Net's step; then, when any rank caught a stop signal, :meth:`_stop_for_requeue`."""
         self._set_batch_annotation(batch)
-        return super().train_step(batch)
+        outputs = super().train_step(batch)
+        self.epoch_iterations_done += 1
+        if stop_agreed(self.stop_signals.received is not None, self.device):
+            self._stop_for_requeue()
+        return outputs
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         """nnU-Net's epoch end (it logs the mean train loss of all processes); then stop if that loss is not finite,
@@ -288,8 +374,10 @@ class SuPreMTrainer(nnUNetTrainer):
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp, "fp_hard": fp, "fn_hard": fn}
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        """nnU-Net's final validation; then summary.json judges each class only on cases that annotate it."""
-        super().perform_actual_validation(save_probabilities)
+        """nnU-Net's final validation, which ignores SIGUSR1 (it cannot resume midway); then summary.json judges
+        each class only on cases that annotate it."""
+        with warning_ignored():
+            super().perform_actual_validation(save_probabilities)
         if self.annotated_rows is None or self.local_rank != 0:
             return
         summary_file = join(self.output_folder, "validation", "summary.json")

@@ -60,6 +60,11 @@ _NUMPY_SAFE_GLOBALS = [np.dtype, _numpy_scalar,
 """NumPy scalars (nnU-Net's training log) and nothing else besides torch's own weights-only types."""
 
 
+class UnreadableCheckpoint(ValueError):
+    """The file is not a complete PyTorch checkpoint (truncated, e.g. by a kill while it was written, or another
+    format), as opposed to one holding objects that ``weights_only`` refuses."""
+
+
 @dataclass
 class Checkpoint:
     """A state dict read from a file, with what the file says about it."""
@@ -122,13 +127,14 @@ def load_weights_only(path: str | os.PathLike) -> object:
     except pickle.UnpicklingError as e:
         objects = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
         if not objects:  # not a pickle of objects: random bytes, another format
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or not a .pth file?)") from e
+            raise UnreadableCheckpoint(f"{path}: not a readable PyTorch checkpoint (truncated or not a .pth "
+                                       f"file?)") from e
         raise ValueError(f"{path}: refusing to load: the file holds Python objects other than weights, so it cannot "
                          f"be read with torch.load(weights_only=True) ({objects[0].split(' was not')[0]}). Re-save "
                          f"only the state dict (torch.save(model.state_dict(), ...)) from a trusted environment.") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:  # OSError: e.g. a zip cut mid-record
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or not a .pth file?): "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise UnreadableCheckpoint(f"{path}: not a readable PyTorch checkpoint (truncated or not a .pth file?): "
+                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     return _require_finite(path, content)
 
 
