@@ -45,14 +45,14 @@ def torchrun_environment(environ: Mapping[str, str]) -> dict[str, int]:
     return {name: int(environ[name]) for name in TORCHRUN_VARIABLES[:4]}
 
 
-def check_launch(options: argparse.Namespace, ranks: Mapping[str, int], trainer: type | None) -> None:
+def check_launch(options: argparse.Namespace, ranks: Mapping[str, int], trainer: type) -> None:
     """The launch's own errors, the same on every rank so that all of them stop."""
     if options.num_gpus is not None:
         raise ValueError("-num_gpus starts nnU-Net's own processes on one node; under torchrun the processes are "
                          "torchrun's: give --nproc-per-node (and --nnodes) to torchrun, not -num_gpus")
     if options.device not in ("cuda", "cpu"):
         raise ValueError(f"-device {options.device}: torchrun training runs on cuda (NCCL) or cpu (gloo)")
-    if trainer is not None and not issubclass(trainer, SuPreMTrainer) and \
+    if not issubclass(trainer, SuPreMTrainer) and \
             (options.device == "cpu" or ranks["WORLD_SIZE"] != ranks["LOCAL_WORLD_SIZE"]):
         raise ValueError(f"{trainer.__name__} is nnU-Net's: nnunetv2 puts DDP rank r on cuda:r and wraps its network "
                          f"for that GPU, so it trains under torchrun only on GPUs of one node; across nodes or on "
