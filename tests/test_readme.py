@@ -57,6 +57,9 @@ def _programs() -> dict[str, tuple[list[str], str]]:
             key, argv = " ".join(words[:2]), ["bash", str(ROOT / words[1]), "--help"]
         elif words[0] == "python":
             key, argv = " ".join(words[:2]), [sys.executable, str(ROOT / words[1]), "--help"]
+        elif "torchrun" in words[:2]:  # torchrun ... -m MODULE, or srun torchrun ... -m MODULE
+            module = words[words.index("-m") + 1]
+            key, argv = f"torchrun -m {module}", [sys.executable, "-m", module, "--help"]
         elif words[0].startswith("nnUNetv2_"):
             key, argv = words[0], [str(Path(sys.executable).parent / words[0]), "-h"]
         else:  # pytest, or a command this test does not know how to check
@@ -77,6 +80,26 @@ def test_the_pages_are_read():
                                   if _words(line) and _words(line)[0] == "nnunet-suprem"])
 def test_documented_nnunet_suprem_commands_parse(line):
     build_parser().parse_args(_words(line)[1:])  # exits (fails the test) on an unknown subcommand or option
+
+
+TORCHRUN_LINES = [pytest.param(line, id=f"{page}:{number}") for page, number, line in COMMAND_LINES
+                  if "torchrun" in _words(line)[:2]]
+
+
+@pytest.mark.parametrize("line", TORCHRUN_LINES)
+def test_documented_torchrun_commands_parse(line, capsys):
+    """torchrun's own parser accepts its options; every option after ``-m nnunet_suprem.train`` is nnUNetv2_train's."""
+    from torch.distributed.run import get_args_parser
+    from nnunet_suprem.train import main
+
+    words = _words(line)
+    args = get_args_parser().parse_args(words[words.index("torchrun") + 1:])
+    assert args.module and args.training_script == "nnunet_suprem.train"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    options = set(re.findall(r"(?<![\w-])(--?[a-z_]+)", capsys.readouterr().out))
+    shown = [w for w in args.training_script_args if w.startswith("-")]
+    assert shown and set(shown) <= options - {"-num_gpus"}, f"not options of nnunet_suprem.train: {set(shown) - options}"
 
 
 def test_the_documentation_shows_the_main_commands():

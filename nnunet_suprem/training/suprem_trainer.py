@@ -18,6 +18,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_suprem.architectures import supports_deep_supervision
 from nnunet_suprem.fileio import atomic_path
@@ -91,6 +92,9 @@ class SuPreMTrainer(nnUNetTrainer):
         self.continuing = continuing
         self.stop_signals = StopSignals()
         self.epoch_iterations_done = 0
+        if self.is_ddp:
+            self.device = self._process_device(device)
+            self.grad_scaler = self.grad_scaler if self.device.type == "cuda" else None
         if self.epochs is not None:
             self.save_every = checkpoint_interval(self.epochs, self.num_epochs, self.save_every)  # nnU-Net's values
             self.num_epochs = self.epochs
@@ -108,6 +112,38 @@ class SuPreMTrainer(nnUNetTrainer):
         self.left_right_axes: tuple[int, ...] = ()  # patch axes along left-right in any case (all: geometry unknown)
         self.lateral_swap: tuple[int, list[tuple[int, int]]] | None = None  # (axis, label pairs) to swap on flips
         self.training_orientation: dict | None = None  # recorded in checkpoints (see nnunet_suprem.orientation)
+
+    @staticmethod
+    def _process_device(requested: torch.device) -> torch.device:
+        """This DDP process's device. nnU-Net's constructor puts rank r on ``cuda:r``, right on the first node only;
+        the launcher has made this process's GPU the current one (torchrun: ``LOCAL_RANK``), and a CPU stays the CPU."""
+        return requested if requested.type != "cuda" else torch.device("cuda", torch.cuda.current_device())
+
+    def initialize(self):
+        """nnU-Net's initialize. Under DDP nnU-Net would wrap the network for ``cuda:<global rank>`` (a device that
+        does not exist on a second node, nor on a CPU), so it is built unwrapped, then wrapped as nnU-Net wraps it
+        (SyncBatchNorm, DDP) for this process's device; batch size and loss are the DDP ones."""
+        if not self.is_ddp:
+            return super().initialize()
+        self.is_ddp = False
+        try:
+            super().initialize()
+        finally:
+            self.is_ddp = True
+        self._set_batch_size_and_oversample()
+        self.network = DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(self.network),
+                                               device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.loss = self._build_loss()
+
+    def _set_batch_size_and_oversample(self):
+        """nnU-Net's split of the batch over the DDP ranks, which must be equal: DDP averages the ranks' gradients, so
+        unequal shares would weigh samples unequally and not compute what one process computes."""
+        world = dist.get_world_size() if self.is_ddp else 1
+        if self.configuration_manager.batch_size % world:
+            raise ValueError(f"{self.__class__.__name__}: the batch size {self.configuration_manager.batch_size} of "
+                             f"configuration {self.configuration_name!r} does not divide over {world} DDP processes; "
+                             f"use a number of processes that divides it, or plans with another batch size")
+        super()._set_batch_size_and_oversample()
 
     def set_deep_supervision_enabled(self, enabled: bool):
         """nnU-Net's switch (``network.decoder.deep_supervision``), for networks that have deep supervision."""
@@ -139,8 +175,8 @@ class SuPreMTrainer(nnUNetTrainer):
     def _build_loss(self):
         loss = super()._build_loss()
         if self.annotated_rows is None:
-            self.print_to_log_file("SuPreMTrainer: dataset.json has no 'partial_labels' manifest, so every case "
-                                   "annotates every class: training with nnU-Net's standard loss.")
+            self._log_loss_choice("SuPreMTrainer: dataset.json has no 'partial_labels' manifest, so every case "
+                                  "annotates every class: training with nnU-Net's standard loss.")
             return loss
         marginal = MarginalDCandCELoss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5,
                                         "do_bg": False, "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=1,
@@ -149,13 +185,18 @@ class SuPreMTrainer(nnUNetTrainer):
         if self._do_i_compile():  # as nnU-Net compiles its Dice loss
             marginal = torch.compile(marginal)
         partial = sum(1 for row in self.annotated_rows.values() if not row.all())
-        self.print_to_log_file(f"SuPreMTrainer: partial-label manifest found, {partial} case(s) annotate only some "
-                               f"classes; training with the marginal Dice + CE loss"
-                               f"{f' and exclusion weight {self.exclusion_weight}' if self.exclusion_weight else ''}.")
+        self._log_loss_choice(f"SuPreMTrainer: partial-label manifest found, {partial} case(s) annotate only some "
+                              f"classes; training with the marginal Dice + CE loss"
+                              f"{f' and exclusion weight {self.exclusion_weight}' if self.exclusion_weight else ''}.")
         if isinstance(loss, DeepSupervisionWrapper):
             loss.loss = marginal  # keep nnU-Net's deep-supervision weights
             return BatchAnnotatedLoss(loss, deep_supervision=True)
         return BatchAnnotatedLoss(marginal, deep_supervision=False)
+
+    def _log_loss_choice(self, message: str) -> None:
+        """Log which loss trains when it is first built (under DDP, :meth:`initialize` builds it again)."""
+        if not self.was_initialized:
+            self.print_to_log_file(message)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
