@@ -132,6 +132,15 @@ def _ranks_worker(rank: int, preprocessed: Path, batches_file: Path, result_file
     weights = _train_steps(trainer, inputs["batches"], inputs["initial"], rank)
     if rank == 0:
         torch.save(weights, result_file)
+    checkpoint = str(result_file.with_name("checkpoint_latest.pth"))
+    trainer.current_epoch = 1
+    trainer.save_checkpoint(checkpoint)  # rank 0 writes
+    dist.barrier()
+    resumed = _trainer(preprocessed)
+    resumed.load_checkpoint(checkpoint)  # what --c does on every rank: this rank's device, the same state
+    assert resumed.current_epoch == 2 and resumed.device == torch.device("cpu")
+    for key, value in unwrap(resumed.network).state_dict().items():
+        assert torch.equal(value, weights[key]), key
 
 
 @pytest.mark.e2e
