@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -263,3 +264,48 @@ def test_sigusr1_mid_epoch_stops_with_a_checkpoint_that_continue_resumes(user_tr
     assert final["logging"]["train_losses"][0] == stopped["logging"]["train_losses"][0]  # the log continued
     assert final["logging"]["lrs"] == [stopped["logging"]["lrs"][0], pytest.approx(lr)]
     assert _adam_steps(final) == {4 + done}  # Adam's state continued: only the interrupted epoch's steps repeat
+
+
+SLURM_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "slurm" / "pretrain_multinode.sbatch"
+FAKE_SLURM = {
+    "srun": '#!/bin/bash\nexec "$@"\n',  # one node, one task: the task is the command itself
+    "scontrol": '#!/bin/bash\ncase "$1" in\n  show) echo 127.0.0.1 ;;\n  requeue) echo "$2" >> "$REQUEUED" ;;\n'
+                '  *) exit 1 ;;\nesac\n',
+}
+
+
+def test_the_slurm_example_stops_at_the_wall_time_requeues_and_finishes(user_trainers_env, tmp_path):
+    """examples/slurm's sbatch script with stand-ins for srun and scontrol: SLURM's warning to the batch shell
+    (``--signal=B:USR1@600``) reaches the rank through torchrun, the rank saves and exits, the script requeues the
+    job; the requeued job (the same script) continues with --c and finishes."""
+    bin_dir = tmp_path / "fake_slurm"
+    bin_dir.mkdir()
+    for name, text in FAKE_SLURM.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    requeued = tmp_path / "requeued.txt"
+    env = {**user_trainers_env, "PATH": f"{bin_dir}{os.pathsep}{Path(command('torchrun')[0]).parent}{os.pathsep}"
+                                        f"{os.environ['PATH']}",
+           "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node001", "SLURM_NNODES": "1", "SLURM_GPUS_PER_NODE": "1",
+           "SLURM_CPUS_PER_TASK": "2", "RDZV_PORT": str(port), "REQUEUED": str(requeued), "nnUNet_n_proc_DA": "0"}
+    job = ["bash", str(SLURM_EXAMPLE), "1", TWO_EPOCHS, "3d_fullres", "0", "-device", "cpu"]
+    fold = _fold(user_trainers_env, TWO_EPOCHS)
+    with open(tmp_path / "first_job.txt", "w") as output:
+        batch = subprocess.Popen(job, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for_log(fold, "Epoch 1", batch)
+            os.kill(batch.pid, signal.SIGUSR1)  # B: the batch shell alone is warned
+            assert batch.wait(timeout=600) == 0, (tmp_path / "first_job.txt").read_text()[-3000:]
+        finally:
+            if batch.poll() is None:
+                os.killpg(batch.pid, signal.SIGKILL)
+    assert requeued.read_text() == "4242\n" and not (fold / "checkpoint_final.pth").exists()
+    assert load_weights_only(fold / "checkpoint_latest.pth")["current_epoch"] == 1
+    assert re.search(r"SIGUSR1: stopping after iteration \d of 2 of epoch 1\.", "".join(_logs(fold).values()))
+
+    second = run(job, env)  # the requeued job
+    assert requeued.read_text() == "4242\n" and "requeueing" not in second.stdout
+    assert load_weights_only(fold / "checkpoint_final.pth")["current_epoch"] == 2

@@ -82,7 +82,10 @@ def test_documented_nnunet_suprem_commands_parse(line):
     build_parser().parse_args(_words(line)[1:])  # exits (fails the test) on an unknown subcommand or option
 
 
-TORCHRUN_LINES = [pytest.param(line, id=f"{page}:{number}") for page, number, line in COMMAND_LINES
+SLURM_SCRIPTS = sorted((ROOT / "examples" / "slurm").glob("*.sbatch"))
+SCRIPT_LINES = [(_rel(script), number, line.strip()) for script in SLURM_SCRIPTS
+                for number, line in enumerate(script.read_text().splitlines(), 1) if not line.lstrip().startswith("#")]
+TORCHRUN_LINES = [pytest.param(line, id=f"{page}:{number}") for page, number, line in COMMAND_LINES + SCRIPT_LINES
                   if "torchrun" in _words(line)[:2]]
 
 
@@ -100,6 +103,14 @@ def test_documented_torchrun_commands_parse(line, capsys):
     options = set(re.findall(r"(?<![\w-])(--?[a-z_]+)", capsys.readouterr().out))
     shown = [w for w in args.training_script_args if w.startswith("-")]
     assert shown and set(shown) <= options - {"-num_gpus"}, f"not options of nnunet_suprem.train: {set(shown) - options}"
+
+
+def test_the_slurm_examples_are_bash_with_a_torchrun_line():
+    assert SLURM_SCRIPTS and all(any(page == _rel(script) for page, _, line in SCRIPT_LINES if "torchrun" in line)
+                                 for script in SLURM_SCRIPTS)
+    for script in SLURM_SCRIPTS:
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        assert script.name in (ROOT / "examples" / "README.md").read_text()
 
 
 def test_the_documentation_shows_the_main_commands():
