@@ -251,23 +251,31 @@ def test_a_reused_scratch_arm_needs_the_same_settings_and_a_finished_study(tmp_p
     fewshot.check_reused_arms()
 
 
-def test_fewshot_report_writes_interim_numbers_from_the_evaluated_runs(tmp_path, capsys):
-    """A running study's interim report pairs only the (N, draw) runs both arms evaluated; once all are, it is the
-    report the study itself writes at its end."""
+
+def _hand_made_study(tmp_path, draws: int):
+    """(folder, Study, FewShot) of a study prepared in ``tmp_path / "study"`` with a checkpoint that names
+    CHECKPOINT_LABELS; nothing run, so tests write its evaluations by hand."""
     from dataclasses import asdict
 
-    from nnunet_suprem.cli import main
     from nnunet_suprem.fewshot.study import SETTINGS_FILE, FewShot, Study
     from nnunet_suprem.steps import prepare_out
 
     checkpoint = tmp_path / "pretrained.pth"
     torch.save({"network_weights": {"w": torch.zeros(1)}, "init_args": {"dataset_json": {"labels": CHECKPOINT_LABELS}}},
                checkpoint)
-    study = Study("pre/Dataset005_Few", "plans", "3d_fullres", str(checkpoint), (5,), 2, 0, "A", "B", "imagesTs",
+    study = Study("pre/Dataset005_Few", "plans", "3d_fullres", str(checkpoint), (5,), draws, 0, "A", "B", "imagesTs",
                   "labelsTs", None)
     out = tmp_path / "study"
     prepare_out(out, {**asdict(study), "training_cases": ["c"]}, SETTINGS_FILE, "fewshot")
-    fewshot = FewShot(out, study, "cpu", 1)
+    return out, study, FewShot(out, study, "cpu", 1)
+
+
+def test_fewshot_report_writes_interim_numbers_from_the_evaluated_runs(tmp_path, capsys):
+    """A running study's interim report pairs only the (N, draw) runs both arms evaluated; once all are, it is the
+    report the study itself writes at its end."""
+    from nnunet_suprem.cli import main
+
+    out, study, fewshot = _hand_made_study(tmp_path, draws=2)
 
     def evaluated(arm: str, draw: int, dice: float) -> None:
         folder = fewshot.evaluation(arm, 5, draw)
@@ -294,7 +302,7 @@ def test_fewshot_report_writes_interim_numbers_from_the_evaluated_runs(tmp_path,
     final = (out / "summary.md").read_text()
     low, high = t_interval([0.4, 0.4])
     assert not final.startswith("INTERIM") and "Student t-interval over the draw means" in final
-    assert f"| 5 | liver | seen | 0.800 [" in final
+    assert "| 5 | liver | seen | 0.800 [" in final
     assert f"| 0.400 [{low:.3f}, {high:.3f}] | +0.400, +0.400 | Student t over 2 draw means |" in final
     assert fewshot.report() + "\n" == final and {row["draw"] for row in read_csv(out / "fewshot.csv")} == {"0", "1"}
 
@@ -564,17 +572,9 @@ def test_tampered_summaries_and_settings_are_refused_naming_the_file(tmp_path, c
     from dataclasses import asdict
 
     from nnunet_suprem.cli import main
-    from nnunet_suprem.fewshot.study import SETTINGS_FILE, FewShot, Study, read_study
-    from nnunet_suprem.steps import prepare_out
+    from nnunet_suprem.fewshot.study import SETTINGS_FILE, read_study
 
-    checkpoint = tmp_path / "pretrained.pth"
-    torch.save({"network_weights": {"w": torch.zeros(1)}, "init_args": {"dataset_json": {"labels": CHECKPOINT_LABELS}}},
-               checkpoint)
-    study = Study("pre/Dataset005_Few", "plans", "3d_fullres", str(checkpoint), (5,), 1, 0, "A", "B", "imagesTs",
-                  "labelsTs", None)
-    out = tmp_path / "study"
-    prepare_out(out, {**asdict(study), "training_cases": ["c"]}, SETTINGS_FILE, "fewshot")
-    fewshot = FewShot(out, study, "cpu", 1)
+    out, study, fewshot = _hand_made_study(tmp_path, draws=1)
     summaries = {arm: fewshot.evaluation(arm, 5, 0) / "summary.json" for arm in ARMS}
     for arm, path in summaries.items():
         path.parent.mkdir(parents=True)

@@ -1,7 +1,6 @@
 """Orientation at prediction: a model that learnt left and right from array position (SimpleITKIO, every training
 case LPS) records that orientation in its checkpoints, and ``check-orientation`` refuses test images oriented
 otherwise or writes reoriented copies that nnUNetv2_predict predicts like the original."""
-import json
 import subprocess
 from pathlib import Path
 
