@@ -9,6 +9,7 @@ import torch
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
 from conftest import cli, run
+from nnunet_suprem.orientation import ORIENTATION_KEY
 from nnunet_suprem.transfer.apply import build_network_from_plans, image_channel_count, transfer_checkpoint
 from nnunet_suprem.transfer.checkpoint import read_checkpoint, strip_prefixes
 from nnunet_suprem.transfer.state_dict import adapt_input_conv, input_conv_rule, tensor_names
@@ -54,9 +55,11 @@ def nnunet_checkpoint(net, labels):
 def test_same_architecture_and_labels_loads_everything(target, tmp_path):
     source, labels = network(target, seed=1)
     dest, _ = network(target, seed=2)
-    checkpoint = read_checkpoint(save(tmp_path, nnunet_checkpoint(source, labels)))
+    ras = {"reader": "NibabelIOWithReorient", "left_right": [2, -1], "patch_left_right": [2, -1]}
+    checkpoint = read_checkpoint(save(tmp_path, {**nnunet_checkpoint(source, labels), ORIENTATION_KEY: ras}))
     assert checkpoint.format == "nnU-Net checkpoint" and checkpoint.labels == labels
-    state, report = transfer_checkpoint(checkpoint, dest, labels)
+    # the phantoms' kidneys, lungs, femurs and adrenal glands: whole heads need left-right alike on both sides
+    state, report = transfer_checkpoint(checkpoint, dest, labels, target_orientation=ras)
     assert not report.skipped and not report.mismatched and not report.unused
     assert report.encoder_loaded_fraction == 1.0
     assert len(report.loaded) == len(tensor_names(dest.state_dict(keep_vars=True)))
