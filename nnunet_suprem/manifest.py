@@ -14,6 +14,15 @@ by case::
 
 Class names refer to the dataset's ``labels``. A case that no group lists annotates every
 label of the dataset. A dataset.json without the key is fully annotated.
+
+A label value may stand for a **set** of classes ("one of these": KiTS23's kidney without side).
+Such values lie above every value of ``labels`` (and above its ``ignore`` label), so nnU-Net gives
+them no output channel and no prediction ever holds one; the manifest names them (format 2)::
+
+    "format": "nnunet-suprem/2",
+    "sets": {"kidney": {"value": 27, "classes": ["kidney_left", "kidney_right"]}}
+
+A group whose cases hold a set's value lists the set's classes among the classes it annotates.
 """
 from __future__ import annotations
 
@@ -21,17 +30,25 @@ from typing import Iterable, Mapping
 
 MANIFEST_KEY = "partial_labels"
 MANIFEST_FORMAT = "nnunet-suprem/1"
+MANIFEST_FORMAT_WITH_SETS = "nnunet-suprem/2"
+KNOWN_FORMATS = (MANIFEST_FORMAT, MANIFEST_FORMAT_WITH_SETS)
 
 
-def build_manifest(groups: Mapping[str, tuple[Iterable[str], Iterable[str]]]) -> dict:
-    """Manifest from ``{group: (annotated class names, case identifiers)}``."""
-    return {
-        "format": MANIFEST_FORMAT,
+def build_manifest(groups: Mapping[str, tuple[Iterable[str], Iterable[str]]],
+                   sets: Mapping[str, tuple[int, Iterable[str]]] | None = None) -> dict:
+    """Manifest from ``{group: (annotated class names, case identifiers)}`` and, if any,
+    ``{set name: (label value, class names)}``."""
+    manifest = {
+        "format": MANIFEST_FORMAT_WITH_SETS if sets else MANIFEST_FORMAT,
         "groups": {
             name: {"annotated": list(annotated), "cases": sorted(cases)}
             for name, (annotated, cases) in groups.items()
         },
     }
+    if sets:
+        manifest["sets"] = {name: {"value": value, "classes": list(classes)}
+                            for name, (value, classes) in sets.items()}
+    return manifest
 
 
 def foreground_labels(dataset_json: Mapping) -> dict[str, int]:
@@ -52,13 +69,9 @@ def annotated_classes_by_case(dataset_json: Mapping) -> dict[str, frozenset[str]
     Raises ValueError when the manifest names an unknown class, lists a case twice or has
     an unknown format.
     """
-    manifest = dataset_json.get(MANIFEST_KEY)
+    manifest = _checked_manifest(dataset_json)
     if manifest is None:
         return None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"dataset.json '{MANIFEST_KEY}': unknown format "
-                         f"{manifest.get('format') if isinstance(manifest, dict) else manifest!r}, "
-                         f"expected {MANIFEST_FORMAT!r}")
     known = set(foreground_labels(dataset_json))
     by_case: dict[str, frozenset[str]] = {}
     groups = manifest.get("groups")
@@ -78,6 +91,48 @@ def annotated_classes_by_case(dataset_json: Mapping) -> dict[str, frozenset[str]
                 raise ValueError(f"dataset.json '{MANIFEST_KEY}': case {case!r} is listed in more than one group")
             by_case[case] = annotated
     return by_case
+
+
+def label_sets(dataset_json: Mapping) -> dict[int, tuple[str, frozenset[str]]]:
+    """``{label value: (set name, class names)}`` of the manifest's sets (empty without any).
+
+    Raises ValueError unless every set has a distinct integer value above all values of ``labels``
+    (the ignore label included) and at least two classes, all of them foreground labels.
+    """
+    manifest = _checked_manifest(dataset_json)
+    sets = (manifest or {}).get("sets", {})
+    if not isinstance(sets, dict):
+        raise ValueError(f"dataset.json '{MANIFEST_KEY}': 'sets' must be an object of sets")
+    known = foreground_labels(dataset_json)
+    highest = max((v for v in dataset_json["labels"].values() if isinstance(v, int)), default=0)
+    by_value: dict[int, tuple[str, frozenset[str]]] = {}
+    for name, entry in sets.items():
+        where = f"dataset.json '{MANIFEST_KEY}' set {name!r}"
+        if not (isinstance(entry, dict) and _strings(entry.get("classes")) and isinstance(entry.get("value"), int)
+                and not isinstance(entry.get("value"), bool)):
+            raise ValueError(f"{where}: expected {{\"value\": label value, \"classes\": [class names]}}")
+        value, classes = entry["value"], frozenset(entry["classes"])
+        if value <= highest or value in by_value:
+            raise ValueError(f"{where}: value {value} must be above every label value ({highest}) and not shared "
+                             "with another set")
+        if len(classes) < 2 or not classes <= set(known):
+            raise ValueError(f"{where}: needs two or more classes of 'labels', got {sorted(classes)}")
+        by_value[value] = (name, classes)
+    return by_value
+
+
+def _checked_manifest(dataset_json: Mapping) -> dict | None:
+    """The manifest of a dataset.json (None without one); ValueError for an unknown format."""
+    manifest = dataset_json.get(MANIFEST_KEY)
+    if manifest is None:
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") not in KNOWN_FORMATS:
+        raise ValueError(f"dataset.json '{MANIFEST_KEY}': unknown format "
+                         f"{manifest.get('format') if isinstance(manifest, dict) else manifest!r}, "
+                         f"expected one of {list(KNOWN_FORMATS)}")
+    if "sets" in manifest and manifest["format"] != MANIFEST_FORMAT_WITH_SETS:
+        raise ValueError(f"dataset.json '{MANIFEST_KEY}': 'sets' needs format {MANIFEST_FORMAT_WITH_SETS!r}")
+    return manifest
 
 
 def _strings(value: object) -> bool:
