@@ -22,6 +22,7 @@ from nnunet_suprem.fewshot.curves import first_epoch_means, plot_learning_curves
 from nnunet_suprem.fewshot.report import ARMS, class_groups
 from nnunet_suprem.fewshot.study import Study, run_study
 from nnunet_suprem.nnunet_env import dataset_name, with_ext_trainers
+from nnunet_suprem.planning.recipes import CPU_PLANS_NAME
 from nnunet_suprem.steps import (Step, add_device_argument, claimed_out, default_device, report_failure, run_steps,
                                  trainer_epochs)
 
@@ -57,14 +58,16 @@ class Budget:
     pretrain_trainer: str
     finetune_trainer: str  # from the pre-trained checkpoint
     scratch_trainer: str  # the same epochs, iterations and schedule from random weights
+    plans: str = "nnUNetPlans"  # of the pre-training: nnU-Net's own, or CPU_PLANS_NAME (``plan --preset cpu``)
     # phantom anatomy (``synth --organ-scale``): small organs 1.4x larger, so that on 32^3 grids a from-scratch
     # nnU-Net learns the novel classes within the default budget (docs/benchmarks.md)
     organ_scale: float = 1.4
 
 
-FAST = Budget((32, 32, 32), 6, 3, 2, "SuPreMTrainer_16epochs_20iterations",
-              "SuPreMFinetuneTrainer_10epochs_12iterations", "SuPreMTrainer_10epochs_12iterations")
-SMOKE = Budget((16, 16, 16), 2, 2, 1, "SuPreMTrainer_smoke", "SuPreMFinetuneTrainer_smoke", "SuPreMTrainer_smoke")
+FAST = Budget((32, 32, 32), 6, 3, 2, "SuPreMTrainer_40epochs_50iterations",
+              "SuPreMFinetuneTrainer_15epochs_25iterations", "SuPreMTrainer_15epochs_25iterations", CPU_PLANS_NAME)
+SMOKE = Budget((16, 16, 16), 2, 2, 1, "SuPreMTrainer_smoke", "SuPreMFinetuneTrainer_smoke", "SuPreMTrainer_smoke",
+               CPU_PLANS_NAME)
 FULL = Budget((32, 32, 32), 10, 4, 4, "SuPreMTrainer_100epochs_25iterations",
               "SuPreMFinetuneTrainer_40epochs_25iterations", "SuPreMTrainer_40epochs_25iterations")
 
@@ -81,7 +84,7 @@ class Demo:
     @property
     def pretrained_folder(self) -> Path:
         return (self.results / DATASET_FOLDERS[PRETRAIN_ID]
-                / f"{self.budget.pretrain_trainer}__nnUNetPlans__3d_fullres")
+                / f"{self.budget.pretrain_trainer}__{self.budget.plans}__3d_fullres")
 
     def steps(self) -> list[Step]:
         """Everything up to the planned target and the pre-trained checkpoint; each step's inputs are the files
@@ -101,17 +104,16 @@ class Demo:
              ["nnunet-suprem", "merge", *(str(i) for i, _, _ in SOURCES.values()), "-d", str(PRETRAIN_ID),
               "--name", PRETRAIN_NAME, "--taxonomy", "union", *np_, "--overwrite"],
              tuple(sources.values()), (self.raw / DATASET_FOLDERS[PRETRAIN_ID],)),
-            ("plan and preprocess the pre-training dataset",
-             ["nnUNetv2_plan_and_preprocess", "-d", str(PRETRAIN_ID), "-c", "3d_fullres", *np_],
-             (self.raw / DATASET_FOLDERS[PRETRAIN_ID],), (pretraining,)),
+            self.planning(np_),
         ]
         steps = [Step(title, command, f"{number:02d}_{command[0]}", inputs, outputs)
                  for number, (title, command, inputs, outputs) in enumerate(commands, 1)]
         steps.append(Step(f"pre-train with partial labels: {b.pretrain_trainer}",
                           ["nnUNetv2_train", str(PRETRAIN_ID), "3d_fullres", "0", "-tr", b.pretrain_trainer,
-                           "-device", self.device], f"{len(steps) + 1:02d}_nnUNetv2_train",
-                          inputs=(pretraining / "nnUNetPlans.json", pretraining / "dataset.json",
-                                  pretraining / "nnUNetPlans_3d_fullres"),
+                           *(["-p", b.plans] if b.plans != "nnUNetPlans" else []), "-device", self.device],
+                          f"{len(steps) + 1:02d}_nnUNetv2_train",
+                          inputs=(pretraining / f"{b.plans}.json", pretraining / "dataset.json",
+                                  pretraining / f"{b.plans}_3d_fullres"),
                           outputs=(self.checkpoint,), results_folder=self.checkpoint.parent,
                           epochs=trainer_epochs(b.pretrain_trainer)))
         commands = [
@@ -129,6 +131,17 @@ class Demo:
         ]
         return steps + [Step(title, command, f"{number:02d}_{command[0]}", inputs, outputs)
                         for number, (title, command, inputs, outputs) in enumerate(commands, len(steps) + 1)]
+
+    def planning(self, np_: list[str]) -> tuple[str, list[str], tuple[Path, ...], tuple[Path, ...]]:
+        """The planning step of the pre-training dataset: nnU-Net's, or its plans with the CPU preset's network."""
+        raw, pretraining = self.raw / DATASET_FOLDERS[PRETRAIN_ID], self.preprocessed / DATASET_FOLDERS[PRETRAIN_ID]
+        if self.budget.plans == CPU_PLANS_NAME:
+            return ("plan and preprocess the pre-training dataset: nnU-Net's plans with a narrower network",
+                    ["nnunet-suprem", "plan", "--preset", "cpu", "-d", str(PRETRAIN_ID), *np_, "--overwrite"],
+                    (raw,), (pretraining / f"{CPU_PLANS_NAME}.json",))
+        return ("plan and preprocess the pre-training dataset",
+                ["nnUNetv2_plan_and_preprocess", "-d", str(PRETRAIN_ID), "-c", "3d_fullres", *np_],
+                (raw,), (pretraining,))
 
     @property
     def checkpoint(self) -> Path:

@@ -52,12 +52,13 @@ def describe(plans: dict, configuration: str) -> str:
             f"normalization {config['normalization_schemes']}")
 
 
-def add_planning_arguments(p: argparse.ArgumentParser, default_plans_name: str) -> None:
-    """Options shared by the planning commands."""
+def add_planning_arguments(p: argparse.ArgumentParser, default_plans_name: str | None,
+                           default_described: str | None = None) -> None:
+    """Options shared by the planning commands (``default_described``: the help's words for a None default)."""
     p.add_argument("-d", dest="dataset_id", type=int, required=True, help="dataset ID (raw dataset in $nnUNet_raw)")
     p.add_argument("--plans-name", default=default_plans_name,
                    help=f"plans identifier, i.e. file $nnUNet_preprocessed/DatasetXXX_NAME/<name>.json "
-                        f"(default: {default_plans_name})")
+                        f"(default: {default_described or default_plans_name})")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("S0", "S1", "S2"),
                    help="target spacing in mm, in nnU-Net's array axis order (as nnU-Net's -overwrite_target_spacing)")
     p.add_argument("-np", dest="num_processes", type=int, default=default_num_processes(),

@@ -6,6 +6,8 @@ SUPREM_PATCH_SIZE = (96, 96, 96)
 SUPREM_CT_WINDOW = (-175.0, 250.0)  # HU, scaled to [0, 1]
 SUPREM_PLANS_NAME = "nnUNetPlans_suprem"
 TRANSFER_PLANS_NAME = "nnUNetPlans_transfer"
+CPU_PLANS_NAME = "nnUNetPlans_cpu"
+CPU_WIDTH = (8, 80)  # features of the first stage, and at most: a quarter of nnU-Net's 3d U-Net (32, 320)
 
 
 def ct_window_intensity_properties(lower: float, upper: float) -> dict:
