@@ -1,14 +1,19 @@
 """``nnunet-suprem merge``: merge nnU-Net raw datasets with different label sets into one partial-label dataset.
 
-Every source label is mapped to a class of the target taxonomy by canonical name and
-synonyms (``taxonomy.match_classes``; a source with two labels of one class is refused), or by a
-user mapping file::
+Every source label is mapped to a class of the target taxonomy, or to a set of classes ("one of these": a
+side-less ``kidney``), by the table of public datasets (:mod:`nnunet_suprem.public_datasets`), canonical name and
+synonyms (``taxonomy.match_classes``; a source with two labels of one class is refused), both sides of a side-less
+name, or a user mapping file::
 
     {
       "*":               {"tumor": null},                  # any source: drop (voxels become background)
       "Dataset011_BTCV": {"rad": "adrenal_gland_right",    # this source only (name or ID)
-                          "unclear": "ignore"}             # voxels become nnU-Net's ignore label
+                          "unclear": "ignore",             # voxels become nnU-Net's ignore label
+                          "kidney": ["kidney_left", "kidney_right"]}  # a set
     }
+
+A set's voxels get a value of their own above every class value (:mod:`nnunet_suprem.manifest`). Sources in
+nnU-Net's region-based format (KiTS23) are read by value: a value means its smallest region less the regions inside.
 
 Images are not copied: the merged dataset.json lists every case under ``dataset`` with a
 relative path to the source image. Only the relabelled label maps are written. Case
@@ -371,7 +376,9 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--name", required=True, help="name of the merged dataset")
     p.add_argument("--taxonomy", choices=TARGETS, default="abdomenatlas1.1",
                    help="target classes: AbdomenAtlas 1.1 (default) or the union of the source classes")
-    p.add_argument("--map", dest="mapping_file", help="JSON mapping file for labels names do not resolve")
+    p.add_argument("--map", dest="mapping_file",
+                   help="JSON mapping file for labels names do not resolve: {source or \"*\": {label: class, "
+                        "[classes] (a set), null (drop) or \"ignore\"}}")
     add_common_arguments(p)
     p.set_defaults(func=lambda a: print(merge_datasets(
         a.sources, a.dataset_id, a.name, a.taxonomy, a.mapping_file, num_processes=a.num_processes,
