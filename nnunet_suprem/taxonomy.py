@@ -144,12 +144,13 @@ SYNONYMS: dict[str, str] = {
     "rag": "adrenal_gland_right", "lag": "adrenal_gland_left",
     # Universal Model tumours under other names (MSD Task10, MONAI MAISI)
     "colon_cancer_primaries": "colon_tumor", "hepatic_tumor": "liver_tumor",
-    "pancreatic_tumor": "pancreas_tumor",
+    "pancreatic_tumor": "pancreas_tumor", "lung_nodule": "lung_tumor", "lung_nodules": "lung_tumor",
 }
 """Normalised alias -> canonical name. Side words may stand anywhere in an alias
 (``canonical_name`` moves them last); ``tumour``/``oesophagus``/``coeliac`` are respelled first.
-Deliberately absent: unsided ``kidney``/``adrenal``/``lung``, generic ``tumor``/``cancer``/``cyst``,
-AMOS ``prostate/uterus``: they name no single class here."""
+Deliberately absent: unsided ``kidney``/``adrenal``/``lung`` (a set of both sides: :func:`both_sides`),
+generic ``tumor``/``cancer``/``cyst``, AMOS ``prostate/uterus``: they name no single class here (the tables of
+:mod:`nnunet_suprem.public_datasets` say what they mean in each public dataset)."""
 
 _SIDES = {"left": "right", "right": "left"}
 _SIDE_LETTERS = {"l": "left", "r": "right"}
@@ -214,6 +215,9 @@ _CANONICAL: dict[str, str] = {
     **{_key(alias): name for alias, name in SYNONYMS.items()},
 }
 
+KNOWN_CLASSES = frozenset(_CANONICAL.values())
+"""Every canonical class name of a taxonomy or synonym."""
+
 
 def canonical_name(name: str) -> str:
     """The canonical class name of ``name`` (``"Right Kidney"``, ``kidney (right)`` -> ``kidney_right``).
@@ -222,6 +226,39 @@ def canonical_name(name: str) -> str:
     """
     key = _key(name)
     return _CANONICAL.get(key, key)
+
+
+_PLURALS = {"femora": "femur", "heads_of_femur": "head_of_femur", "femoral_heads": "femoral_head"}
+
+
+def both_sides(name: str) -> tuple[str, str] | None:
+    """The left and right class a side-less name stands for (``kidneys``, ``Adrenal``, ``lung`` ->
+    ``(kidney_left, kidney_right)``, ...), or None when ``name`` has a side or no sided classes.
+
+    A name (or its plural) is coarse when adding ``left`` and ``right`` to it gives two known classes.
+    """
+    key = _key(name)
+    if laterality_partner(key) is not None:
+        return None
+    for base in sorted({key, _PLURALS.get(key, key), key.removesuffix("s")}):
+        left, right = canonical_name(f"{base}_left"), canonical_name(f"{base}_right")
+        if left in KNOWN_CLASSES and right in KNOWN_CLASSES:
+            return left, right
+    return None
+
+
+def set_name(classes: Iterable[str]) -> str:
+    """The name of a set of classes: its classes joined by ``_or_``, each left/right pair as its side-less name
+    (``kidney_left, kidney_right, kidney_tumor`` -> ``kidney_or_kidney_tumor``)."""
+    classes = list(classes)
+    parts = []
+    for name in classes:
+        partner = laterality_partner(name)
+        if partner in classes:
+            name = "_".join(t for t in name.split("_") if t not in _SIDES)
+        if name not in parts:
+            parts.append(name)
+    return "_or_".join(parts)
 
 
 def resolve_classes(names: Iterable[str], source: str) -> dict[str, str]:

@@ -466,7 +466,7 @@ BAD_ARGUMENTS = {  # subcommand: arguments that pass argparse but cannot work, a
 def test_every_subcommand_answers_bad_arguments_with_one_line(nnunet_env, tmp_path, capsys, case):
     (tmp_path / "folder").mkdir()
     (tmp_path / "file").write_text("not what was expected\n")
-    (tmp_path / "bad_map.json").write_text(json.dumps({"*": {"tumor": ["a", "list"]}}))
+    (tmp_path / "bad_map.json").write_text(json.dumps({"*": {"tumor": ["kidney_left", 3]}}))
     places = {"file": tmp_path / "file", "folder": tmp_path / "folder", "missing": tmp_path / "missing",
               "bad_map": tmp_path / "bad_map.json"}
     arguments, words = BAD_ARGUMENTS[case]

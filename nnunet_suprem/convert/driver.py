@@ -55,6 +55,7 @@ class Conversion:
     channel_names: dict[str, str] = field(default_factory=lambda: {"0": "CT"})
     sources: dict[str, str] = field(default_factory=dict)  # case -> source name, names manifest groups
     reader: str | None = CANONICAL_READER  # dataset.json overwrite_image_reader_writer (None: nnU-Net's default)
+    sets: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # manifest sets: name -> (value, classes)
 
 
 def _run_job(job_and_sources: tuple[CaseJob, dict], staging: DatasetStaging, file_ending: str) -> dict:
@@ -149,7 +150,7 @@ def run_conversion(conversion: Conversion, staging: DatasetStaging, source: str,
     entries = {job.case: job.dataset_entry for job in jobs if job.dataset_entry is not None and
                job.case in published and not job.test}
     extra = {**(dataset_json_extra or {}), **({"dataset": entries} if entries else {}),
-             **({MANIFEST_KEY: build_manifest(groups)} if groups else {})}
+             **({MANIFEST_KEY: build_manifest(groups, conversion.sets)} if groups or conversion.sets else {})}
     generate_dataset_json(str(staging.path), channel_names=conversion.channel_names, labels=conversion.labels,
                           num_training_cases=len(training), file_ending=file_ending, dataset_name=staging.name,
                           converted_by="nnunet-suprem", overwrite_image_reader_writer=conversion.reader, **extra)
