@@ -24,7 +24,7 @@ from nnunet_suprem.fewshot.study import Study, run_study
 from nnunet_suprem.nnunet_env import dataset_name, with_ext_trainers
 from nnunet_suprem.planning.recipes import CPU_PLANS_NAME
 from nnunet_suprem.steps import (Step, add_device_argument, claimed_out, default_device, report_failure, run_steps,
-                                 trainer_epochs)
+                                 step_times, time_table, trainer_epochs)
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,8 @@ class Demo:
         logger.info("pseudo Dice after the first fine-tuning epoch (validation cases):\n%s\nlearning curves: %s",
                     "\n".join(f"  {group:<6} " + ", ".join(f"{arm} {first[arm, group]:.3f}" for arm in ARMS)
                               for group in dict.fromkeys(groups.values())), figure)
+        logger.info("where the time went (every step's own run, resumed ones included):\n%s",
+                    time_table(step_times(self.out) + step_times(folder)))
         logger.info("total %.0f s; everything is in %s:\n  export nnUNet_raw=%s nnUNet_preprocessed=%s "
                     "nnUNet_results=%s", time.perf_counter() - start, self.out, self.raw,
                     folder / "nnUNet_preprocessed", folder / "nnUNet_results")

@@ -145,8 +145,28 @@ def run_steps(steps: Sequence[Step], out: Path, env: Mapping[str, str], device: 
         start = time.perf_counter()
         step_env = {**env, **training_environment(device)} if step.results_folder is not None else dict(env)
         run_logged(command, step_env, logs / f"{step.name}.log", step.results_folder is not None, step.epochs)
-        write_json({**marker, "outputs": [str(f) for f in files_in(step.outputs)]}, done_folder / step.name)
-        logger.info("  %.0f s", time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        write_json({**marker, "outputs": [str(f) for f in files_in(step.outputs)], "title": step.title,
+                    "seconds": round(seconds, 1), "finished": time.time()}, done_folder / step.name)
+        logger.info("  %.0f s", seconds)
+
+
+def step_times(out: Path) -> list[tuple[str, str, float]]:
+    """``(title, command, seconds)`` of every finished step in ``out`` (in the order they finished; resumed runs
+    included), as their markers record them."""
+    markers = [_read_marker(path) for path in sorted((out / DONE_FOLDER).glob("*"))]
+    finished = [m for m in markers if _finished(m) and isinstance(m.get("seconds"), (int, float))]
+    return [(m.get("title", ""), shlex.join(m["command"][:2]), m["seconds"])
+            for m in sorted(finished, key=lambda m: m.get("finished", 0))]
+
+
+def time_table(times: Sequence[tuple[str, str, float]]) -> str:
+    """A Markdown table of :func:`step_times`, with each step's share and the total."""
+    total = sum(seconds for _, _, seconds in times)
+    rows = [f"| {title} | `{command}` | {seconds:.0f} | {100 * seconds / total if total else 100:.0f} % |"
+            for title, command, seconds in times]
+    return "\n".join(["| step | command | s | share |", "| --- | --- | ---: | ---: |", *rows,
+                      f"| total of the steps | | {total:.0f} | 100 % |"])
 
 
 def run_logged(command: Sequence[str], env: Mapping[str, str], log: Path, training: bool = False,

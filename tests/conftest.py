@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 
 NNUNET_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-E2E_FIXTURES = {"planned_phantom_dataset", "anisotropic_dataset"}  # they plan and preprocess with nnU-Net
+E2E_FIXTURES = {"planned_phantom_dataset", "anisotropic_dataset", "demo_smoke"}  # they run nnU-Net
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -176,3 +176,13 @@ def anisotropic_dataset(tmp_path_factory) -> dict[str, str]:
     run(command("nnUNetv2_plan_and_preprocess", "-d", "901", "-c", "2d", "3d_fullres", "-np", "2"),
         subprocess_env(folders))
     return folders
+
+
+@pytest.fixture(scope="session")
+def demo_smoke(tmp_path_factory) -> dict:
+    """``nnunet-suprem demo --smoke`` run once (stock nnU-Net children): its folder, what it printed, the environment
+    it ran in. The demo's test checks the story; the few-shot tests start from its planned target."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    stdout = run(cli("demo", "--smoke", "--out", str(out), "-device", "cpu"), env, timeout=900).stdout
+    return {"out": out, "stdout": stdout, "env": env}

@@ -130,16 +130,17 @@ def test_e_direct_inference_and_table3_evaluation(workdir):
     assert {"Dice", "NSD"} <= set(summary["foreground_mean"])
 
 
-@pytest.mark.e2e
-def test_demo_smoke_runs_the_story_and_resumes(tmp_path):
-    out = tmp_path / "demo"
-    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
-    first = run(cli("demo", "--smoke", "--out", str(out), "-device", "cpu"), env, timeout=900).stdout
-    for step in ("nnunet-suprem merge", "nnUNetv2_plan_and_preprocess", "-tr SuPreMTrainer_smoke",
+def test_demo_smoke_runs_the_story_and_resumes(demo_smoke, tmp_path):
+    out, env, first = demo_smoke["out"], demo_smoke["env"], demo_smoke["stdout"]
+    for step in ("nnunet-suprem merge", "nnunet-suprem plan --preset cpu", "-tr SuPreMTrainer_smoke -p nnUNetPlans_cpu",
                  "nnunet-suprem plan-transfer", "-pretrained_weights", "nnUNetv2_predict", "nnunet-suprem evaluate"):
         assert step in first, step
     assert "| 5 | mean, all |" in first and "| 5 | mean, novel |" in first
+    assert first.count("| `nnUNetv2_train ") == 3 and "| total of the steps |" in first  # where the time went
     assert (out / "learning_curves.png").stat().st_size > 0
+    pretrained = out / "nnUNet_results" / "Dataset610_DemoPretrain" / "SuPreMTrainer_smoke__nnUNetPlans_cpu__3d_fullres"
+    features = json.loads((pretrained / "plans.json").read_text())["configurations"]["3d_fullres"]["architecture"]
+    assert features["arch_kwargs"]["features_per_stage"][:3] == [8, 16, 32]  # the cpu preset's narrow U-Net
     study = out / "fewshot"
     table = (study / "summary.md").read_text()
     assert "| 5 | spleen | novel |" in table and "| 5 | liver | seen |" in table  # from the checkpoint's classes
@@ -174,13 +175,16 @@ def test_an_interrupted_training_resumes_with_nnunets_continue_flag(tmp_path):
 
 
 def test_a_step_runs_again_when_an_input_changed_or_an_output_is_missing(tmp_path):
-    from nnunet_suprem.steps import Step, is_done, run_steps
+    from nnunet_suprem.steps import Step, is_done, run_steps, step_times, time_table
 
     source, output = tmp_path / "in.txt", tmp_path / "out.txt"
     source.write_text("a")
     step = Step("copy", ["cp", str(source), str(output)], "copy", inputs=(source,), outputs=(output,))
     run_steps([step], tmp_path, dict(os.environ), "cpu")
     assert output.read_text() == "a" and is_done(step, tmp_path / ".steps_done")
+    (title, command, seconds), = step_times(tmp_path)  # what the demo's table of times shows
+    assert (title, command) == ("copy", f"cp {source}") and 0 <= seconds < 60
+    assert f"| copy | `cp {source}` | {seconds:.0f} | 100 % |" in time_table(step_times(tmp_path))
     output.unlink()
     assert not is_done(step, tmp_path / ".steps_done")
     run_steps([step], tmp_path, dict(os.environ), "cpu")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli, command, nnunet_folders, run, subprocess_env
+from conftest import cli, run, subprocess_env
 from scipy import stats
 
 from nnunet_suprem.evaluate.stats import TEST_CASES_ONLY, summarize_draws, t_interval
@@ -24,31 +24,30 @@ from nnunet_suprem.fewshot.report import (ARMS, DIFFERENCE, LONG_COLUMNS, class_
                                           unpaired_note, write_long_table, write_summary_csv)
 from nnunet_suprem.planning.split import few_shot_splits
 
-# the checkpoint's classes: postcava under a synonym, a side spelled out, and a class the target lacks
-CHECKPOINT_LABELS = {"background": 0, "Liver": 1, "inferior_vena_cava": 2, "kidney (right)": 3, "celiac_trunk": 4}
+# the checkpoint's classes: a side spelled out twice, another case, and a class the target lacks
+CHECKPOINT_LABELS = {"background": 0, "Liver": 1, "left lung": 2, "kidney (right)": 3, "celiac_trunk": 4}
+DATASET_ID, DATASET, PLANS = "620", "Dataset620_DemoNovel", "nnUNetPlans_transfer"
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory) -> dict:
-    """Dataset007_Few: 6 training and 3 test phantoms of 16^3, planned; a checkpoint for its network, other labels."""
+def target(demo_smoke) -> dict:
+    """The smoke demo's target (16^3 phantoms, 6 training and 3 test cases, planned onto the pre-trained network),
+    read only; a checkpoint for its network with other labels."""
     from nnunet_suprem.transfer.apply import build_network_from_plans
 
-    folders = nnunet_folders(tmp_path_factory.mktemp("fewshot"))
-    env = subprocess_env(folders)
-    run(cli("synth", "-d", "7", "--name", "Few", "--cases", "2", "--test-cases", "1", "--shape", "16", "16", "16",
-            "-np", "2"), env)
-    run(command("nnUNetv2_plan_and_preprocess", "-d", "7", "-c", "3d_fullres", "-np", "2"), env)
-    preprocessed = Path(folders["nnUNet_preprocessed"]) / "Dataset007_Few"
-    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    out = demo_smoke["out"]
+    env = subprocess_env({name: str(out / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+    preprocessed = out / "nnUNet_preprocessed" / DATASET
+    plans = json.loads((preprocessed / f"{PLANS}.json").read_text())
     dataset_json = {**json.loads((preprocessed / "dataset.json").read_text()), "labels": CHECKPOINT_LABELS}
     network = build_network_from_plans(plans, dataset_json, "3d_fullres")
-    checkpoint = Path(folders["nnUNet_results"]).parent / "pretrained.pth"
+    checkpoint = out.parent / "pretrained_other_labels.pth"
     torch.save({"network_weights": network.state_dict(), "init_args": {"dataset_json": dataset_json}}, checkpoint)
     return {"env": env, "preprocessed": preprocessed, "checkpoint": checkpoint}
 
 
 def fewshot_args(target: dict, out: Path, *extra: str) -> list[str]:
-    return cli("fewshot", "-d", "7", "-p", "nnUNetPlans", "--pretrained", str(target["checkpoint"]),
+    return cli("fewshot", "-d", DATASET_ID, "-p", PLANS, "--pretrained", str(target["checkpoint"]),
                "--train-cases", "5", "--pretrained-trainer", "SuPreMFinetuneTrainer_smoke",
                "--scratch-trainer", "SuPreMTrainer_smoke", "--out", str(out), "-device", "cpu", "-np", "1", *extra)
 
@@ -68,14 +67,14 @@ def study(target, tmp_path_factory) -> tuple[Path, str]:
 @pytest.mark.e2e
 def test_fewshot_runs_stock_commands_resumes_and_refuses_other_settings(target, study, tmp_path):
     (out, first), env = study, target["env"]
-    dataset = "Dataset007_Few"
-    assert (f"$ nnUNetv2_train {dataset} 3d_fullres 0 -tr SuPreMFinetuneTrainer_smoke -p nnUNetPlans -device cpu "
+    dataset = DATASET
+    assert (f"$ nnUNetv2_train {dataset} 3d_fullres 0 -tr SuPreMFinetuneTrainer_smoke -p {PLANS} -device cpu "
             f"-pretrained_weights {target['checkpoint']}") in first
-    assert f"$ nnUNetv2_train {dataset} 3d_fullres 0 -tr SuPreMTrainer_smoke -p nnUNetPlans -device cpu\n" in first
+    assert f"$ nnUNetv2_train {dataset} 3d_fullres 0 -tr SuPreMTrainer_smoke -p {PLANS} -device cpu\n" in first
     assert "$ nnUNetv2_predict -i " in first and "$ nnunet-suprem evaluate " in first
     # the user's folders are only read: no split written there, no model
     assert not (target["preprocessed"] / "splits_final.json").exists()
-    assert not any(Path(env["nnUNet_results"]).iterdir())
+    assert not (Path(env["nnUNet_results"]) / dataset).exists()
     own = out / "nnUNet_preprocessed" / dataset
     assert (own / "nnUNetPlans_3d_fullres").is_symlink() and (own / "dataset.json").is_symlink()
     cases = sorted(p.name[:-len(".nii.gz")] for p in (target["preprocessed"] / "gt_segmentations").iterdir())
@@ -88,8 +87,8 @@ def test_fewshot_runs_stock_commands_resumes_and_refuses_other_settings(target, 
                if c != "background"]
     assert len(rows) == 2 * 3 * len(classes)  # arms x test cases x classes
     group = {row["class"]: row["group"] for row in rows}
-    assert {c for c, g in group.items() if g == "seen"} == {"liver", "postcava", "kidney_right"}
-    assert group["spleen"] == group["kidney_left"] == "novel"
+    assert {c for c, g in group.items() if g == "seen"} == {"liver", "lung_left", "kidney_right"}
+    assert group["spleen"] == group["kidney_left"] == group["lung_right"] == "novel"
     assert all(0 <= float(row["Dice"]) <= 1 for row in rows if row["Dice"] != "nan")
     assert any(row["NSD"] not in ("", "nan") for row in rows)
     summary = read_csv(out / "summary.csv")
@@ -101,7 +100,7 @@ def test_fewshot_runs_stock_commands_resumes_and_refuses_other_settings(target, 
     assert run(cli("fewshot-report", str(out)), env).stdout.startswith(text)  # no INTERIM: every run is evaluated
     assert (out / "fewshot.png").stat().st_size > 0
     # nnU-Net's per-class pseudo Dice of a real run, named by the target's labels: what the demo's curves plot
-    curves = read_class_curves(out / "nnUNet_results" / dataset / "SuPreMTrainer_smoke__nnUNetPlans__3d_fullres"
+    curves = read_class_curves(out / "nnUNet_results" / dataset / f"SuPreMTrainer_smoke__{PLANS}__3d_fullres"
                                / "fold_0")
     assert list(curves) == classes and {len(c) for c in curves.values()} == {2}  # 2 epochs of the smoke trainer
 
@@ -132,7 +131,7 @@ def test_a_study_reuses_the_scratch_arm_of_a_finished_one(target, study, tmp_pat
     printed = run(fewshot_args(target, out, "--scratch-from", str(baseline)), env, timeout=900).stdout
     assert "-tr SuPreMFinetuneTrainer_smoke" in printed and "-tr SuPreMTrainer_smoke" not in printed
     assert printed.count("$ ") == 3  # train, predict, evaluate: the pre-trained arm only
-    assert not (out / "nnUNet_results" / "Dataset007_Few" / "SuPreMTrainer_smoke__nnUNetPlans__3d_fullres").exists()
+    assert not (out / "nnUNet_results" / DATASET / f"SuPreMTrainer_smoke__{PLANS}__3d_fullres").exists()
     assert f"(scratch arm of {baseline})" in (out / "summary.md").read_text()
     rows = read_csv(out / "fewshot.csv")
     scratch = [row for row in rows if row["arm"] == "scratch"]
@@ -153,7 +152,7 @@ def test_a_study_reuses_the_scratch_arm_of_a_finished_one(target, study, tmp_pat
 @pytest.mark.e2e
 def test_bad_input_is_one_line_naming_the_problem(target, tmp_path):
     env = target["env"]
-    training_images = Path(env["nnUNet_raw"]) / "Dataset007_Few" / "imagesTr"
+    training_images = Path(env["nnUNet_raw"]) / DATASET / "imagesTr"
     for extra, message in ((["--train-cases", "5", "6"], "--train-cases must be between 1 and 5"),
                            (["--scratch-trainer", "a/x"], "trainer 'a/x' contains a path separator"),
                            (["--test-images", str(tmp_path / "none")], "test folder not found (--test-images)"),
