@@ -14,14 +14,16 @@ from nnunet_suprem.training.partial_validation import hard_counts_per_case, rest
 
 
 def test_per_case_counts_sum_to_nnunets_batch_counts():
+    """Counts equal nnU-Net's with its ignore label (4) masked; a label set's voxels (value 5) count for nothing
+    alike (nnU-Net's own counts would fail on a value without output channel)."""
     torch.manual_seed(0)
     logits = torch.randn(3, 4, 6, 6, 6)
-    target = torch.randint(0, 5, (3, 1, 6, 6, 6)).float()  # 4 = ignore label
-    tp, fp, fn = hard_counts_per_case(logits, target, ignore_label=4)
+    target = torch.randint(0, 6, (3, 1, 6, 6, 6)).float()  # 4 = ignore label, 5 = a set of classes 1 and 2
+    tp, fp, fn = hard_counts_per_case(logits, target)
     assert tp.shape == (3, 3)
     onehot = torch.zeros(logits.shape).scatter_(1, logits.argmax(1, keepdim=True), 1)
-    mask = (target != 4).float()
-    ref = get_tp_fp_fn_tn(onehot, torch.where(target == 4, 0, target), axes=[0, 2, 3, 4], mask=mask)
+    mask = (target < 4).float()
+    ref = get_tp_fp_fn_tn(onehot, torch.where(target < 4, target, 0), axes=[0, 2, 3, 4], mask=mask)
     for ours, theirs in zip((tp, fp, fn), ref):
         assert torch.equal(ours.sum(0), theirs[1:])
 

@@ -7,11 +7,22 @@ sampling, alpha = 1 gives every source the same share, and the default 0.5 is in
 (a source 100 times larger is drawn 10 times as often, not 100 times). nnU-Net's data loader
 draws uniformly from its identifier list, so the weights are realised by repeating
 identifiers (rounded to whole repeats).
+
+Label sets: nnU-Net's foreground oversampling draws patch centres from the ``class_locations`` its
+preprocessing records for real labels only; :class:`SetLocationsMixin` adds those of the label sets.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import Mapping, Sequence
+
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2, nnUNetDatasetNumpy
+
+from nnunet_suprem.manifest import label_sets
 
 UNLISTED = "(not in any manifest group)"
 
@@ -32,3 +43,45 @@ def source_shares(repeats: Mapping[str, int], source_of: Mapping[str, str]) -> d
     for case, n in repeats.items():
         shares[source_of.get(case, UNLISTED)] += n / total
     return dict(shares)
+
+
+SET_LOCATION_SAMPLES = 1000  # per set and case: 16 KB of int32 coordinates, cached per data-loading process
+
+
+def set_locations(seg: np.ndarray, set_values: Sequence[int], samples: int = SET_LOCATION_SAMPLES
+                  ) -> dict[int, np.ndarray]:
+    """``{set value: int32 [N, 4] voxel coordinates}`` of the sets a case's label map ``seg`` [1, ...] holds, at most
+    ``samples`` each, drawn as nnU-Net's preprocessing draws its ``class_locations``."""
+    found = DefaultPreprocessor._sample_foreground_locations(np.asarray(seg), list(set_values), min_num_samples=samples,
+                                                             min_percent_coverage=0)
+    return {value: np.asarray(locations, dtype=np.int32) for value, locations in found.items() if len(locations)}
+
+
+class SetLocationsMixin:
+    """An nnU-Net dataset whose cases' ``class_locations`` also hold the label sets (``manifest.label_sets``) of the
+    dataset.json beside the preprocessed folder, so foreground oversampling also draws patches around a case's
+    set-labelled voxels (nnU-Net's preprocessing records real labels only). A case's set locations are computed
+    when the case is first loaded (one pass over its label map) and kept, bounded, for the process's later draws."""
+
+    def __init__(self, folder: str, *args, **kwargs):
+        super().__init__(folder, *args, **kwargs)
+        self.set_values = sorted(label_sets(load_json(join(os.path.dirname(os.path.abspath(folder)), "dataset.json"))))
+        self.set_locations: dict[str, dict[int, np.ndarray]] = {}
+
+    def load_case(self, identifier):
+        data, seg, seg_prev, properties = super().load_case(identifier)
+        if identifier not in self.set_locations:
+            self.set_locations[identifier] = set_locations(seg[:], self.set_values)
+        properties["class_locations"].update(self.set_locations[identifier])
+        return data, seg, seg_prev, properties
+
+
+class nnUNetDatasetNumpyWithSets(SetLocationsMixin, nnUNetDatasetNumpy):
+    """nnU-Net's numpy dataset with set locations (:class:`SetLocationsMixin`)."""
+
+
+class nnUNetDatasetBlosc2WithSets(SetLocationsMixin, nnUNetDatasetBlosc2):
+    """nnU-Net's blosc2 dataset with set locations (:class:`SetLocationsMixin`)."""
+
+
+WITH_SET_LOCATIONS = {nnUNetDatasetNumpy: nnUNetDatasetNumpyWithSets, nnUNetDatasetBlosc2: nnUNetDatasetBlosc2WithSets}
