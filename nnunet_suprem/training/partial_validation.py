@@ -22,6 +22,7 @@ import torch
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics, load_summary_json, save_summary_json
 from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 
 def hard_counts_per_case(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,8 +67,9 @@ def add_set_scores(summary: dict, sets: Mapping[int, Iterable[int]], reader: Bas
     case does not hold. Reads the cases that may hold a set with nnU-Net's :func:`compute_metrics`."""
     regions = [region for value, classes in sets.items() for region in ((value,), (*sorted(classes), value))]
     for case in summary["metric_per_case"]:
-        scores = compute_metrics(case["reference_file"], case["prediction_file"], reader, regions,
-                                 ignore_label)["metrics"]
+        scores = compute_metrics(case["reference_file"], case["prediction_file"], reader, regions, ignore_label)
+        recursive_fix_for_json_export(scores)  # plain numbers, as nnU-Net's summary holds
+        scores = scores["metrics"]
         metric_names = list(next(iter(case["metrics"].values())))
         held = {value: classes for value, classes in sets.items() if scores[(value,)]["n_ref"] > 0}
         for value, classes in sets.items():

@@ -32,7 +32,7 @@ from nnunet_suprem.training.laterality import (LateralMirrorTransform, describe_
                                                lateral_set_pairs, rotation_planes)
 from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
 from nnunet_suprem.training.partial_validation import hard_counts_per_case, restrict_summary_file
-from nnunet_suprem.training.sampling import WITH_SET_LOCATIONS, source_repeats, source_shares
+from nnunet_suprem.training.sampling import source_repeats, source_shares, with_set_locations
 from nnunet_suprem.training.schedules import WarmupCosineLRScheduler, checkpoint_interval
 from nnunet_suprem.training.walltime import REQUEUE_EXIT_CODE, StopSignals, stop_agreed, warning_ignored
 
@@ -124,13 +124,6 @@ class SuPreMTrainer(nnUNetTrainer):
         return requested if requested.type != "cuda" else torch.device("cuda", torch.cuda.current_device())
 
     def initialize(self):
-        """nnU-Net's initialize (:meth:`_initialize`); with label sets, nnU-Net's dataset class also finds the cases'
-        set-labelled voxels for foreground oversampling (``sampling.SetLocationsMixin``)."""
-        self._initialize()
-        if self.set_classes:
-            self.dataset_class = WITH_SET_LOCATIONS[self.dataset_class]
-
-    def _initialize(self):
         """nnU-Net's initialize. Under DDP nnU-Net would wrap the network for ``cuda:<global rank>`` (a device that
         does not exist on a second node, nor on a CPU), so it is built unwrapped, then wrapped as nnU-Net wraps it
         (SyncBatchNorm, DDP) for this process's device; batch size and loss are the DDP ones."""
@@ -380,6 +373,8 @@ class SuPreMTrainer(nnUNetTrainer):
 
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        if self.set_classes:  # foreground oversampling also draws set-labelled voxels
+            dataset_tr, dataset_val = (with_set_locations(d, self.set_classes) for d in (dataset_tr, dataset_val))
         source_of = group_of_case(self.dataset_json)
         if source_of and self.source_balance:
             repeats = source_repeats(dataset_tr.identifiers, source_of, self.source_balance)
