@@ -103,7 +103,8 @@ class MarginalDCandCELoss(nn.Module):
 
         :param soft_dice_kwargs: MemoryEfficientSoftDiceLoss kwargs (batch_dice, do_bg, smooth, ddp)
         :param ce_kwargs: nn.CrossEntropyLoss kwargs that also exist for nn.NLLLoss (weight, reduction); the CE is
-            computed as NLL on the marginal log-probabilities. Ignored voxels are left out as ignore_label says.
+            computed as NLL on the marginal log-probabilities (and one channel per label set: a class ``weight``
+            then needs one more entry per set). Ignored voxels are left out as ignore_label says.
         :param ignore_label: voxels with this label are excluded from CE and Dice (as in nnU-Net)
         :param exclusion_weight: weight of the exclusion term (:func:`exclusion_per_case`, averaged over the
             cases of the batch as nnU-Net's CE averages over voxels); 0 disables it
@@ -162,8 +163,8 @@ class MarginalDCandCELoss(nn.Module):
         channels = x.shape[1]
         for index, value in enumerate(self.set_values):  # set s -> channel C + s of the log-probabilities below
             labels = torch.where(labels == value, channels + index, labels)
-        known = torch.cat((ann, ann.new_ones(len(ann), len(self.set_values))), 1)
-        labels = torch.where(known.gather(1, labels.flatten(1)).view_as(labels), labels, 0)
+        kept = torch.cat((ann, ann.new_ones(len(ann), len(self.set_values))), 1)  # annotated classes and every set
+        labels = torch.where(kept.gather(1, labels.flatten(1)).view_as(labels), labels, 0)
 
         logp = merge_unannotated(x, ann)
         if self.set_values:

@@ -189,9 +189,12 @@ class SuPreMTrainer(nnUNetTrainer):
         if self._do_i_compile():  # as nnU-Net compiles its Dice loss
             marginal = torch.compile(marginal)
         partial = sum(1 for row in self.annotated_rows.values() if not row.all())
+        sets = ", ".join(f"{name} ({value}: {' + '.join(sorted(classes))})"
+                         for value, (name, classes) in label_sets(self.dataset_json).items())
         self._log_loss_choice(f"SuPreMTrainer: partial-label manifest found, {partial} case(s) annotate only some "
                               f"classes; training with the marginal Dice + CE loss"
-                              f"{f' and exclusion weight {self.exclusion_weight}' if self.exclusion_weight else ''}.")
+                              f"{f' and exclusion weight {self.exclusion_weight}' if self.exclusion_weight else ''}"
+                              f"{f'; label sets (one of their classes): {sets}' if sets else ''}.")
         if isinstance(loss, DeepSupervisionWrapper):
             loss.loss = marginal  # keep nnU-Net's deep-supervision weights
             return BatchAnnotatedLoss(loss, deep_supervision=True)
