@@ -157,7 +157,11 @@ def test_label_specs():
     assert parse_label_spec(["liver", "spleen"]).values == {"liver": 1, "spleen": 2}
     assert parse_label_spec(["spleen=5", "liver=2"]).values == {"spleen": 5, "liver": 2}
     assert parse_label_spec(["abdomenatlas1.0"]).values["stomach"] == 9
-    for bad in (["liver", "spleen=2"], ["liver=1", "spleen=1"], ["liver=1", "liver=2"], ["liver=x"], ["liver=0"]):
+    kits = parse_label_spec(["kidney_left", "kidney_right", "kidney=4=kidney_left+kidney_right"])
+    assert kits.values == {"kidney_left": 1, "kidney_right": 2}
+    assert kits.sets == {"kidney": (4, frozenset({"kidney_left", "kidney_right"}))}
+    for bad in (["liver", "spleen=2"], ["liver=1", "spleen=1"], ["liver=1", "liver=2"], ["liver=x"], ["liver=0"],
+                ["liver", "both=1=liver+spleen"], ["liver", "spleen", "both=3=liver+pancreas"]):
         with pytest.raises(ValueError):
             parse_label_spec(bad)
 
@@ -238,7 +242,8 @@ def test_a_coarse_kits_kidney_is_scored_as_the_union_of_the_predicted_sides(tmp_
     assert f1["kidney_left"]["Dice"] == 1.0 and f1["kidney_right"]["Dice"] == 0.75 and np.isnan(f1["kidney"]["Dice"])
     rows = list(csv.DictReader(open(out / "per_case.csv")))
     assert {(r["case"], r["class"], r["status"]) for r in rows if r["status"] != "ok"} == {
-        ("k1", "kidney_left", "scored_as_set"), ("k1", "kidney_right", "scored_as_set"), ("f1", "kidney", "no_set_voxels")}
+        ("k1", "kidney_left", "scored_as_set"), ("k1", "kidney_right", "scored_as_set"),
+        ("f1", "kidney", "no_set_voxels")}
     assert summary["mean"]["kidney"]["Dice"] == 1.0 and summary["statistics"]["kidney_left"]["Dice"]["n"] == 1
 
 

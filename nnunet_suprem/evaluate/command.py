@@ -107,7 +107,8 @@ def add_subparser(subparsers) -> None:
     p.add_argument("pred_folder", help="predictions: label maps or per-organ mask folders")
     p.add_argument("gt_folder", help="ground truth: label maps or per-organ mask folders")
     labels_help = ("classes of {} label maps: a dataset.json, a taxonomy ({}), class names in label-value order or "
-                   "NAME=VALUE pairs (default: dataset.json in the folder or beside it)")
+                   "NAME=VALUE pairs, plus label sets NAME=VALUE=CLASS+CLASS (default: dataset.json in the folder or "
+                   "beside it)")
     taxonomies = ", ".join(TAXONOMIES)
     p.add_argument("--pred-labels", nargs="+", metavar="LABELS", help=labels_help.format("the predicted", taxonomies))
     p.add_argument("--gt-labels", nargs="+", metavar="LABELS", help=labels_help.format("the ground-truth", taxonomies))

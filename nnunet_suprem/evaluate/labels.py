@@ -12,11 +12,12 @@ the set is scored as their union.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels, label_sets
+from nnunet_suprem.manifest import (MANIFEST_FORMAT_WITH_SETS, MANIFEST_KEY, annotated_classes_by_case,
+                                    foreground_labels, label_sets)
 from nnunet_suprem.taxonomy import TAXONOMIES, canonical_name, label_dict, match_classes, resolve_classes
 
 DEFAULT_FILE_ENDING = ".nii.gz"
@@ -49,17 +50,22 @@ def read_dataset_json(path: str | Path) -> LabelSpec:
         sets = {name: (value, classes) for value, (name, classes) in label_sets(dataset).items()}
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    return LabelSpec(labels, dataset["labels"].get("ignore"), dataset.get("file_ending", DEFAULT_FILE_ENDING), annotated,
-                     sets)
+    return LabelSpec(labels, dataset["labels"].get("ignore"), dataset.get("file_ending", DEFAULT_FILE_ENDING),
+                     annotated, sets)
 
 
 def parse_label_spec(items: Sequence[str]) -> LabelSpec:
     """``--*-labels`` argument: a dataset.json, a taxonomy name (``abdomenatlas1.1``, ...), class names in
-    label-value order (1, 2, ...) or ``NAME=VALUE`` pairs."""
+    label-value order (1, 2, ...) or ``NAME=VALUE`` pairs, among which ``NAME=VALUE=CLASS+CLASS...`` are label sets
+    (``kidney=4=kidney_left+kidney_right``)."""
     if len(items) == 1 and items[0].endswith(".json"):
         return read_dataset_json(items[0])
     if len(items) == 1 and items[0] in TAXONOMIES:
         return LabelSpec(foreground_labels({"labels": label_dict(TAXONOMIES[items[0]])}))
+    sets = [item for item in items if item.count("=") == 2]
+    if sets:
+        spec = parse_label_spec([item for item in items if item not in sets])
+        return replace(spec, sets=_label_set_spec(spec.values, sets))
     pairs = [item.partition("=") for item in items]
     if all(sep for _, sep, _ in pairs):
         try:
@@ -73,6 +79,18 @@ def parse_label_spec(items: Sequence[str]) -> LabelSpec:
     if len(values) != len(items) or len(set(values.values())) != len(values) or min(values.values()) <= 0:
         raise ValueError(f"class names and label values must be distinct, values positive: {list(items)}")
     return LabelSpec(values)
+
+
+def _label_set_spec(values: Mapping[str, int], items: Sequence[str]) -> dict[str, tuple[int, frozenset[str]]]:
+    """Label sets ``{name: (value, classes)}`` of ``NAME=VALUE=CLASS+CLASS...`` items, checked as the manifest's."""
+    try:
+        entries = {name: {"value": int(value), "classes": classes.split("+")}
+                   for name, value, classes in (item.split("=") for item in items)}
+    except ValueError:
+        raise ValueError(f"label values must be integers: {list(items)}") from None
+    dataset = {"labels": dict(values), MANIFEST_KEY: {"format": MANIFEST_FORMAT_WITH_SETS, "groups": {},
+                                                       "sets": entries}}
+    return {name: (value, classes) for value, (name, classes) in label_sets(dataset).items()}
 
 
 def load_mapping(path: str | Path) -> dict[str, str | None]:

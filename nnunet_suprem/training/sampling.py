@@ -98,7 +98,8 @@ WITH_SET_LOCATIONS = {nnUNetDatasetNumpy: nnUNetDatasetNumpyWithSets, nnUNetData
 
 def with_set_locations(dataset: nnUNetDatasetNumpy | nnUNetDatasetBlosc2, set_values: Iterable[int]
                        ) -> SetLocationsMixin:
-    """nnU-Net's ``dataset`` (same cases) with the locations of the label sets ``set_values`` (:class:`SetLocationsMixin`)."""
+    """nnU-Net's ``dataset`` (same cases) with the locations of the label sets ``set_values``
+    (:class:`SetLocationsMixin`)."""
     located = WITH_SET_LOCATIONS[type(dataset)](dataset.source_folder, list(dataset.identifiers),
                                                 dataset.folder_with_segs_from_previous_stage)
     located.set_values = sorted(set_values)
