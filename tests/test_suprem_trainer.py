@@ -225,7 +225,7 @@ def test_label_sets_reach_the_loss_the_sampling_and_the_left_right_swap(make_tra
     assert "label sets (one of their classes): kidney" in open(trainer.log_file).read()
     *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     axis, pairs = trainer.lateral_swap
-    assert pairs == lateral_label_pairs(foreground_labels(trainer.dataset_json))[0]  # the classes' pairs: the set stays as it is
+    assert pairs == lateral_label_pairs(foreground_labels(trainer.dataset_json))[0]  # the set is kept as it is
     dataset_tr, dataset_val = trainer.get_tr_and_val_datasets()
     assert dataset_tr.set_values == dataset_val.set_values == [value]
     assert dataset_tr.load_case(dataset_tr.identifiers[0])[3]["class_locations"].keys() >= {labels["liver"]}
