@@ -157,7 +157,11 @@ def test_label_specs():
     assert parse_label_spec(["liver", "spleen"]).values == {"liver": 1, "spleen": 2}
     assert parse_label_spec(["spleen=5", "liver=2"]).values == {"spleen": 5, "liver": 2}
     assert parse_label_spec(["abdomenatlas1.0"]).values["stomach"] == 9
-    for bad in (["liver", "spleen=2"], ["liver=1", "spleen=1"], ["liver=1", "liver=2"], ["liver=x"], ["liver=0"]):
+    kits = parse_label_spec(["kidney_left", "kidney_right", "kidney=4=kidney_left+kidney_right"])
+    assert kits.values == {"kidney_left": 1, "kidney_right": 2}
+    assert kits.sets == {"kidney": (4, frozenset({"kidney_left", "kidney_right"}))}
+    for bad in (["liver", "spleen=2"], ["liver=1", "spleen=1"], ["liver=1", "liver=2"], ["liver=x"], ["liver=0"],
+                ["liver", "both=1=liver+spleen"], ["liver", "spleen", "both=3=liver+pancreas"]):
         with pytest.raises(ValueError):
             parse_label_spec(bad)
 
@@ -211,6 +215,36 @@ def test_totalsegmentator_layout_prediction_and_manifest_ground_truth(tmp_path):
     assert case_metrics(summary, "s0001") == {"liver": {"Dice": 0.0, "NSD": 0.0}, "postcava": {"Dice": 1.0, "NSD": 1.0}}
     assert np.isnan(case_metrics(summary, "s0002")["liver"]["Dice"])
     assert case_metrics(summary, "s0002")["postcava"]["Dice"] == 1.0
+
+
+def test_a_coarse_kits_kidney_is_scored_as_the_union_of_the_predicted_sides(tmp_path, capsys):
+    """Ground truth in the manifest's format 2: case k1 labels the kidney as the set "kidney" (value 4, no side),
+    case f1 with sides. A fine prediction scores the set in k1 as the union of its kidney_left and kidney_right (its
+    sides are not scored there); f1 scores the sides (and no set)."""
+    left, right = cube(size=4, start=(2, 2, 2)), cube(size=4, start=(2, 2, 8))
+    prediction = label_map({1: left, 2: right})
+    for case in ("k1", "f1"):
+        write(prediction, tmp_path / "pred" / f"{case}.nii.gz")
+    write_dataset_json(tmp_path / "pred", {"kidney_left": 1, "kidney_right": 2})
+    write(label_map({4: left | right}), tmp_path / "raw" / "labelsTs" / "k1.nii.gz")
+    write(label_map({1: left, 2: np.roll(right, 1, axis=0)}), tmp_path / "raw" / "labelsTs" / "f1.nii.gz")
+    write_dataset_json(tmp_path / "raw", {"kidney_left": 1, "kidney_right": 2, "kidney_tumor": 3}, partial_labels={
+        "format": "nnunet-suprem/2", "sets": {"kidney": {"value": 4, "classes": ["kidney_left", "kidney_right"]}},
+        "groups": {"kits": {"annotated": ["kidney_left", "kidney_right", "kidney_tumor"], "cases": ["k1"]}}})
+    out = tmp_path / "out"
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "raw" / "labelsTs"), "-o", str(out),
+                 "-np", "1", "--no-nsd"]) == 0
+    assert "kidney (set: kidney_left + kidney_right)" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"]["kidney"] == "kidney_left + kidney_right"
+    k1, f1 = case_metrics(summary, "k1"), case_metrics(summary, "f1")
+    assert k1["kidney"]["Dice"] == 1.0 and np.isnan(k1["kidney_left"]["Dice"]) and np.isnan(k1["kidney_right"]["Dice"])
+    assert f1["kidney_left"]["Dice"] == 1.0 and f1["kidney_right"]["Dice"] == 0.75 and np.isnan(f1["kidney"]["Dice"])
+    rows = list(csv.DictReader(open(out / "per_case.csv")))
+    assert {(r["case"], r["class"], r["status"]) for r in rows if r["status"] != "ok"} == {
+        ("k1", "kidney_left", "scored_as_set"), ("k1", "kidney_right", "scored_as_set"),
+        ("f1", "kidney", "no_set_voxels")}
+    assert summary["mean"]["kidney"]["Dice"] == 1.0 and summary["statistics"]["kidney_left"]["Dice"]["n"] == 1
 
 
 def test_ignore_label_voxels_count_for_nothing(tmp_path):

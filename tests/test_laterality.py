@@ -12,8 +12,8 @@ from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
 from nnunet_suprem.phantom import PHANTOM_CLASSES, Hospital, case_rng, synthesize_case
 from nnunet_suprem.taxonomy import TOTALSEGMENTATOR_V1, TOTALSEGMENTATOR_V2, canonical_name, label_dict
 from nnunet_suprem.training.laterality import (MAX_LATERAL_ROTATION, LateralMirrorTransform, lateral_directions,
-                                               lateral_label_pairs, lateral_rotation, left_right_axis, patch_axis,
-                                               rotation_planes, swap_labels)
+                                               lateral_label_pairs, lateral_rotation, lateral_set_pairs,
+                                               left_right_axis, patch_axis, rotation_planes, swap_labels)
 
 LABELS = label_dict(PHANTOM_CLASSES)
 
@@ -155,6 +155,27 @@ def test_lateral_mirror_swaps_pairs_only_when_flipping_that_axis():
     other = transform.apply({"image": image.clone(), "segmentation": seg.clone()}, axes=[0])
     assert torch.equal(other["segmentation"], torch.flip(seg, [1]))  # no swap for other axes
     assert torch.equal(swap_labels(torch.tensor([3, 4, 5, -1]), [(3, 4)]), torch.tensor([4, 3, 5, -1]))
+
+
+def test_label_sets_under_the_left_right_swap():
+    """kidney (both sides) stays itself; a one-sided set swaps with its mirror set; one without a mirror set cannot
+    be swapped by value."""
+    labels = {"kidney_left": 1, "kidney_right": 2, "adrenal_gland_left": 3, "adrenal_gland_right": 4, "liver": 5}
+    pairs = [(1, 2), (3, 4)]
+    sets = {7: ("kidney", frozenset({"kidney_left", "kidney_right"})),
+            8: ("left_upper", frozenset({"kidney_left", "adrenal_gland_left"})),
+            9: ("right_upper", frozenset({"kidney_right", "adrenal_gland_right"})),
+            10: ("left_and_liver", frozenset({"kidney_left", "liver"}))}
+    assert lateral_set_pairs(sets, labels, pairs) == ([(8, 9)], ["left_and_liver"])
+    assert lateral_set_pairs({7: sets[7]}, labels, pairs) == ([], [])
+
+
+def test_lateral_mirror_keeps_a_symmetric_set_and_swaps_mirrored_sets():
+    """Set values lie above every label (and nnU-Net's -1 padding below): the swap's table covers them."""
+    seg = torch.tensor([[[[1, 2, 7, 8, 9, -1]]]], dtype=torch.int16)
+    transform = LateralMirrorTransform((0, 1, 2), left_right_axis=2, label_pairs=[(1, 2), (8, 9)])
+    flipped = transform.apply({"image": torch.zeros(1, 1, 1, 6), "segmentation": seg.clone()}, axes=[2])
+    assert flipped["segmentation"].flatten().tolist() == [-1, 8, 9, 7, 1, 2]
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.float32])

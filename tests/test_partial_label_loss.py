@@ -278,6 +278,137 @@ def test_float16_logits_and_annotated_mask_conversion():
     assert torch.equal(loss(half, target, no_bg), value)
 
 
+# ---------------------------------------------------------------- label sets ("one of these")
+SETS = {IGNORE + 1: [1, 2], IGNORE + 2: [3, 4]}  # set values lie above the labels and the ignore label
+
+
+def with_set_voxels(target, seed=0, value=IGNORE + 1, share=0.3, cases=(0,)):
+    """A copy of ``target`` in which a share of the voxels of ``cases`` hold a set's value."""
+    g = torch.Generator().manual_seed(seed)
+    target = target.clone()
+    for b in cases:
+        target[b][torch.rand(target[b].shape, generator=g) < share] = value
+    return target
+
+
+def reference_set_loss(logits, target, batch_dice, smooth=1e-5):
+    """Probability-space loss with loops (float64), every class annotated: CE -log p(label) or -log p(set); Dice over
+    classes (each leaving out the voxels of the sets holding it) and over the sets present (reference: the set's
+    voxels and its classes' voxels)."""
+    p = torch.softmax(logits.double(), 1)
+    labels = target[:, 0].long()
+    nll, stats = [], []
+    for b in range(p.shape[0]):
+        lab = labels[b]
+        prob = torch.ones_like(p[b, 0])
+        for c in range(C):
+            prob = torch.where(lab == c, p[b, c], prob)
+        for value, classes in SETS.items():
+            prob = torch.where(lab == value, p[b, classes].sum(0), prob)
+        nll.append(-torch.log(prob).flatten())
+        for c in range(1, C):
+            known = torch.ones_like(lab, dtype=torch.bool)
+            for value, classes in SETS.items():
+                known &= ~((lab == value) & (c in classes))
+            pc, yc = p[b, c] * known, (lab == c).double()
+            stats.append((c, (pc * yc).sum(), pc.sum(), yc.sum()))
+        for value, classes in SETS.items():  # batch Dice: every case's sums, for a set some case holds
+            if (lab == value).any() or (batch_dice and (labels == value).any()):
+                ps, ys = p[b, classes].sum(0), ((lab == value) | torch.isin(lab, torch.tensor(classes))).double()
+                stats.append((value, (ps * ys).sum(), ps.sum(), ys.sum()))
+    if batch_dice:
+        per_class = {}
+        for c, *s in stats:
+            per_class[c] = [a + b for a, b in zip(per_class.get(c, [0, 0, 0]), s)]
+        stats = [(c, *s) for c, s in per_class.items()]
+    dice = torch.stack([(2 * tp + smooth) / (gt + pred + smooth) for _, tp, pred, gt in stats]).mean()
+    return torch.cat(nll).mean() - dice
+
+
+@pytest.mark.parametrize('ignore_label', [None, IGNORE], ids=['no_ignore', 'ignore'])
+@pytest.mark.parametrize('batch_dice', [True, False], ids=['batch_dice', 'case_dice'])
+def test_sets_without_set_voxels_equal_nnunet(batch_dice, ignore_label):
+    """A dataset with sets, a batch without set voxels: nnU-Net's loss (full annotation), value and gradient."""
+    logits, target = make_batch(2, (8, 8, 8), ignore_label=ignore_label)
+    ref, ref_grad = value_and_grad(nnunet_loss(batch_dice, ignore_label), logits, target)
+    ours, grad = value_and_grad(marginal_loss(batch_dice, ignore_label, label_sets=SETS), logits, target,
+                                torch.ones(2, C, dtype=torch.bool))
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0) and torch.allclose(grad, ref_grad, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize('batch_dice', [True, False], ids=['batch_dice', 'case_dice'])
+def test_sets_match_probability_space_reference(batch_dice):
+    logits, target = make_batch(3, (8, 8, 8), seed=1)
+    target = with_set_voxels(with_set_voxels(target, cases=(0, 1)), seed=1, value=IGNORE + 2, share=0.1, cases=(1,))
+    ours = marginal_loss(batch_dice, IGNORE, label_sets=SETS)(logits, target, torch.ones(3, C, dtype=torch.bool))
+    assert torch.allclose(ours, reference_set_loss(logits, target, batch_dice), atol=1e-6, rtol=0)
+
+
+def test_set_voxel_cross_entropy_and_its_gradient():
+    """Every voxel holds set {1, 2}: the CE is the mean of -log(p_1 + p_2); its gradient is p_c outside the set and
+    p_c - p_c / (p_1 + p_2) inside (the set's classes share the push up by their probabilities)."""
+    logits, target = make_batch(2, (4, 4, 4), seed=2)
+    target = torch.full_like(target, IGNORE + 1)
+    ce = MarginalDCandCELoss(dice_kwargs(True), {}, weight_dice=0, ignore_label=IGNORE, label_sets=SETS)
+    value, grad = value_and_grad(ce, logits, target, PARTIAL[:2] | torch.tensor([[0, 1, 1, 0, 0]], dtype=torch.bool))
+    p = torch.softmax(logits.detach(), 1)
+    p_set = p[:, [1, 2]].sum(1)
+    assert torch.allclose(value, -torch.log(p_set).mean(), atol=1e-12, rtol=0)
+    expected = p.clone()
+    expected[:, [1, 2]] -= p[:, [1, 2]] / p_set[:, None]
+    assert torch.allclose(grad, expected / p_set.numel(), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize('batch_dice', [True, False], ids=['batch_dice', 'case_dice'])
+def test_split_of_a_set_between_its_classes_is_free_on_set_voxels(batch_dice):
+    """Where a voxel holds set {1, 2}, how the probability splits between 1 and 2 changes nothing."""
+    logits, target = make_batch(1, (8, 8, 8), seed=3)
+    target[target == 1] = 0
+    target[target == 2] = 0
+    target = with_set_voxels(target, share=0.4)
+    loss = marginal_loss(batch_dice, IGNORE, label_sets=SETS)
+    base = loss(logits, target, torch.ones(1, C, dtype=torch.bool))
+    resplit = logits.detach().clone()
+    on_set = target[:, 0] == IGNORE + 1
+    pair = resplit[:, [1, 2]]
+    swapped = torch.where(on_set[:, None], pair.flip(1), pair)
+    resplit[:, [1, 2]] = swapped
+    assert not torch.equal(resplit, logits)
+    assert torch.allclose(loss(resplit, target, torch.ones(1, C, dtype=torch.bool)), base, atol=1e-10, rtol=0)
+
+
+def test_exclusion_term_counts_set_voxels():
+    """A set voxel is one of the set's (annotated) classes, so the classes the case does not annotate are not there."""
+    logits, target = make_batch(1, (6, 6, 6), seed=5)
+    target = torch.full_like(target, IGNORE + 1)
+    annotated = torch.tensor([[1, 1, 1, 0, 0]], dtype=torch.bool)
+    term = (marginal_loss(False, IGNORE, exclusion_weight=1., label_sets=SETS)(logits, target, annotated)
+            - marginal_loss(False, IGNORE, label_sets=SETS)(logits, target, annotated))
+    p = torch.softmax(logits.detach(), 1)
+    assert torch.allclose(term, -torch.log(1 - p[0, [3, 4]].sum(0)).mean(), atol=1e-10, rtol=0)
+
+
+def test_set_values_survive_nnunets_deep_supervision_downsampling():
+    """nnU-Net downsamples targets by nearest neighbour: a set's value stays a set's value at every scale, and the
+    deep-supervised loss is the weighted sum of the per-scale losses."""
+    from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+    g = torch.Generator().manual_seed(4)
+    seg = torch.randint(0, C, (1, 16, 16, 16), generator=g, dtype=torch.int16)
+    seg[:, :8] = IGNORE + 1
+    targets = DownsampleSegForDSTransform([[1, 1, 1], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]])(segmentation=seg)
+    targets = [t[None].float().expand(2, -1, -1, -1, -1) for t in targets['segmentation']]
+    for t in targets:
+        assert (t[:, :, :t.shape[2] // 2] == IGNORE + 1).all() and set(t.unique().tolist()) <= set(range(C + 2))
+    outputs = [torch.randn(2, C, *t.shape[2:], generator=g, dtype=torch.float64).requires_grad_() for t in targets]
+    weights = [4 / 7, 2 / 7, 1 / 7]
+    loss = marginal_loss(True, IGNORE, label_sets=SETS)
+    annotated = torch.ones(2, C, dtype=torch.bool)
+    dice_classes = loss.batch_dice_classes(annotated, targets[0])
+    value = DeepSupervisionWrapper(loss, weights)(outputs, targets, [annotated] * 3, [dice_classes] * 3)
+    expected = sum(w * loss(o, t, annotated, dice_classes) for w, o, t in zip(weights, outputs, targets))
+    assert torch.allclose(value, expected, atol=1e-12, rtol=0) and dice_classes.tolist() == [True] * C + [True, False]
+
+
 # ---------------------------------------------------------------- DDP (2 CPU processes, gloo)
 # class 1 is annotated only on rank 0's cases, class 3 only on rank 1's
 DDP_ANNOTATED = torch.tensor([[1, 1, 1, 0, 1],
@@ -293,8 +424,9 @@ def _ddp_worker(rank: int, world: int, init_file: str):
         logits, target = make_batch(4, (8, 8, 8), seed=3)
         part = slice(2 * rank, 2 * rank + 2)
         local = logits.detach()[part].clone().requires_grad_()
-        for weight_ce in (0, 1):
-            kwargs = dict(weight_ce=weight_ce, weight_dice=1)
+        with_set = with_set_voxels(target, cases=(3,))  # a set on rank 1 only: its Dice term counts on both ranks
+        for weight_ce, target, sets in ((0, target, None), (1, target, None), (0, with_set, SETS), (1, with_set, SETS)):
+            kwargs = dict(weight_ce=weight_ce, weight_dice=1, ignore_label=IGNORE, label_sets=sets)
             full, full_grad = value_and_grad(MarginalDCandCELoss(dice_kwargs(True, ddp=False), {}, **kwargs),
                                              logits, target, DDP_ANNOTATED)
             mine, grad = value_and_grad(MarginalDCandCELoss(dice_kwargs(True, ddp=True), {}, **kwargs),
@@ -312,6 +444,7 @@ def _ddp_worker(rank: int, world: int, init_file: str):
             assert torch.allclose(grad, world * full_grad[part], atol=1e-6, rtol=0)
 
         # full annotation under DDP: identical to nnU-Net's DDP loss, value and gradient
+        target = make_batch(4, (8, 8, 8), seed=3)[1]
         full_ann = torch.ones(2, C, dtype=torch.bool)
         ref, ref_grad = value_and_grad(nnunet_loss(True, ddp=True), local, target[part])
         mine, grad = value_and_grad(marginal_loss(True, ddp=True), local, target[part], full_ann)
@@ -360,7 +493,8 @@ def _collectives_per_step(loss, *args) -> int:
 
 
 def _collectives_worker(rank: int, world: int, init_file: str):
-    """Deep supervision under DDP: one collective per step more than nnU-Net's loss (the batch's annotated classes)."""
+    """Deep supervision under DDP: one collective per step more than nnU-Net's loss (the batch's annotated classes
+    and label sets)."""
     from nnunet_suprem.training.suprem_trainer import BatchAnnotatedLoss
 
     torch.set_num_threads(1)
@@ -369,14 +503,18 @@ def _collectives_worker(rank: int, world: int, init_file: str):
         g = torch.Generator().manual_seed(rank)
         target = torch.randint(0, C, (2, 1, 16, 16, 16), generator=g).float()
         targets = [target, target[..., ::2, ::2, ::2], target[..., ::4, ::4, ::4]]
+        with_set = target.clone()
+        with_set[0, :, :4] = IGNORE + 1 + rank  # each rank holds one label set
+        set_targets = [with_set, with_set[..., ::2, ::2, ::2], with_set[..., ::4, ::4, ::4]]
         outputs = [torch.randn(2, C, *t.shape[2:], generator=g).requires_grad_() for t in targets]
         weights = [4 / 7, 2 / 7, 1e-6]  # nnU-Net's weights under DDP without torch.compile: every output is used
         for batch_dice in (True, False):
             stock = _collectives_per_step(DeepSupervisionWrapper(nnunet_loss(batch_dice, ddp=True), weights),
                                           outputs, targets)
-            ours = BatchAnnotatedLoss(DeepSupervisionWrapper(marginal_loss(batch_dice, ddp=True), weights), True)
+            ours = BatchAnnotatedLoss(DeepSupervisionWrapper(marginal_loss(batch_dice, IGNORE, ddp=True,
+                                                                           label_sets=SETS), weights), True)
             ours.annotated = DDP_ANNOTATED[2 * rank:2 * rank + 2]
-            assert _collectives_per_step(ours, outputs, targets) == stock + batch_dice
+            assert _collectives_per_step(ours, outputs, set_targets) == stock + batch_dice
     finally:
         dist.destroy_process_group()
 

@@ -1,11 +1,16 @@
 """SuPreMTrainer built in-process on a planned phantom dataset: manifest -> loss, laterality -> mirroring."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
+from conftest import cli, command, run, subprocess_env
 
-from nnunet_suprem.training.laterality import LateralMirrorTransform
+from nnunet_suprem.nnunet_env import trainers_dir
+from nnunet_suprem.manifest import foreground_labels
+from nnunet_suprem.training.laterality import LateralMirrorTransform, lateral_label_pairs
 from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
 from nnunet_suprem.training.suprem_trainer import BatchAnnotatedLoss
 from nnunet_suprem.training.variants import SuPreMTrainer_smoke
@@ -201,3 +206,66 @@ def test_a_non_finite_train_loss_stops_the_training(make_trainer, cls):
                                            r"data hold NaN or infinite values"):
         trainer.on_train_epoch_end(outputs)
     assert "the mean train loss of epoch 1 is nan" in open(trainer.log_file).read()
+
+
+def _with_kidney_set(d: dict, classes=("kidney_left", "kidney_right")) -> int:
+    """Add the label set "kidney" (format 2) to a dataset.json; returns its value."""
+    value = max(d["labels"].values()) + 1
+    d["partial_labels"]["format"] = "nnunet-suprem/2"
+    d["partial_labels"]["sets"] = {"kidney": {"value": value, "classes": list(classes)}}
+    return value
+
+
+def test_label_sets_reach_the_loss_the_sampling_and_the_left_right_swap(make_trainer):
+    trainer = make_trainer(_with_kidney_set)
+    labels = trainer.dataset_json["labels"]
+    value = max(labels.values()) + 1
+    marginal = trainer.loss.loss.loss
+    assert marginal.set_values == [value] and marginal.set_classes == [[labels["kidney_left"], labels["kidney_right"]]]
+    assert "label sets (one of their classes): kidney" in open(trainer.log_file).read()
+    *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    axis, pairs = trainer.lateral_swap
+    assert pairs == lateral_label_pairs(foreground_labels(trainer.dataset_json))[0]  # the set is kept as it is
+    dataset_tr, dataset_val = trainer.get_tr_and_val_datasets()
+    assert dataset_tr.set_values == dataset_val.set_values == [value]
+    assert dataset_tr.load_case(dataset_tr.identifiers[0])[3]["class_locations"].keys() >= {labels["liver"]}
+
+    one_sided = make_trainer(lambda d: _with_kidney_set(d, ("kidney_left", "liver")))
+    one_sided.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert one_sided.lateral_swap is None  # its mirror image is no set: no left-right mirroring
+    assert "['set kidney'] cannot be swapped by value" in open(one_sided.log_file).read()
+
+
+@pytest.mark.e2e
+def test_stock_commands_train_and_predict_with_a_coarse_kidney(nnunet_env, tmp_path):
+    """hospB labels its kidneys without side (the set "kidney"): nnU-Net plans and preprocesses it, nnUNetv2_train
+    trains SuPreMTrainer on it, validation scores the set, and nnUNetv2_predict never writes the set's value."""
+    env = subprocess_env(nnunet_env)
+    run(cli("synth", "-d", "29", "--cases", "3", "--test-cases", "1", "-np", "2",
+            "--annotate", "hospB=liver,spleen,kidney_left,kidney_right"), env)
+    raw = next(Path(nnunet_env["nnUNet_raw"]).glob("Dataset029_*"))
+    dataset = json.loads((raw / "dataset.json").read_text())
+    labels, value = dataset["labels"], _with_kidney_set(dataset)
+    (raw / "dataset.json").write_text(json.dumps(dataset))
+    for case in dataset["partial_labels"]["groups"]["hospB"]["cases"]:
+        path = str(raw / "labelsTr" / f"{case}.nii.gz")
+        image = sitk.ReadImage(path)
+        seg = sitk.GetArrayFromImage(image)
+        seg[np.isin(seg, [labels["kidney_left"], labels["kidney_right"]])] = value
+        coarse = sitk.GetImageFromArray(seg)
+        coarse.CopyInformation(image)
+        sitk.WriteImage(coarse, path)
+    run(command("nnUNetv2_plan_and_preprocess", "-d", "29", "-c", "3d_fullres", "-np", "2"), env)
+    trainer = "SuPreMTrainer_smoke"
+    plugin_env = {**env, "nnUNet_extTrainer": str(trainers_dir()), "nnUNet_n_proc_DA": "0"}
+    result = run(command("nnUNetv2_train", "29", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"), plugin_env)
+    assert f"label sets (one of their classes): kidney ({value}: kidney_left + kidney_right)" in result.stdout
+    model = Path(nnunet_env["nnUNet_results"]) / raw.name / f"{trainer}__nnUNetPlans__3d_fullres"
+    summary = json.loads((model / "fold_0" / "validation" / "summary.json").read_text())
+    assert str(value) in summary["mean"]  # the set's row, scored on the validation cases that hold it
+
+    out = tmp_path / "predicted"
+    run(command("nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", "29", "-c", "3d_fullres",
+                "-tr", trainer, "-f", "0", "-device", "cpu", "--disable_progress_bar"), plugin_env)
+    predictions = sorted(out.glob("*.nii.gz"))
+    assert predictions and all(sitk.GetArrayFromImage(sitk.ReadImage(str(p))).max() < value for p in predictions)

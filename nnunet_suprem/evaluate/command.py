@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 from nnunet_suprem.evaluate.evaluation import evaluate_folders
 from nnunet_suprem.evaluate.folders import SegmentationFolder, open_folder
-from nnunet_suprem.evaluate.labels import ClassMatching, load_mapping, mapping_for, match_label_sets
+from nnunet_suprem.evaluate.labels import ClassMatching, load_mapping, mapping_for, match_label_sets, with_label_sets
 from nnunet_suprem.evaluate.report import (build_summary, class_statistics, comparison_json, format_table,
                                            paired_tests, write_boxplot, write_per_case_csv, write_per_class_csv)
 from nnunet_suprem.fileio import write_json
@@ -36,8 +36,9 @@ def evaluate(prediction_folder: str | Path, reference_folder: str | Path, out_di
     prediction = open_folder(prediction_folder, prediction_labels, "--pred-labels")
     reference = open_folder(reference_folder, reference_labels, "--gt-labels")
     mapping = load_mapping(mapping_file) if mapping_file else None
-    matching = match_label_sets(prediction.classes, reference.classes, mapping, classes,
-                                sources=(_labels_source(prediction), _labels_source(reference)))
+    matching = with_label_sets(match_label_sets(prediction.classes, reference.classes, mapping, classes,
+                                                sources=(_labels_source(prediction), _labels_source(reference))),
+                               reference.sets)
     for message in matching.messages():
         log.info(message)
     results, unreferenced = evaluate_folders(prediction, reference, matching, tolerance, num_processes, chill)
@@ -75,12 +76,15 @@ def _evaluate_second_folder(folder: str | Path, labels: Sequence[str] | None, re
     """Per-case results of a second prediction folder on the same ground-truth classes ``names``."""
     second = open_folder(folder, labels, "--compare-labels")
     sources = _labels_source(second), _labels_source(reference)
-    pairs = dict(match_label_sets(second.classes, reference.classes,
-                                  mapping and mapping_for(mapping, second.classes, sources[0]), sources=sources).pairs)
+    paired = with_label_sets(match_label_sets(second.classes, reference.classes,
+                                              mapping and mapping_for(mapping, second.classes, sources[0]),
+                                              sources=sources), reference.sets)
+    pairs = dict(paired.pairs)
     missing = [name for name in names if name not in pairs]
     if missing:
         raise ValueError(f"{folder} has no prediction of the ground-truth classes {missing}")
-    matching = ClassMatching(tuple((name, pairs[name]) for name in names), (), ())
+    matching = ClassMatching(tuple((name, pairs[name]) for name in names), (), (),
+                             tuple(s for s in paired.sets if s.name in names))
     return evaluate_folders(second, reference, matching, tolerance, num_processes, chill)[0]
 
 
@@ -103,7 +107,8 @@ def add_subparser(subparsers) -> None:
     p.add_argument("pred_folder", help="predictions: label maps or per-organ mask folders")
     p.add_argument("gt_folder", help="ground truth: label maps or per-organ mask folders")
     labels_help = ("classes of {} label maps: a dataset.json, a taxonomy ({}), class names in label-value order or "
-                   "NAME=VALUE pairs (default: dataset.json in the folder or beside it)")
+                   "NAME=VALUE pairs, plus label sets NAME=VALUE=CLASS+CLASS (default: dataset.json in the folder or "
+                   "beside it)")
     taxonomies = ", ".join(TAXONOMIES)
     p.add_argument("--pred-labels", nargs="+", metavar="LABELS", help=labels_help.format("the predicted", taxonomies))
     p.add_argument("--gt-labels", nargs="+", metavar="LABELS", help=labels_help.format("the ground-truth", taxonomies))

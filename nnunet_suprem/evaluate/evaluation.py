@@ -5,6 +5,11 @@ is then scored inside the bounding box of its prediction and reference (``find_o
 on the whole volume. Per (case, class) the result is Dice and NSD, or NaN with a status:
 ``not_annotated`` (the ground truth does not annotate the class in that case) or ``both_empty``
 (absent from prediction and reference: nnU-Net's NaN convention; NSD likewise).
+
+A ground-truth label set (``labels.with_label_sets``) is scored in the cases that hold its value, as the union of
+its voxels and its classes' voxels against the union of the predictions of its classes; there its classes are not
+scored one by one (status ``scored_as_set``: the case does not say which side a set voxel is). In the other cases
+the set has status ``no_set_voxels`` and its classes are scored as usual.
 """
 from __future__ import annotations
 
@@ -13,8 +18,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_suprem.evaluate.folders import CaseSource, Segmentation, SegmentationFolder
-from nnunet_suprem.evaluate.labels import ClassMatching
+from nnunet_suprem.evaluate.folders import CaseSource, Segmentation, SegmentationFolder, UnionRegion
+from nnunet_suprem.evaluate.labels import ClassMatching, LabelSetPair
 from nnunet_suprem.evaluate.metrics import dice, surface_dice, union_box
 from nnunet_suprem.fileio import check_same_grid
 from nnunet_suprem.jobs import map_with_progress
@@ -30,12 +35,14 @@ def no_score(tolerance: float | None) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class CaseJob:
-    """One case to score: its two sources, the (reference class, prediction class) pairs and what is annotated."""
+    """One case to score: its two sources, the (reference class, prediction class) pairs, what is annotated and the
+    label sets among the pairs."""
     case: str
     prediction: CaseSource
     reference: CaseSource
     pairs: tuple[tuple[str, str], ...]
     annotated: frozenset[str]
+    sets: tuple[LabelSetPair, ...] = ()
 
 
 def score_class(prediction: Segmentation, reference: Segmentation, prediction_class: str, reference_class: str,
@@ -56,25 +63,45 @@ def score_class(prediction: Segmentation, reference: Segmentation, prediction_cl
 
 def evaluate_case(job: CaseJob, tolerance: float | None) -> dict:
     """nnU-Net ``metric_per_case`` entry of one case, plus ``case``, ``status`` and ``not_annotated``."""
-    reference_classes = [r for r, _ in job.pairs if r in job.annotated]
+    annotated = job.annotated | {s.name for s in job.sets if job.annotated.issuperset(s.reference_classes)}
+    sets = {s.name: s for s in job.sets}
+    reference_classes = list(dict.fromkeys(c for r, _ in job.pairs if r in annotated
+                                           for c in ((r, *sets[r].reference_classes) if r in sets else (r,))))
     reference = job.reference.read(reference_classes) if reference_classes else None
-    prediction = job.prediction.read([p for _, p in job.pairs])
-    missing = [p for _, p in job.pairs if p not in prediction.regions]
+    prediction_classes = list(dict.fromkeys(c for r, p in job.pairs
+                                            for c in (sets[r].prediction_classes if r in sets else (p,))))
+    prediction = job.prediction.read(prediction_classes)
+    missing = [p for p in prediction_classes if p not in prediction.regions]
     if missing:
         raise ValueError(f"{job.prediction.path}: no prediction of {missing}")
     if reference is not None:
         check_same_grid(prediction.grid, prediction.grid_file, reference.grid, reference.grid_file)
+    held = _add_set_regions(prediction, reference, [s for s in job.sets if s.name in annotated])
     metrics, status = {}, {}
     for reference_class, prediction_class in job.pairs:
-        if reference_class not in job.annotated:
+        status[reference_class] = ("not_annotated" if reference_class not in annotated else
+                                   "no_set_voxels" if reference_class in sets and reference_class not in held else
+                                   "scored_as_set" if any(reference_class in sets[h].reference_classes for h in held)
+                                   else None)
+        if status[reference_class] is not None:
             metrics[reference_class] = no_score(tolerance)
-            status[reference_class] = "not_annotated"
             continue
         metrics[reference_class] = score_class(prediction, reference, prediction_class, reference_class, tolerance)
         status[reference_class] = "both_empty" if math.isnan(metrics[reference_class][DICE]) else "ok"
     return {"case": job.case, "prediction_file": str(job.prediction.path), "reference_file": str(job.reference.path),
             "metrics": metrics, "status": status,
             "not_annotated": [c for c, s in status.items() if s == "not_annotated"]}
+
+
+def _add_set_regions(prediction: Segmentation, reference: Segmentation | None, sets: list[LabelSetPair]) -> set[str]:
+    """Add each set's union regions to both segmentations (under its pair's names); the sets the reference holds."""
+    held = set()
+    for s in sets:
+        prediction.regions[s.prediction_name] = UnionRegion(tuple(prediction.regions[p] for p in s.prediction_classes))
+        if reference.regions[s.name].box is not None:
+            held.add(s.name)
+        reference.regions[s.name] = UnionRegion(tuple(reference.regions[c] for c in (s.name, *s.reference_classes)))
+    return held
 
 
 def case_jobs(prediction: SegmentationFolder, reference: SegmentationFolder, matching: ClassMatching,
@@ -92,7 +119,7 @@ def case_jobs(prediction: SegmentationFolder, reference: SegmentationFolder, mat
         raise ValueError(f"{prediction.path} and {reference.path} have no case in common "
                          f"(e.g. {sorted(prediction.cases)[:3]} vs {sorted(reference.cases)[:3]})")
     jobs = [CaseJob(case, prediction.cases[case], reference.cases[case], matching.pairs,
-                    reference.annotated_classes(case)) for case in common]
+                    reference.annotated_classes(case), matching.sets) for case in common]
     return jobs, sorted(set(prediction.cases) - set(reference.cases))
 
 

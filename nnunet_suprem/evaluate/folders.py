@@ -9,7 +9,8 @@ Layouts (detected from the folder's content):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -17,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnunet_suprem.evaluate.labels import DEFAULT_FILE_ENDING, parse_label_spec, read_dataset_json
-from nnunet_suprem.evaluate.metrics import Box
+from nnunet_suprem.evaluate.metrics import Box, union_box
 from nnunet_suprem.fileio import NIFTI_ENDINGS, Geometry, check_same_grid, geometry, read_volume
 from nnunet_suprem.mask_folders import MASKS, case_folders, folder_classes, has_masks, mask_files
 
@@ -35,10 +36,23 @@ class Region:
         return self.array[box] == self.value
 
 
+@dataclass(frozen=True)
+class UnionRegion:
+    """The union of ``parts`` (a label set: its voxels and its classes' voxels, or the predictions of its classes)."""
+    parts: tuple[Region, ...]
+
+    @property
+    def box(self) -> Box | None:
+        return functools.reduce(union_box, (part.box for part in self.parts), None)
+
+    def mask(self, box: Box) -> np.ndarray:
+        return np.logical_or.reduce([part.mask(box) for part in self.parts])
+
+
 @dataclass
 class Segmentation:
     """One case in memory: a :class:`Region` per class, the voxels to ignore, and the grid of ``grid_file``."""
-    regions: dict[str, Region]
+    regions: dict[str, Region | UnionRegion]
     ignore: Region | None
     grid: Geometry
     grid_file: Path
@@ -65,7 +79,7 @@ def _read(path: Path) -> tuple[np.ndarray, Geometry]:
 
 @dataclass(frozen=True)
 class LabelMapCase:
-    """A case stored as one label map with ``values[class]`` per class."""
+    """A case stored as one label map with ``values[class]`` per class (and label set)."""
     path: Path
     values: Mapping[str, int]
     ignore_value: int | None = None
@@ -116,6 +130,7 @@ class SegmentationFolder:
     classes: tuple[str, ...]
     cases: Mapping[str, CaseSource]
     annotated: Mapping[str, frozenset[str]]  # cases annotating fewer than all classes
+    sets: Mapping[str, tuple[int, frozenset[str]]] = field(default_factory=dict)  # label sets: (value, classes)
 
     def annotated_classes(self, case: str) -> frozenset[str]:
         return self.annotated.get(case, frozenset(self.classes))
@@ -153,10 +168,11 @@ def _label_map_folder(path: Path, labels: Sequence[str] | None, option: str) -> 
         raise ValueError(f"{path} holds label maps but no dataset.json is in it or beside it: name the classes "
                          f"with {option} (a dataset.json, a taxonomy or class names in label-value order)")
     ending = spec.file_ending
-    cases = {f.name[: -len(ending)]: LabelMapCase(f, spec.values, spec.ignore_value)
+    values = {**spec.values, **{name: value for name, (value, _) in spec.sets.items()}}
+    cases = {f.name[: -len(ending)]: LabelMapCase(f, values, spec.ignore_value)
              for f in sorted(path.iterdir()) if f.is_file() and f.name.endswith(ending) and not f.name.startswith(".")}
     annotated = {case: classes for case, classes in spec.annotated.items() if case in cases}
-    return SegmentationFolder(path, "label maps", tuple(spec.values), cases, annotated)
+    return SegmentationFolder(path, "label maps", tuple(spec.values), cases, annotated, spec.sets)
 
 
 def open_folder(path: str | Path, labels: Sequence[str] | None = None, option: str = "--labels") -> SegmentationFolder:

@@ -162,8 +162,10 @@ def format_table(statistics: Statistics, matching: ClassMatching, foreground_mea
     if tests is not None:
         header += [x for m in metrics for x in (f"{m} B", f"p {m}")]
     rows = []
+    sets = {s.name for s in matching.sets}
     for reference, prediction in matching.pairs:
-        name = reference if reference == prediction else f"{reference} (pred. {prediction})"
+        name = (f"{reference} (set: {prediction})" if reference in sets else
+                reference if reference == prediction else f"{reference} (pred. {prediction})")
         row = [name, str(max(statistics[reference][m].n for m in metrics)),
                *(_cell(statistics[reference][m]) for m in metrics)]
         if tests is not None:

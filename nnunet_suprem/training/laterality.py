@@ -79,6 +79,27 @@ def _single_value(value: int | Sequence[int] | None) -> int | None:
     return None if value is None else int(value)
 
 
+def lateral_set_pairs(sets: Mapping[int, tuple[str, frozenset[str]]], labels: Mapping[str, int],
+                      pairs: Iterable[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[str]]:
+    """``([(set value, set value), ...], names of sets that cannot be swapped)`` of the label sets
+    (:func:`~nnunet_suprem.manifest.label_sets`) under the swap of the label value ``pairs``.
+
+    A set the swap maps onto itself (kidney_left + kidney_right) keeps its value; a set that becomes another set
+    (kidney_left + adrenal_gland_left into kidney_right + adrenal_gland_right) pairs with it; one that becomes no
+    set cannot be swapped by value.
+    """
+    swap = {a: b for pair in pairs for a, b in (pair, pair[::-1])}
+    value_of = {frozenset(labels[c] for c in classes): value for value, (_, classes) in sets.items()}
+    set_pairs, unswappable = set(), []
+    for value, (name, classes) in sets.items():
+        partner = value_of.get(frozenset(swap.get(labels[c], labels[c]) for c in classes))
+        if partner is None:
+            unswappable.append(name)
+        elif partner != value:
+            set_pairs.add(tuple(sorted((value, partner))))
+    return sorted(set_pairs), sorted(unswappable)
+
+
 def describe_pairs(labels: Mapping[str, int | Sequence[int]], pairs: Iterable[tuple[int, int]]) -> str:
     """``'left kidney' (1) / 'right kidney' (2), ...``: the label names of value pairs, for the training log."""
     name_of = {_single_value(value): name for name, value in labels.items()}
@@ -178,7 +199,8 @@ def lateral_rotation(rotation: tuple[float, float], left_right_axes: Iterable[in
 
 
 def swap_labels(segmentation: torch.Tensor, pairs: Iterable[tuple[int, int]]) -> torch.Tensor:
-    """Exchange the two label values of every pair: one table look-up per voxel, dtype kept."""
+    """Exchange the two label values of every pair: one table look-up per voxel, dtype kept. The table spans the
+    values present (label sets above the labels, nnU-Net's -1 included); values of no pair stay as they are."""
     low, high = (int(v) for v in torch.aminmax(segmentation))
     table = torch.arange(low, high + 1)
     for a, b in pairs:

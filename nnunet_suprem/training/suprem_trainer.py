@@ -22,17 +22,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_suprem.architectures import supports_deep_supervision
 from nnunet_suprem.fileio import atomic_path
-from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels, group_of_case
+from nnunet_suprem.manifest import annotated_classes_by_case, foreground_labels, group_of_case, label_sets
 from nnunet_suprem.orientation import ORIENTATION_KEY, describe, needs_check, training_orientation
 from nnunet_suprem.transfer.checkpoint import load_weights_only
 from nnunet_suprem.training.case_geometry import dataset_orientations
 from nnunet_suprem.training.checkpoints import finished_epochs_only, read_checkpoint_to_continue, unwrap
 from nnunet_suprem.training.laterality import (LateralMirrorTransform, describe_pairs, lateral_directions,
                                                lateral_label_pairs, lateral_mirroring_blocker, lateral_rotation,
-                                               rotation_planes)
+                                               lateral_set_pairs, rotation_planes)
 from nnunet_suprem.training.partial_label_loss import MarginalDCandCELoss
 from nnunet_suprem.training.partial_validation import hard_counts_per_case, restrict_summary_file
-from nnunet_suprem.training.sampling import source_repeats, source_shares
+from nnunet_suprem.training.sampling import source_repeats, source_shares, with_set_locations
 from nnunet_suprem.training.schedules import WarmupCosineLRScheduler, checkpoint_interval
 from nnunet_suprem.training.walltime import REQUEUE_EXIT_CODE, StopSignals, stop_agreed, warning_ignored
 
@@ -42,8 +42,9 @@ class BatchAnnotatedLoss(nn.Module):
     ``loss(output, target)`` call.
 
     The trainer sets ``annotated`` (bool [B, C]) for the current batch before each step, so
-    nnU-Net's own ``train_step``/``validation_step`` run unchanged. The batch Dice's classes are
-    derived from it once per step (one collective under DDP), not once per deep-supervision output.
+    nnU-Net's own ``train_step``/``validation_step`` run unchanged. The batch Dice's classes (and the
+    label sets the full-resolution target holds) are derived from it once per step (one collective under
+    DDP), not once per deep-supervision output.
     """
 
     def __init__(self, loss: nn.Module, deep_supervision: bool):
@@ -56,7 +57,8 @@ class BatchAnnotatedLoss(nn.Module):
         if self.annotated is None:
             raise RuntimeError("BatchAnnotatedLoss: the trainer did not set the batch's annotated classes")
         marginal = self.loss.loss if self.deep_supervision else self.loss
-        masks = (self.annotated, marginal.batch_dice_classes(self.annotated))
+        full_resolution = target[0] if self.deep_supervision else target
+        masks = (self.annotated, marginal.batch_dice_classes(self.annotated, full_resolution))
         if self.deep_supervision:
             return self.loss(output, target, *([mask] * len(output) for mask in masks))
         return self.loss(output, target, *masks)
@@ -103,6 +105,8 @@ class SuPreMTrainer(nnUNetTrainer):
         if self.val_iterations_per_epoch is not None:
             self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
         self.annotated_rows = self._annotated_rows(dataset_json)
+        self.set_classes = {value: [dataset_json["labels"][c] for c in classes]
+                            for value, (_, classes) in label_sets(dataset_json).items()}  # {set value: class values}
         self.network_has_deep_supervision = supports_deep_supervision(
             self.configuration_manager.network_arch_class_name)
         if not self.network_has_deep_supervision:
@@ -181,17 +185,25 @@ class SuPreMTrainer(nnUNetTrainer):
         marginal = MarginalDCandCELoss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5,
                                         "do_bg": False, "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=1,
                                        ignore_label=self.label_manager.ignore_label,
-                                       exclusion_weight=self.exclusion_weight)
+                                       exclusion_weight=self.exclusion_weight, label_sets=self.set_classes)
         if self._do_i_compile():  # as nnU-Net compiles its Dice loss
             marginal = torch.compile(marginal)
         partial = sum(1 for row in self.annotated_rows.values() if not row.all())
+        sets = ", ".join(f"{name} ({value}: {' + '.join(sorted(classes))})"
+                         for value, (name, classes) in label_sets(self.dataset_json).items())
         self._log_loss_choice(f"SuPreMTrainer: partial-label manifest found, {partial} case(s) annotate only some "
                               f"classes; training with the marginal Dice + CE loss"
-                              f"{f' and exclusion weight {self.exclusion_weight}' if self.exclusion_weight else ''}.")
+                              f"{f' and exclusion weight {self.exclusion_weight}' if self.exclusion_weight else ''}"
+                              f"{f'; label sets (one of their classes): {sets}' if sets else ''}.")
         if isinstance(loss, DeepSupervisionWrapper):
             loss.loss = marginal  # keep nnU-Net's deep-supervision weights
             return BatchAnnotatedLoss(loss, deep_supervision=True)
         return BatchAnnotatedLoss(marginal, deep_supervision=False)
+
+    def _annotated_values(self, row: np.ndarray) -> set[int]:
+        """The label values a case with annotation ``row`` annotates: its classes and the sets of them."""
+        classes = set(np.flatnonzero(row).tolist())
+        return classes | {value for value, members in self.set_classes.items() if classes.issuperset(members)}
 
     def _log_loss_choice(self, message: str) -> None:
         """Log which loss trains when it is first built (under DDP, :meth:`initialize` builds it again)."""
@@ -232,6 +244,8 @@ class SuPreMTrainer(nnUNetTrainer):
             return
         symmetric = self.annotated_rows is None or all(row[a] == row[b] for row in self.annotated_rows.values()
                                                         for a, b in pairs)
+        set_pairs, unswappable_sets = lateral_set_pairs(label_sets(self.dataset_json), labels, pairs)
+        pairs, unpaired = pairs + set_pairs, unpaired + [f"set {name}" for name in unswappable_sets]
         blocker = lateral_mirroring_blocker(mirrored, unpaired, symmetric)
         if blocker is None:
             (axis, _), = mirrored
@@ -362,6 +376,8 @@ class SuPreMTrainer(nnUNetTrainer):
 
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        if self.set_classes:  # foreground oversampling also draws set-labelled voxels
+            dataset_tr, dataset_val = (with_set_locations(d, self.set_classes) for d in (dataset_tr, dataset_val))
         source_of = group_of_case(self.dataset_json)
         if source_of and self.source_balance:
             repeats = source_repeats(dataset_tr.identifiers, source_of, self.source_balance)
@@ -409,21 +425,22 @@ class SuPreMTrainer(nnUNetTrainer):
             loss = self.loss(output, target)
         if self.enable_deep_supervision:
             output, target = output[0], target[0]
-        counts = hard_counts_per_case(output, target, self.label_manager.ignore_label)
+        counts = hard_counts_per_case(output, target)
         keep = self.loss.annotated[:, 1:]
         tp, fp, fn = ((c * keep).sum(0).detach().cpu().numpy() for c in counts)
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp, "fp_hard": fp, "fn_hard": fn}
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         """nnU-Net's final validation, which ignores SIGUSR1 (it cannot resume midway); then summary.json judges
-        each class only on cases that annotate it."""
+        each class only on cases that annotate it, and label sets as unions (``partial_validation``)."""
         with warning_ignored():
             super().perform_actual_validation(save_probabilities)
         if self.annotated_rows is None or self.local_rank != 0:
             return
         summary_file = join(self.output_folder, "validation", "summary.json")
-        annotated = {case: set(np.flatnonzero(row).tolist()) for case, row in self.annotated_rows.items()}
-        summary = restrict_summary_file(summary_file, annotated, self.dataset_json["file_ending"])
+        annotated = {case: self._annotated_values(row) for case, row in self.annotated_rows.items()}
+        summary = restrict_summary_file(summary_file, annotated, self.dataset_json["file_ending"], self.set_classes,
+                                        self.plans_manager.image_reader_writer_class(), self.label_manager.ignore_label)
         self.print_to_log_file("Mean Validation Dice on annotated classes only (summary.json rewritten): ",
                                summary["foreground_mean"]["Dice"], also_print_to_console=True)
 
