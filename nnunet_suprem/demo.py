@@ -64,8 +64,8 @@ class Budget:
     organ_scale: float = 1.4
 
 
-FAST = Budget((32, 32, 32), 6, 3, 2, "SuPreMTrainer_40epochs_50iterations",
-              "SuPreMFinetuneTrainer_15epochs_25iterations", "SuPreMTrainer_15epochs_25iterations", CPU_PLANS_NAME)
+FAST = Budget((32, 32, 32), 6, 3, 2, "SuPreMTrainer_16epochs_20iterations",
+              "SuPreMFinetuneTrainer_10epochs_12iterations", "SuPreMTrainer_10epochs_12iterations")
 SMOKE = Budget((16, 16, 16), 2, 2, 1, "SuPreMTrainer_smoke", "SuPreMFinetuneTrainer_smoke", "SuPreMTrainer_smoke",
                CPU_PLANS_NAME)
 FULL = Budget((32, 32, 32), 10, 4, 4, "SuPreMTrainer_100epochs_25iterations",
