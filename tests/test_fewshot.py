@@ -76,7 +76,7 @@ def test_fewshot_runs_stock_commands_resumes_and_refuses_other_settings(target, 
     assert not (target["preprocessed"] / "splits_final.json").exists()
     assert not (Path(env["nnUNet_results"]) / dataset).exists()
     own = out / "nnUNet_preprocessed" / dataset
-    assert (own / "nnUNetPlans_3d_fullres").is_symlink() and (own / "dataset.json").is_symlink()
+    assert (own / f"{PLANS}_3d_fullres").is_symlink() and (own / "dataset.json").is_symlink()
     cases = sorted(p.name[:-len(".nii.gz")] for p in (target["preprocessed"] / "gt_segmentations").iterdir())
     splits = json.loads((own / "splits_final.json").read_text())
     assert splits == few_shot_splits(cases, 5)  # one fold per (N, draw)
