@@ -112,6 +112,13 @@ class Source:
         self.json_file = json_file
         self.prefix = name[11:]
 
+    @property
+    def reading_json(self) -> dict:
+        """What reading one of its label maps needs of the dataset.json (labels, file ending, reader): sent with every
+        case instead of the whole file, whose manifest and ``dataset`` entries grow with the number of cases."""
+        return {key: self.dataset_json[key] for key in ("labels", "file_ending", "overwrite_image_reader_writer")
+                if key in self.dataset_json}
+
     def label_targets(self, mapping: Mapping[str, Mapping], targets: Sequence[str] | None) -> dict[str, str | None]:
         """``{source label: target class | None (drop) | "ignore"}``; raises listing what cannot be mapped.
 
@@ -134,7 +141,8 @@ class Source:
 
 def relabel_case(case: str, source_label: str, images: list[str], dataset_json: dict, lut: np.ndarray,
                  annotated: list[str], image_out: Path, label_out: Path) -> CaseResult:
-    """Write ``lut[source label map]`` with nnU-Net's reader/writer for the source's file format.
+    """Write ``lut[source label map]`` with nnU-Net's reader/writer for the source's file format
+    (``dataset_json``: :attr:`Source.reading_json`).
 
     The source ``images`` are fully checked, not copied: ``image_out`` is unused, merged
     datasets reference the source images. A label map off its images' grid (size, or spacing, origin and
@@ -212,6 +220,7 @@ def merge_datasets(sources: Sequence[str | int], dataset_id: int, name: str, tax
         prefix = source.prefix if prefixes.count(source.prefix) == 1 else source.name
         lut = _lookup_table(source.dataset_json["labels"], targets_of, labels)
         source_annotated = annotated_classes_by_case(source.dataset_json) or {}
+        reading_json = source.reading_json
         for case, files in sorted(source.files.items()):
             merged_case = f"{prefix}_{case}"
             try:
@@ -227,7 +236,7 @@ def merge_datasets(sources: Sequence[str | int], dataset_id: int, name: str, tax
                      "label": f"labelsTr/{merged_case}{file_ending}"}
             conversion.jobs.append(CaseJob(
                 merged_case, functools.partial(relabel_case, merged_case, files["label"], files["images"],
-                                               source.dataset_json, lut, annotated),
+                                               reading_json, lut, annotated),
                 (Path(files["label"]), *map(Path, files["images"])), f"{source.json_file} case {case!r}",
                 dataset_entry=entry, writes_image=False))
     conversion.notes.append(f"label mapping: {label_targets}")
