@@ -1,7 +1,7 @@
 """A rehearsal at AbdomenAtlas scale: time and peak memory per stage and per case, at several dataset sizes.
 
     python benchmarks/scale.py [--cases 1000 3000 10000] [--stages merge plan train bookkeeping] [--out DIR]
-    python benchmarks/scale.py --smoke        (50 and 100 cases, 5 iterations: a check that it all runs)
+    python benchmarks/scale.py --smoke        (20 and 40 cases, 3 iterations: a check that it all runs)
 
 For each number of cases N, writes four partially labelled phantom sources (``nnunet_suprem.synth``, --shape
 voxels, together the 25 classes of AbdomenAtlas 1.1: a fully annotated source holding half the cases, whose
@@ -258,10 +258,10 @@ def main() -> None:
     parser.add_argument("--out", help="folder for the datasets and scale.json (default: temporary, removed)")
     parser.add_argument("--real-cases", type=int, default=0,
                         help="also convert, plan and preprocess this many real-size CTs (default: 0, none)")
-    parser.add_argument("--smoke", action="store_true", help="50 and 100 cases, 5 iterations")
+    parser.add_argument("--smoke", action="store_true", help="20 and 40 cases, 3 iterations")
     args = parser.parse_args()
     if args.smoke:
-        args.cases, args.iterations = [50, 100], 5
+        args.cases, args.iterations = [20, 40], 3
     if "bookkeeping" in args.stages and "train" not in args.stages:
         parser.error("--stages bookkeeping needs train (fold 0's split is nnU-Net's, made when training starts)")
     root = nnunet_folders(args.out, "suprem_scale_")
