@@ -70,20 +70,27 @@ def _write_abdomenatlas_case(spec: CaseSpec, out_dir: Path) -> None:
 def write_nnunet_dataset(dataset_id: int, name: str, hospitals: Sequence[Hospital], num_cases: int,
                          num_test_cases: int = 0, seed: int = 0, num_processes: int = 1,
                          overwrite: bool = False, raw_folder: str | Path | None = None,
-                         keep_orientation: bool = False, organ_scale: float = 1.0) -> Path:
+                         keep_orientation: bool = False, organ_scale: float = 1.0,
+                         absent_classes: Sequence[str] = ()) -> Path:
     """Write ``DatasetXXX_name`` into ``raw_folder`` (default ``$nnUNet_raw``) and return its path.
 
-    Labels are the union of the hospitals' annotated classes in AbdomenAtlas order. When a
-    hospital annotates fewer classes, its cases form a group of the partial-label manifest.
+    Labels are the union of the hospitals' annotated classes and ``absent_classes`` in AbdomenAtlas order.
+    ``absent_classes`` are classes the phantoms do not draw, annotated as absent (no voxel) in every case: a dataset
+    then has a whole taxonomy's labels (AbdomenAtlas 1.1's 25 with the 9 the phantoms lack). When a hospital
+    annotates fewer classes, its cases form a group of the partial-label manifest.
     """
     final = new_dataset_folder(dataset_id, name, overwrite, raw_folder)
-    classes = in_taxonomy_order({c for h in hospitals for c in h.annotated_classes})
+    drawn = sorted(set(absent_classes) & set(PHANTOM_CLASSES))
+    if drawn:
+        raise ValueError(f"absent classes {drawn} are drawn by the phantoms")
+    classes = in_taxonomy_order({c for h in hospitals for c in h.annotated_classes} | set(absent_classes))
     labels = label_dict(classes)
     train = case_specs(hospitals, num_cases, seed, organ_scale=organ_scale)
     test = case_specs(hospitals, num_test_cases, seed, num_cases, organ_scale)
 
-    groups = {h.name: (h.annotated_classes, [s.case_id for s in train if s.hospital == h])
-              for h in hospitals if set(h.annotated_classes) != set(classes)}
+    annotated = {h.name: in_taxonomy_order({*h.annotated_classes, *absent_classes}) for h in hospitals}
+    groups = {h.name: (annotated[h.name], [s.case_id for s in train if s.hospital == h])
+              for h in hospitals if annotated[h.name] != classes}
     extra = {MANIFEST_KEY: build_manifest(groups)} if groups else {}
 
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json

@@ -1,5 +1,6 @@
 """convert-totalsegmentator (v1/v2 layouts, meta.csv splits, few-shot subsets) and merge of partial-label datasets."""
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -7,10 +8,11 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import command, run, subprocess_env
+from nnunet_suprem.convert import merge as merge_module
 from nnunet_suprem.convert.merge import merge_datasets
 from nnunet_suprem.convert.totalsegmentator import convert_totalsegmentator, few_shot_subset
 from nnunet_suprem.fileio import write_image, write_json
-from nnunet_suprem.manifest import annotated_classes_by_case
+from nnunet_suprem.manifest import annotated_classes_by_case, build_manifest
 from nnunet_suprem.phantom import HOSPITALS, PHANTOM_CLASSES, case_rng, synthesize_case
 from nnunet_suprem.taxonomy import SUPREM_GROUPS, TOTALSEGMENTATOR_V1, TOTALSEGMENTATOR_V2, canonical_name
 
@@ -125,6 +127,20 @@ def test_merge_relabels_and_records_partial_labels(two_sources, nnunet_env, tmp_
     assert np.array_equal(labels == dataset["labels"]["aorta"], sitk.GetArrayFromImage(p.mask("aorta")) == 1)
     assert not (labels == dataset["labels"]["kidney_left"]).any()  # not annotated in that source
     # nnU-Net's integrity check and preprocessing of a merged dataset: tests/test_examples_and_demo.py (example b)
+
+
+def test_merge_sends_each_case_a_payload_that_does_not_grow_with_the_source(nnunet_env, monkeypatch):
+    """Every case's job goes to a worker process pickled; it must not carry the source's whole dataset.json, whose
+    manifest lists every case (merging was quadratic in the number of cases)."""
+    raw = Path(nnunet_env["nnUNet_raw"])
+    listed = [f"case{i}" for i in range(20000)]  # a manifest of the whole release; 2 of its cases are on disk here
+    write_raw(raw, "Dataset043_Large", {"background": 0, "liver": 1, "spleen": 2}, {"liver": "liver"}, range(2),
+              extra={"partial_labels": build_manifest({"livers": (["liver"], listed)})})
+    captured = []
+    monkeypatch.setattr(merge_module, "run_conversion", lambda conversion, *args, **kwargs: captured.append(conversion))
+    merge_datasets(["43"], 51, "Merged")
+    sizes = [len(pickle.dumps(job.convert)) for job in captured[0].jobs]
+    assert len(sizes) == 2 and max(sizes) < 4000, sizes
 
 
 def test_merge_errors_name_the_problem(two_sources, nnunet_env, tmp_path):

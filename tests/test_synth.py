@@ -11,6 +11,7 @@ from nnunet_suprem.cli import main
 from nnunet_suprem.manifest import annotated_classes_by_case
 from nnunet_suprem.phantom import HOSPITALS, PHANTOM_CLASSES, case_rng, synthesize_case
 from nnunet_suprem.synth import hospitals_from_args, write_abdomenatlas_dataset, write_nnunet_dataset
+from nnunet_suprem.taxonomy import ABDOMENATLAS_1_1
 
 PARTIAL = ["hospA", "hospB"], ["hospB=liver,kidney_left"]
 
@@ -51,6 +52,19 @@ def test_nnunet_dataset_with_partial_labels(nnunet_env, tmp_path):
     assert len(np.unique(_array(path / "labelsTr/hospA_0000.nii.gz"))) >= len(PHANTOM_CLASSES)
     assert len(np.unique(_array(path / "labelsTs/hospB_0002.nii.gz"))) >= len(PHANTOM_CLASSES)  # test = full
     assert sorted(p.name for p in (path / "imagesTs").iterdir()) == ["hospA_0002_0000.nii.gz", "hospB_0002_0000.nii.gz"]
+
+
+def test_absent_classes_complete_the_taxonomy(nnunet_env):
+    """AbdomenAtlas 1.1's 25 labels from phantoms that draw 16: the other 9 are annotated as absent in every case."""
+    absent = [c for c in ABDOMENATLAS_1_1 if c not in PHANTOM_CLASSES]
+    hospitals = hospitals_from_args(*PARTIAL, shape=(16, 16, 16))
+    path = write_nnunet_dataset(8, "Atlas25", hospitals, num_cases=1, absent_classes=absent)
+    dataset = json.loads((path / "dataset.json").read_text())
+    assert list(dataset["labels"]) == ["background", *ABDOMENATLAS_1_1]
+    assert annotated_classes_by_case(dataset) == {"hospB_0000": {"liver", "kidney_left", *absent}}  # hospA: all 25
+    assert not set(np.unique(_array(path / "labelsTr/hospA_0000.nii.gz"))) & {dataset["labels"][c] for c in absent}
+    with pytest.raises(ValueError, match=r"absent classes \['liver'\] are drawn"):
+        write_nnunet_dataset(9, "Wrong", hospitals, num_cases=1, absent_classes=["liver"])
 
 
 def test_same_seed_same_dataset(tmp_path):

@@ -156,6 +156,13 @@ class Source:
         self.json_file = json_file
         self.prefix = name[11:]
 
+    @property
+    def reading_json(self) -> dict:
+        """What reading one of its label maps needs of the dataset.json (labels, file ending, reader): sent with every
+        case instead of the whole file, whose manifest and ``dataset`` entries grow with the number of cases."""
+        return {key: self.dataset_json[key] for key in ("labels", "file_ending", "overwrite_image_reader_writer")
+                if key in self.dataset_json}
+
     def label_targets(self, mapping: Mapping[str, Mapping], targets: Sequence[str] | None) -> dict[str, Target]:
         """``{source label: class | set of classes | None (drop) | "ignore"}``; raises listing what cannot be mapped.
 
@@ -232,7 +239,8 @@ def _within(meaning: Target, targets: Sequence[str] | None) -> Target:
 
 def relabel_case(case: str, source_label: str, images: list[str], dataset_json: dict, lut: np.ndarray,
                  values: frozenset[int], annotated: list[str], image_out: Path, label_out: Path) -> CaseResult:
-    """Write ``lut[source label map]`` with nnU-Net's reader/writer for the source's file format.
+    """Write ``lut[source label map]`` with nnU-Net's reader/writer for the source's file format
+    (``dataset_json``: :attr:`Source.reading_json`).
 
     ``values``: the label values the source's dataset.json gives; a label map with another value skips the case.
     The source ``images`` are fully checked, not copied: ``image_out`` is unused, merged
@@ -314,6 +322,7 @@ def merge_datasets(sources: Sequence[str | int], dataset_id: int, name: str, tax
         lut = _lookup_table(value_targets[source.name], labels, sets)
         values = frozenset(v for region in source.regions.values() for v in region)
         source_annotated = annotated_classes_by_case(source.dataset_json) or {}
+        reading_json = source.reading_json
         for case, files in sorted(source.files.items()):
             merged_case = f"{prefix}_{case}"
             try:
@@ -329,7 +338,7 @@ def merge_datasets(sources: Sequence[str | int], dataset_id: int, name: str, tax
                      "label": f"labelsTr/{merged_case}{file_ending}"}
             conversion.jobs.append(CaseJob(
                 merged_case, functools.partial(relabel_case, merged_case, files["label"], files["images"],
-                                               source.dataset_json, lut, values, annotated),
+                                               reading_json, lut, values, annotated),
                 (Path(files["label"]), *map(Path, files["images"])), f"{source.json_file} case {case!r}",
                 dataset_entry=entry, writes_image=False))
     conversion.notes.append(f"label mapping: {label_targets}")
