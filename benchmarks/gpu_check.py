@@ -32,11 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "nnunet-suprem"
 ON_A_TORCH_MACHINE = ("torch", "torchvision", "timm", "numpy", "scipy", "pandas", "matplotlib", "seaborn",
                       "scikit-image", "scikit-learn", "requests", "httpx", "rich", "msgpack", "tqdm", "pyyaml",
-                      "einops", "tifffile", "argparse")
+                      "einops", "tifffile")
 """What ``prepare`` expects a GPU machine with PyTorch to have, with everything they need (e.g. NVIDIA's PyTorch
 images, this project's lent H100/H200): left out, so that the machine's own torch stack stays and the wheels fit a
-small transfer. ``argparse`` is the standard library's (its PyPI twin would shadow it). The check itself names any
-needed distribution the machine lacks."""
+small transfer. The check itself names any needed distribution the machine lacks."""
 NEVER_IMPORTED = ("imagecodecs",)
 """Needed by nnunetv2's metadata but never imported by it (tifffile's compressed TIFF codecs; 26 MB)."""
 WHEEL_TAGS = ["--only-binary=:all:", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform",
@@ -62,14 +61,15 @@ def target_environment(python_version: str) -> dict[str, str]:
 def requirement_closure(root: str, environment: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
     """The installed distributions ``root`` needs, recursively, without extras (markers evaluated for
     ``environment``, default this Python's): normalised name -> version; and the needed ones not installed here,
-    as ``name (needed by parent)``."""
+    as ``name (needed by parent)``. Requirements named like a standard-library module (unittest2's ``argparse``)
+    are the standard library's: its PyPI twin would shadow it."""
     from packaging.requirements import Requirement
 
     environment = {**(environment or {}), "extra": ""}
     found, missing, todo = {}, [], [(root, "you")]
     while todo:
         name, parent = todo.pop()
-        if normalized(name) in found or name in NEVER_IMPORTED:
+        if normalized(name) in found or name in NEVER_IMPORTED or name in sys.stdlib_module_names:
             continue
         try:
             distribution = importlib.metadata.distribution(name)

@@ -32,7 +32,7 @@ if [[ -n $wheels ]]; then
     site=${TMPDIR:-/tmp}/nnunet_suprem_gpu_check_site
     log=${OUT:-${TMPDIR:-/tmp}}/install.log
     # only the wheels of distributions this Python lacks: the machine's own torch stack stays as it is
-    missing=$("$PYTHON" - "$wheels" <<'PY'
+    missing=$("$PYTHON" -I - "$wheels" <<'PY'  # -I: what is installed, not the checkout
 import importlib.metadata, pathlib, sys
 for wheel in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
     try:
