@@ -173,7 +173,8 @@ def training_lines(results: Path) -> list[str]:
     lines = []
     for fold in sorted(results.glob("*/*/fold_*")):
         logs = sorted(fold.glob("training_log_*.txt"))
-        line = epoch_line(f"{fold.parent.name.split('__')[0]} {fold.name}", logs[-1]) if logs else None
+        label = f"{fold.parents[1].name} {fold.parent.name.split('__')[0]} {fold.name}"  # dataset trainer fold
+        line = epoch_line(label, logs[-1]) if logs else None
         if line:
             lines.append(line)
     return lines
