@@ -161,6 +161,29 @@ def test_demo_smoke_runs_the_story_and_resumes(demo_smoke, tmp_path):
     assert (tmp_path / "mine" / "data.txt").read_text() == "keep"
 
 
+@pytest.mark.e2e
+def test_gpu_check_cpu_smoke_runs_every_part_and_summarizes(demo_smoke, tmp_path):
+    """benchmarks/gpu_check.sh --cpu --smoke: the demo (resumed from the fixture's run, which it only does with the
+    same budget and folds), cuda_step.py and a 2-process gloo torchrun on the demo's pre-training dataset; a summary
+    with epoch times, Dice rows and cuda_step's table; the logs in $OUT."""
+    logs = tmp_path / "out"
+    logs.mkdir()
+    env = {**demo_smoke["env"], "OUT": str(logs), "PYTHON": sys.executable,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = run(["bash", str(EXAMPLES.parent / "benchmarks" / "gpu_check.sh"), "--cpu", "--smoke", "--work",
+                  str(demo_smoke["out"].parent)], env, timeout=900)
+    summary = result.stdout[result.stdout.index("\nGPU check"):]
+    for line in ("demo --smoke: PASS", "cuda_step: PASS", "torchrun 2 processes: PASS", "| 5 | mean, novel |",
+                 "SuPreMTrainer_smoke fold_0: 2 epochs, median epoch", "SuPreMFinetuneTrainer_smoke fold_0: 2 epochs",
+                 "SuPreMTrainer_smoke fold_all: 2 epochs", "SuPreMTrainer / nnUNet"):
+        assert line in summary, line
+    assert summary.strip() == (logs / "summary.txt").read_text().strip()
+    assert "done before" in (logs / "demo.log").read_text()  # the fixture's demo, resumed
+    assert "The world size is 2" in (logs / "torchrun.log").read_text()
+    assert "| 5 | mean, all |" in (logs / "demo_summary.md").read_text()
+    assert (logs / "cuda_step.log").is_file()
+
+
 def test_an_interrupted_training_resumes_with_nnunets_continue_flag(tmp_path):
     from nnunet_suprem.steps import Step, resumable, step_marker
 

@@ -266,8 +266,8 @@ class TransferPlannerMixin(GivenNetworkMixin, OneConfigurationMixin):
             return _cache[key]
 
         divisors = downsampling_per_axis(self.pretrained.strides)
-        if self.pretrained.patch_size is not None:
-            patch = valid_patch_size(self.pretrained.patch_size, divisors)
+        if self.pretrained.patch_size is not None:  # given in the array axis order, as the spacing
+            patch = valid_patch_size(np.array(self.pretrained.patch_size)[self.determine_transpose()[0]], divisors)
         else:  # nnU-Net's default planner's condition: the smallest batch must fit (as the ResEnc planners' in 3D)
             patch = fit_patch_size(spacing, median_shape, divisors,
                                    lambda p: estimate(p) / reference_batch_size * self.UNet_min_batch_size <= reference)

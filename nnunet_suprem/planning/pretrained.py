@@ -23,9 +23,11 @@ class PretrainedConfiguration:
     normalization_schemes: list[str]
     use_mask_for_norm: list[bool]
     spacing: list[float] | None = None
-    """Target spacing the pre-training prescribes (nnssl); None: the target's, as nnU-Net plans it."""
+    """Target spacing the pre-training prescribes (nnssl), in nnU-Net's array axis order before ``transpose_forward``
+    (as ``overwrite_target_spacing``); None: the target's, as nnU-Net plans it."""
     patch_size: list[int] | None = None
-    """Patch size the pre-training recommends for fine-tuning (nnssl); None: fitted to the target and memory."""
+    """Patch size the pre-training recommends for fine-tuning (nnssl), in the same axis order as ``spacing``; None:
+    fitted to the target and memory."""
     planner: str | None = None
     """Planner whose memory model plans the batch; None: the one the plans name."""
     target_intensity_properties: bool = False
@@ -119,13 +121,20 @@ def load_pretrained(path: str | Path, configuration: str | None = None) -> Pretr
 
 def load_nnssl(path: Path, configuration: str | None = None) -> PretrainedConfiguration:
     """The adaptation plan of an nnssl checkpoint as a pre-trained configuration (named ``configuration``, default
-    3d_fullres): its network, the pre-training's spacing (None when it did not resample: the target's), the
-    recommended fine-tuning patch, its normalisation schemes with the target's intensity statistics (nnssl
-    normalises each image by itself), and the ResEnc L memory model for its ResEncL preset."""
+    3d_fullres): its network, the pre-training's spacing (None when it did not resample: the target's) and the
+    recommended fine-tuning patch (both in nnU-Net's array axis order), its normalisation schemes with the target's
+    intensity statistics (nnssl normalises each image by itself), and the ResEnc L memory model for its ResEncL
+    preset."""
     from nnunet_suprem.transfer.checkpoint import read_checkpoint
-    from nnunet_suprem.transfer.nnssl import ADAPTATION_PLAN_KEY
+    from nnunet_suprem.transfer.nnssl import ADAPTATION_PLAN_KEY, ADD_PLAN_HINT
 
-    plan = read_checkpoint(path).extra.get("nnssl_plan")
+    checkpoint = read_checkpoint(path)
+    plan = checkpoint.extra.get("nnssl_plan")
+    if plan is None and checkpoint.extra.get("nnssl_spark"):
+        raise ValueError(f"{path}: an nnssl SparK checkpoint has no {ADAPTATION_PLAN_KEY}, so it does not say the "
+                         f"pre-training's spacing and patch: {ADD_PLAN_HINT}, then plan with that file; or plan the "
+                         f"target with nnU-Net (e.g. -pl nnUNetPlannerResEncL) and give this file to "
+                         f"-pretrained_weights (its encoder loads)")
     if plan is None:
         raise ValueError(f"{path}: not an nnssl checkpoint (no nnssl_adaptation_plan): --pretrained takes a "
                          f"checkpoint only when it carries its plan; for an nnU-Net checkpoint give its model folder")
@@ -141,7 +150,8 @@ def load_nnssl(path: Path, configuration: str | None = None) -> PretrainedConfig
         target_intensity_properties=True,
         details={"format": "nnssl checkpoint", "nnssl_architecture": plan.arch_class_name,
                  "pretraining": {"configuration": plan.configuration, "spacing": plan.spacing,
-                                 "patch_size": plan.patch_size, "normalization_schemes": plan.normalization_schemes,
+                                 "patch_size": plan.patch_size, "transpose_forward": plan.transpose_forward,
+                                 "normalization_schemes": plan.normalization_schemes,
                                  "num_input_channels": plan.num_input_channels}})
 
 

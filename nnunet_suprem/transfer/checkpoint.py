@@ -19,6 +19,8 @@ Formats (one filter function each, as timm does):
 - nnssl checkpoints (MIC-DKFZ's self-supervised ResEnc-L, :mod:`~nnunet_suprem.transfer.nnssl`):
   ``{"network_weights": ..., "nnssl_adaptation_plan": {...}, ...}``; only the tensors under the plan's
   ``key_to_encoder`` / ``key_to_stem`` are pre-trained, and those module paths are mapped onto the target network's;
+  nnssl SparK checkpoints (``{"network_weights": ..., "spark_weights": ..., ...}``, no plan): the same for the
+  encoder and stem every SparK trainer names (their reconstruction decoder is not pre-trained for segmentation);
 - SuPreM / MONAI training checkpoints: ``{"net": state_dict, ...}`` or ``{"state_dict": ...}``,
   ``{"model": ...}``;
 - the released SuPreM U-Net and Swin UNETR: ``{"net": ...}`` holding the CLIP-driven Universal Model, whose
@@ -43,7 +45,8 @@ import torch
 
 from nnunet_suprem.orientation import ORIENTATION_KEY
 from nnunet_suprem.plans_safety import key_path
-from nnunet_suprem.transfer.nnssl import encoder_weights, is_nnssl, read_adaptation_plan
+from nnunet_suprem.transfer.nnssl import (SPARK_ENCODER, encoder_weights, is_nnssl, is_spark_without_plan,
+                                          read_adaptation_plan)
 
 WRAPPER_KEYS = ("network_weights", "net", "state_dict", "model")
 """Keys under which training frameworks store the state dict, in the order they are tried."""
@@ -225,9 +228,25 @@ def _filter_nnssl(path: str, content: Mapping) -> Checkpoint:
     plan = read_adaptation_plan(path, content)
     weights = strip_prefixes(content["network_weights"])
     return Checkpoint(path, weights, f"nnssl checkpoint ({plan.arch_class_name}, encoder and stem)",
-                      pretrained_keys=frozenset(encoder_weights(path, weights, plan)),
+                      pretrained_keys=frozenset(encoder_weights(path, weights, plan.key_to_encoder, plan.key_to_stem)),
                       declared_paths={"key_to_encoder": plan.key_to_encoder, "key_to_stem": plan.key_to_stem},
                       extra={"nnssl_plan": plan, "trainer_name": content.get("trainer_name")})
+
+
+def _filter_spark(path: str, content: Mapping) -> Checkpoint:
+    weights = strip_prefixes(content["network_weights"])
+    return Checkpoint(path, weights, "nnssl SparK checkpoint without adaptation plan (ResEncL: encoder and stem "
+                                     "pre-trained; its reconstruction decoder is not loaded)",
+                      pretrained_keys=frozenset(encoder_weights(path, weights, **SPARK_ENCODER)),
+                      declared_paths=dict(SPARK_ENCODER),
+                      extra={"nnssl_spark": True, "trainer_name": content.get("trainer_name")})
+
+
+def _network_weights_filter(content: Mapping) -> Callable[[str, Mapping], Checkpoint]:
+    """The reader of a file with ``network_weights``: nnssl's (with a plan, or SparK's), else nnU-Net's."""
+    if is_nnssl(content):
+        return _filter_nnssl
+    return _filter_spark if is_spark_without_plan(content) else _filter_nnunet
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -242,7 +261,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                 if not _is_state_dict(content[key]):
                     raise ValueError(f"{path}: {key!r} does not hold a state dict ({{name: tensor}})")
                 if key == "network_weights":
-                    return (_filter_nnssl if is_nnssl(content) else _filter_nnunet)(path, content)
+                    return _network_weights_filter(content)(path, content)
                 if key == "net" and _is_suprem_release(content):
                     return _filter_suprem_release(path, content)
                 return _filter_wrapped(key)(path, content)

@@ -18,6 +18,17 @@ nnssl's trainers save ``{"network_weights": state_dict, "nnssl_adaptation_plan":
 Only the encoder and stem count as pre-trained (nnU-Net's fine-tuning of these checkpoints loads nothing else: the
 rest is a self-supervised reconstruction decoder); their names are mapped onto the downstream network's
 ``key_to_encoder`` / ``key_to_stem``.
+
+nnssl preprocesses its images as nnU-Net does: arrays in the readers' axis order (nnssl's readers are nnU-Net's),
+then ``pretrain_plan['transpose_forward']``, applied to the spacing too. So the configuration's ``spacing`` (e.g.
+the dataset median of nnssl's ``median`` configuration) and the patch sizes are per axis of those transposed arrays;
+:class:`NnsslPlan` gives them back in the readers' order, the order nnU-Net's ``overwrite_target_spacing`` takes.
+
+nnssl's SparK trainers (``SparkMAETrainer`` and its variants, all on the ``ResEncL`` preset) save no adaptation
+plan: ``network_weights`` (the ResEnc-L, encoder under ``encoder.stages`` / ``encoder.stem``, plus its
+reconstruction decoder) and ``spark_weights`` (the whole SparK model: the same tensors under ``architecture.``,
+``encoder.`` and ``decoder.``, and its mask tokens and densifying layers). Their encoder and stem are read as
+pre-trained (:data:`SPARK_ENCODER`); planning needs the plan, which nnssl's ``add_adaptation_plan`` adds.
 """
 from __future__ import annotations
 
@@ -30,6 +41,13 @@ from nnunet_suprem.plans_safety import CLASS_KWARGS, DNA_UNETS, check_architectu
 from nnunet_suprem.transfer.state_dict import under_any
 
 ADAPTATION_PLAN_KEY = "nnssl_adaptation_plan"
+SPARK_WEIGHTS_KEY = "spark_weights"
+SPARK_ENCODER = {"key_to_encoder": "encoder.stages", "key_to_stem": "encoder.stem"}
+"""Where every nnssl SparK trainer keeps the encoder and stem in ``network_weights`` (what its adaptation plan would
+say: nnssl's ``SparkMAETrainer.build_architecture_and_adaptation_plan``)."""
+ADD_PLAN_HINT = ("add the plan with nnssl's add_adaptation_plan (python -m nnssl.utilities.add_adaptation_plan -i FILE "
+                 "-pl PRETRAINING_PLANS.json -o FOLDER -arch ResEncL -key_to_encoder encoder.stages -key_to_stem "
+                 "encoder.stem -keys_to_in_proj encoder.stem.convs.0.conv encoder.stem.convs.0.all_modules.0)")
 RESENC_L_KWARGS = {
     "n_stages": 6, "features_per_stage": [32, 64, 128, 256, 320, 320],
     "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * 6,
@@ -57,9 +75,14 @@ class NnsslPlan:
     key_to_stem: str
     num_input_channels: int
     recommended_patch_size: list[int]
+    """The fine-tuning patch nnssl recommends, in the readers' array axis order."""
     configuration: str
     spacing: list[float] | None
+    """The pre-training's target spacing in the readers' array axis order; None: not resampled."""
     patch_size: list[int] | None
+    """The pre-training's patch, in the readers' array axis order."""
+    transpose_forward: list[int]
+    """nnssl's, which the stored spacing and patch sizes follow."""
     normalization_schemes: list[str]
     use_mask_for_norm: list[bool]
     dataset_name: str | None
@@ -68,6 +91,11 @@ class NnsslPlan:
 
 def is_nnssl(content: object) -> bool:
     return isinstance(content, Mapping) and ADAPTATION_PLAN_KEY in content
+
+
+def is_spark_without_plan(content: object) -> bool:
+    """A checkpoint as nnssl's SparK trainers save it: SparK weights beside ``network_weights``, no adaptation plan."""
+    return isinstance(content, Mapping) and SPARK_WEIGHTS_KEY in content and ADAPTATION_PLAN_KEY not in content
 
 
 def _numbers(value: object) -> list | None:
@@ -81,6 +109,28 @@ def _field(path: str, mapping: object, key: str, where: str = "") -> object:
     if not isinstance(mapping, Mapping) or key not in mapping:
         raise ValueError(f"{path}: nnssl checkpoint without {ADAPTATION_PLAN_KEY}{where}[{key!r}]")
     return mapping[key]
+
+
+def transpose_forward(path: str, pretrain_plan: Mapping) -> list[int]:
+    """nnssl's ``transpose_forward``; a ValueError naming the file when it is not a permutation of the axes."""
+    transpose = _numbers(_field(path, pretrain_plan, "transpose_forward", "['pretrain_plan']"))
+    if sorted(transpose) != list(range(len(transpose))) or len(transpose) not in (2, 3):
+        raise ValueError(f"{path}: {ADAPTATION_PLAN_KEY}['pretrain_plan']['transpose_forward'] must order the image "
+                         f"axes (a permutation of 0, 1, 2), got {transpose!r}")
+    return [int(a) for a in transpose]
+
+
+def readers_axis_order(path: str, values: Sequence | None, transpose: Sequence[int], name: str) -> list | None:
+    """``values`` given per axis of nnssl's transposed arrays, in the readers' axis order (None stays None)."""
+    if values is None:
+        return None
+    if len(values) != len(transpose):
+        raise ValueError(f"{path}: the nnssl plan's {name} {list(values)} does not have one value per axis of its "
+                         f"transpose_forward {list(transpose)}")
+    ordered = [values[0]] * len(values)
+    for position, axis in enumerate(transpose):
+        ordered[axis] = values[position]
+    return ordered
 
 
 def architecture_block(path: str, arch_class_name: str, arch_plans: Mapping) -> dict:
@@ -115,28 +165,34 @@ def read_adaptation_plan(path: str, content: Mapping) -> NnsslPlan:
         raise ValueError(f"{path}: the nnssl pretrain_plan must hold exactly one configuration, it has "
                          f"{list(configurations) if isinstance(configurations, Mapping) else configurations!r}")
     (name, config), = configurations.items()
+    transpose = transpose_forward(path, pretrain_plan)
     keys = {k: _field(path, plan, k) for k in ("key_to_encoder", "key_to_stem")}
     if not all(isinstance(v, str) and v for v in keys.values()):
         raise ValueError(f"{path}: the nnssl plan's key_to_encoder and key_to_stem must name modules, got {keys}")
     schemes = list(_field(path, config, "normalization_schemes", f"['pretrain_plan']['configurations'][{name!r}]"))
+
+    def readers_order(values: object, field_name: str) -> list | None:
+        return readers_axis_order(path, _numbers(values), transpose, field_name)
+
+    recommended = readers_order(_field(path, plan, "recommended_downstream_patchsize"),
+                                "recommended_downstream_patchsize")
     return NnsslPlan(
         arch_class_name=arch_class_name, architecture=architecture_block(path, arch_class_name, arch_plans),
         **keys, num_input_channels=int(_field(path, plan, "pretrain_num_input_channels")),
-        recommended_patch_size=[int(p) for p in _numbers(_field(path, plan, "recommended_downstream_patchsize"))],
-        configuration=str(name), spacing=_numbers(config.get("spacing")),
-        patch_size=_numbers(config.get("patch_size")),
-        normalization_schemes=schemes,
-        use_mask_for_norm=[bool(m) for m in config.get("use_mask_for_norm") or []],
+        recommended_patch_size=[int(p) for p in recommended], configuration=str(name),
+        spacing=readers_order(config.get("spacing"), "spacing"),
+        patch_size=readers_order(config.get("patch_size"), "patch_size"), transpose_forward=transpose,
+        normalization_schemes=schemes, use_mask_for_norm=[bool(m) for m in config.get("use_mask_for_norm") or []],
         dataset_name=pretrain_plan.get("dataset_name"), plans_name=pretrain_plan.get("plans_name"))
 
-
-def encoder_weights(path: str, weights: Mapping[str, torch.Tensor], plan: NnsslPlan) -> list[str]:
-    """Keys of ``network_weights`` under the plan's encoder or stem; a ValueError when the encoder has none."""
-    selected = [k for k in weights if under_any(k, (plan.key_to_encoder, plan.key_to_stem))]
-    if not any(under_any(k, (plan.key_to_encoder,)) for k in selected):
+def encoder_weights(path: str, weights: Mapping[str, torch.Tensor], key_to_encoder: str,
+                    key_to_stem: str) -> list[str]:
+    """Keys of ``network_weights`` under the encoder or stem; a ValueError when the encoder has none."""
+    selected = [k for k in weights if under_any(k, (key_to_encoder, key_to_stem))]
+    if not any(under_any(k, (key_to_encoder,)) for k in selected):
         sample = ", ".join(list(weights)[:3])
-        raise ValueError(f"{path}: network_weights has no tensor under the plan's key_to_encoder "
-                         f"{plan.key_to_encoder!r} (its keys look like: {sample})")
+        raise ValueError(f"{path}: network_weights has no tensor under the encoder's path (key_to_encoder) "
+                         f"{key_to_encoder!r} (its keys look like: {sample})")
     return selected
 
 
