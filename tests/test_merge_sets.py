@@ -1,6 +1,8 @@
 """merge with set-valued labels: mapping lists, side-less names, nnU-Net's region-based KiTS23 layout and the table of
 public datasets (#29 items 1, 3, 4)."""
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +210,26 @@ def test_kits23_and_a_sided_source_through_nnunet_planning(nnunet_env):
     sided_seg = np.asarray(cases.load_case("Sided_s0")[1])
     assert kidney in np.unique(kits_seg) and 6 in np.unique(kits_seg) and not np.isin(kits_seg, [1, 2]).any()
     assert {1, 2, 3} <= set(np.unique(sided_seg).tolist()) and not np.isin(sided_seg, list(sets)).any()
+
+
+@pytest.mark.e2e
+def test_set_labels_benchmark_smoke(nnunet_env, tmp_path):
+    """benchmarks/set_labels.py --smoke: merge (the command, no mapping file for the set arm), nnU-Net's planning and
+    preprocessing, SuPreMTrainer training and nnU-Net's predictor on each arm; no prediction holds a set's value."""
+    out = tmp_path / "bench"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "set_labels.py"
+    printed = run([sys.executable, str(script), "--smoke", "--out", str(out)], subprocess_env(nnunet_env)).stdout
+    arms = {arm: json.loads((out / "nnUNet_preprocessed" / f"Dataset{i}_SetArm{i}" / "dataset.json").read_text())
+            for arm, i in (("a", 621), ("b", 622), ("c", 623))}
+    assert {arm: label_sets(d) for arm, d in arms.items()} == {
+        "a": {6: ("kidney", {"kidney_left", "kidney_right"})}, "b": {}, "c": {}}
+    annotated = {arm: annotated_classes_by_case(d)["Coarse_hospC_0000"] for arm, d in arms.items()}
+    assert annotated == {"a": {"liver", "stomach", "kidney_left", "kidney_right"}, "b": {"liver", "stomach"},
+                         "c": {"liver", "stomach", "kidney_left"}}
+    predictions = sorted((out / "nnUNet_results").glob("Dataset62?_SetArm62?/*/fold_0/test_predictions/*.nii.gz"))
+    assert len(predictions) == 3 * 3  # 3 arms, 1 test case of each hospital
+    values = {v for p in predictions for v in np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(p)))).tolist()}
+    assert values <= set(arms["a"]["labels"].values()) and 6 not in values
+    table = printed[printed.index("Test Dice"):]
+    for row in ("kidney_left", "kidney_right", "right share"):
+        assert re.search(rf"^{row}( +\d\.\d{{3}}){{3}}", table, re.M), table
