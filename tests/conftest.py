@@ -183,6 +183,6 @@ def demo_smoke(tmp_path_factory) -> dict:
     """``nnunet-suprem demo --smoke`` run once (stock nnU-Net children): its folder, what it printed, the environment
     it ran in. The demo's test checks the story; the few-shot tests start from its planned target."""
     out = tmp_path_factory.mktemp("demo") / "demo"
-    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    env = subprocess_env({})
     stdout = run(cli("demo", "--smoke", "--out", str(out), "-device", "cpu"), env, timeout=900).stdout
     return {"out": out, "stdout": stdout, "env": env}

@@ -167,7 +167,7 @@ def test_bad_input_is_one_line_naming_the_problem(target, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_one_fold_per_size_and_draw_in_the_studys_own_folder(tmp_path):
+def test_one_fold_per_size_and_draw_in_the_studys_own_folder(tmp_path, monkeypatch):
     from nnunet_suprem.fewshot.study import FewShot, Study
 
     source = tmp_path / "nnUNet_preprocessed" / "Dataset005_Few"
@@ -195,6 +195,10 @@ def test_one_fold_per_size_and_draw_in_the_studys_own_folder(tmp_path):
                                            "evaluate_pretrained_N5_draw0", "evaluate_scratch_N5_draw0"]
     assert steps[-6].command[:4] == ["nnUNetv2_train", "Dataset005_Few", "3d_fullres", "3"]
     assert "--no-nsd" in steps[-1].command
+    monkeypatch.delenv("nnUNet_def_n_proc", raising=False)  # nnU-Net's default would be 8 export workers
+    assert fewshot.environment()["nnUNet_def_n_proc"] == "1"
+    monkeypatch.setenv("nnUNet_def_n_proc", "3")  # the user's choice stays
+    assert fewshot.environment()["nnUNet_def_n_proc"] == "3"
 
 
 def test_a_study_refuses_test_cases_that_are_training_cases(tmp_path):

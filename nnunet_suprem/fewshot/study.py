@@ -286,6 +286,8 @@ class FewShot:
 
         env = with_ext_trainers()
         env.update(nnUNet_preprocessed=str(self.preprocessed), nnUNet_results=str(self.out / "nnUNet_results"))
+        # the trainings' validation export and metric pools: -np workers, not nnU-Net's 8 (each imports nnU-Net)
+        env.setdefault("nnUNet_def_n_proc", str(self.num_processes))
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -399,8 +401,8 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--tolerance", type=float, default=1.0, help="NSD tolerance in mm (default: 1.0)")
     p.add_argument("--no-nsd", action="store_true", help="Dice only")
     p.add_argument("-np", dest="num_processes", type=int, default=default_num_processes(),
-                   help="processes for evaluation and nnUNetv2_predict (at most 3 there) (default: nnUNet_def_n_proc "
-                        "or 8)")
+                   help="processes for evaluation, nnUNetv2_predict (at most 3 there) and the trainings' validation "
+                        "export (unless nnUNet_def_n_proc is set) (default: nnUNet_def_n_proc or 8)")
     add_device_argument(p)
     p.set_defaults(func=run)
 
