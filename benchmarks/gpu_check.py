@@ -45,6 +45,8 @@ DEMO_BUDGET, SMOKE_BUDGET = "default", "--smoke"
 TORCHRUN_TRAINER = "SuPreMTrainer_smoke"
 RESERVE = {"cuda_step": 150, "torchrun": 150}
 """Seconds kept for the parts after the demo (when they run)."""
+FAILURE_TAIL = 8
+"""Lines of a failed part's log in the summary."""
 
 
 def normalized(name: str) -> str:
@@ -128,6 +130,15 @@ class Part:
     status: str
     seconds: float = 0.0
     lines: list[str] = field(default_factory=list)
+    log: Path | None = None
+
+    def summary(self) -> list[str]:
+        """Its status line and numbers; the last lines of its log when it neither passed nor was skipped."""
+        lines = [f"{self.name}: {self.status} ({self.seconds:.0f} s)", *(f"  {line}" for line in self.lines)]
+        if self.log is not None and self.status != "PASS" and not self.status.startswith("SKIP"):
+            tail = self.log.read_text(errors="replace").splitlines()[-FAILURE_TAIL:]
+            lines += [f"  last lines of {self.log}:", *(f"    {line}" for line in tail)]
+        return lines
 
 
 class Clock:
@@ -142,12 +153,13 @@ class Clock:
 
 def run_part(command: list[str], log: Path, env: dict[str, str], timeout: float) -> tuple[str, float]:
     """Run ``command`` in its own process group with its output in ``log``: PASS, FAIL (exit code) or TIMEOUT (the
-    group is sent SIGTERM, then SIGKILL after 20 s)."""
+    group is sent SIGTERM, then SIGKILL after 20 s). It runs in the log's folder, not in this checkout, whose
+    uninstalled ``nnunet_suprem`` would shadow the installed package for ``python -m``."""
     start = time.monotonic()
     with open(log, "w") as out:
         out.write(f"$ {' '.join(command)}\n")
         out.flush()
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent,
                                    start_new_session=True)
         try:
             code = process.wait(timeout=max(timeout, 1))
@@ -195,7 +207,8 @@ def demo(args: argparse.Namespace, work: Path, logs: Path, env: dict[str, str], 
     summary = out / "fewshot" / "summary.md"
     if summary.is_file():
         shutil.copyfile(summary, logs / "demo_summary.md")
-    return Part("demo" + ("" if not args.smoke else " --smoke"), status, seconds, lines + dice_rows(summary))
+    return Part("demo" + ("" if not args.smoke else " --smoke"), status, seconds, lines + dice_rows(summary),
+                logs / "demo.log")
 
 
 def cuda_step(args: argparse.Namespace, logs: Path, env: dict[str, str], timeout: float) -> Part:
@@ -206,7 +219,7 @@ def cuda_step(args: argparse.Namespace, logs: Path, env: dict[str, str], timeout
                                 *sizes], log, env, timeout)
     text = log.read_text(errors="replace")
     table = text[text.find("Mean train_step time"):].splitlines()[:5] if "Mean train_step time" in text else []
-    return Part("cuda_step", status, seconds, table)
+    return Part("cuda_step", status, seconds, table, log)
 
 
 def torchrun(args: argparse.Namespace, work: Path, logs: Path, env: dict[str, str], timeout: float) -> Part:
@@ -228,7 +241,7 @@ def torchrun(args: argparse.Namespace, work: Path, logs: Path, env: dict[str, st
     final = list(results.glob("*/*/fold_all/checkpoint_final.pth"))
     if status == "PASS" and not final:
         status = "FAIL (no checkpoint_final.pth)"
-    return Part("torchrun 2 processes", status, seconds, training_lines(results))
+    return Part("torchrun 2 processes", status, seconds, training_lines(results), logs / "torchrun.log")
 
 
 def pretraining_plans(args: argparse.Namespace) -> str:
@@ -288,9 +301,7 @@ def check(args: argparse.Namespace) -> int:
     else:
         parts.append(torchrun(args, work, logs, env, clock.left()))
 
-    summary = header + [line for part in parts
-                        for line in [f"{part.name}: {part.status} ({part.seconds:.0f} s)",
-                                     *(f"  {line}" for line in part.lines)]]
+    summary = header + [line for part in parts for line in part.summary()]
     summary.append(f"logs: {logs}")
     (logs / "summary.txt").write_text("\n".join(summary) + "\n")
     print("\n" + "\n".join(summary))

@@ -18,9 +18,15 @@ class ConfigurationError(RuntimeError):
 
 
 def trainers_dir() -> Path:
-    """The directory to put on ``nnUNet_extTrainer`` (the installed ``trainers/`` folder)."""
-    from nnunet_suprem import ext_trainers
-
+    """The directory to put on ``nnUNet_extTrainer``: the installed ``trainers/`` folder, or the checkout's when
+    this package is imported from a source checkout (``python -m nnunet_suprem...`` run in it)."""
+    try:
+        from nnunet_suprem import ext_trainers
+    except ImportError:
+        checkout = Path(__file__).resolve().parents[1] / "trainers"
+        if not (checkout / "__init__.py").is_file():
+            raise
+        return checkout
     return Path(ext_trainers.__path__[0]).resolve()
 
 

@@ -1,5 +1,6 @@
 """The console command, trainer discovery through nnU-Net's own lookup, and the installed layout."""
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -44,6 +45,17 @@ def test_trainers_dir_imports_neither_torch_nor_another_subcommand(tmp_path):
     # nnunet_suprem/ lacks ext_trainers (setup.py maps it from trainers/ into the installed package only)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert result.stdout.splitlines() == [str(trainers_dir()), "[]"]
+
+
+def test_trainers_dir_from_a_source_checkout_that_is_not_installed(tmp_path):
+    """``python -m nnunet_suprem...`` in a checkout next to a non-editable install imports the checkout, which has
+    ``trainers/`` but no ``nnunet_suprem.ext_trainers`` package: its trainers/ is the folder."""
+    shutil.copytree(REPO / "nnunet_suprem", tmp_path / "nnunet_suprem")
+    shutil.copytree(REPO / "trainers", tmp_path / "trainers")
+    code = "from nnunet_suprem.nnunet_env import trainers_dir; print(trainers_dir())"
+    printed = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                             check=True).stdout  # -S: no site-packages, so no installed nnunet_suprem
+    assert Path(printed.strip()) == tmp_path / "trainers"
 
 
 def test_trainers_dir_holds_the_trainer_modules():
