@@ -26,6 +26,16 @@ def _trainer(cls, configuration: str, folders: dict[str, str], names: dict[str, 
     return trainer
 
 
+@pytest.fixture
+def aniso_env(anisotropic_dataset, monkeypatch, tmp_path) -> dict[str, str]:
+    """Dataset901_Aniso's folders in the environment, with this test's own results folder (its trainers' logs)."""
+    for name, value in anisotropic_dataset.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    return anisotropic_dataset
+
+
 def _kidney_left_voxels_right_of_midline(trainer, left_right_axis: int, batches: int) -> tuple[int, int]:
     """(kidney_left voxels on the patient's right of the vertebra, samples showing both) over training batches."""
     loader, _ = trainer.get_dataloaders()
@@ -41,22 +51,19 @@ def _kidney_left_voxels_right_of_midline(trainer, left_right_axis: int, batches:
 
 
 @pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
-def test_kidney_left_stays_left_through_nnunet_augmentation(anisotropic_dataset, configuration, monkeypatch):
+def test_kidney_left_stays_left_through_nnunet_augmentation(aniso_env, configuration):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from nnunet_suprem.training.variants import SuPreMTrainer_smoke
 
-    for name, value in anisotropic_dataset.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     np.random.seed(0)
     torch.manual_seed(0)
-    stock = _trainer(nnUNetTrainer, configuration, anisotropic_dataset)
+    stock = _trainer(nnUNetTrainer, configuration, aniso_env)
     stock_rotation, dummy_2d, *_ = stock.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert dummy_2d == (configuration == "3d_fullres")  # the anisotropic case this test is about
     assert stock_rotation[1] == pytest.approx(np.pi)
 
-    ours = _trainer(SuPreMTrainer_smoke, configuration, anisotropic_dataset)
+    ours = _trainer(SuPreMTrainer_smoke, configuration, aniso_env)
     rotation, *_ = ours.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert rotation == pytest.approx((-np.pi / 6, np.pi / 6))
     axis = len(ours.configuration_manager.patch_size) - 1  # x (left-right) is the last axis of nnU-Net's arrays
@@ -75,16 +82,13 @@ def test_kidney_left_stays_left_through_nnunet_augmentation(anisotropic_dataset,
     ("3d_fullres", {"kidney_left": "lkid", "kidney_right": "rkid", "vertebrae_L1": "spine"}),  # BTCV (MONAI)
     ("2d", {"kidney_left": "Kidney_Left", "kidney_right": "Right Kidney"}),
 ], ids=["AMOS22", "BTCV", "2d-mixed"])
-def test_public_label_spellings_keep_left_left(anisotropic_dataset, configuration, names, monkeypatch):
+def test_public_label_spellings_keep_left_left(aniso_env, configuration, names):
     """The label names of public datasets pair their sides: the swap, the rotation limit and the log hold."""
     from nnunet_suprem.training.variants import SuPreMTrainer_smoke
 
-    for name, value in anisotropic_dataset.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     np.random.seed(0)
     torch.manual_seed(0)
-    ours = _trainer(SuPreMTrainer_smoke, configuration, anisotropic_dataset, names)
+    ours = _trainer(SuPreMTrainer_smoke, configuration, aniso_env, names)
     rotation, *_ = ours.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     axis = len(ours.configuration_manager.patch_size) - 1
     assert ours.lateral_swap == (axis, [(LABELS["kidney_left"], LABELS["kidney_right"])])
@@ -97,12 +101,10 @@ def test_public_label_spellings_keep_left_left(anisotropic_dataset, configuratio
     assert samples >= 8 and wrong == 0
 
 
-def test_no_lateral_labels_says_mirroring_is_nnunets(anisotropic_dataset, monkeypatch):
+def test_no_lateral_labels_says_mirroring_is_nnunets(aniso_env):
     from nnunet_suprem.training.variants import SuPreMTrainer_smoke
 
-    for name, value in anisotropic_dataset.items():
-        monkeypatch.setenv(name, value)
-    ours = _trainer(SuPreMTrainer_smoke, "3d_fullres", anisotropic_dataset,
+    ours = _trainer(SuPreMTrainer_smoke, "3d_fullres", aniso_env,
                     {"kidney_left": "kidney a", "kidney_right": "kidney b"})
     ours.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert ours.lateral_swap is None and ours.left_right_axes == ()
