@@ -25,7 +25,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=7", "markdown-it-py"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "filelock", "markdown-it-py"],
         "monai": ["monai>=1.3"],  # SuPreM's SegResNet and Swin UNETR (import-suprem --arch segresnet|swinunetr)
     },
     entry_points={

@@ -1,29 +1,77 @@
 """Shared fixtures: temporary nnU-Net folders and a planned phantom dataset for end-to-end tests."""
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, TypeVar
 
-import copy
-import json
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N: N workers' nnU-Net trainings share the cores, each with torch.set_num_threads(cpu_count()); OpenMP
+    # threads that wait must sleep, not spin (two smoke trainings at once: 140 s spinning, 61 s passive, 82 s in turn)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from filelock import FileLock
 
 NNUNET_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 E2E_FIXTURES = {"planned_phantom_dataset", "anisotropic_dataset", "demo_smoke"}  # they run nnU-Net
+Made = TypeVar("Made")
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Every test that uses a dataset nnU-Net planned is end to end (``-m "not e2e"``: the fast tier)."""
+    """Every test that uses a dataset nnU-Net planned is end to end (``-m "not e2e"``: the fast tier). Under
+    pytest-xdist (``--dist loadgroup``) the tests of a module with a module-scoped fixture stay on one worker, so
+    that fixture is built once; the other tests go wherever a worker is free."""
     for item in items:
         if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+        if _uses_module_scoped_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def _uses_module_scoped_fixture(item) -> bool:
+    definitions = getattr(item, "_fixtureinfo", None)
+    return definitions is not None and any(d.scope in ("package", "module", "class")
+                                           for defs in definitions.name2fixturedefs.values() for d in defs)
+
+
+def once_per_run(tmp_path_factory, name: str, make: Callable[[Path], Made]) -> Made:
+    """``make(folder)`` once per test run, ``folder`` a fresh ``name`` in the run's temporary folder: under
+    pytest-xdist the first worker that asks makes it while the others wait, then they read its pickled result."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    folder, result = root / name, root / f"{name}.pickle"
+    with FileLock(str(root / f"{name}.lock")):
+        if result.is_file():
+            return pickle.loads(result.read_bytes())
+        shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed to make it left
+        folder.mkdir()
+        made = make(folder)
+        result.write_bytes(pickle.dumps(made))
+    return made
+
+
+def create_splits(preprocessed: Path) -> None:
+    """nnU-Net's default 5-fold splits_final.json, written before any test trains on a shared dataset (concurrent
+    trainers would each write it)."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    folder = next(p for p in sorted(preprocessed.iterdir()) if p.is_dir())
+    identifiers = sorted(infer_dataset_class(str(folder)).get_identifiers(str(folder)))
+    (preprocessed / "splits_final.json").write_text(json.dumps(generate_crossval_split(identifiers, seed=12345,
+                                                                                       n_splits=5)))
 
 
 def nnunet_folders(root: Path) -> dict[str, str]:
@@ -99,13 +147,17 @@ def nnunet_env(tmp_path, monkeypatch) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def planned_phantom_dataset(tmp_path_factory) -> dict:
     """A 3-hospital phantom dataset (hospB annotates 4 classes only), planned and preprocessed for 3d_fullres."""
-    folders = nnunet_folders(tmp_path_factory.mktemp("planned"))
-    env = subprocess_env(folders)
-    run(cli("synth", "-d", "1", "--cases", "3", "--test-cases", "1", "-np", "2",
-            "--annotate", "hospB=liver,spleen,kidney_left,kidney_right"), env)
-    run(command("nnUNetv2_plan_and_preprocess", "-d", "1", "-c", "3d_fullres", "-np", "2",
-                "--verify_dataset_integrity"), env)
-    return {"env": env, "dataset_id": 1, "raw": Path(folders["nnUNet_raw"]) / "Dataset001_SynthCT"}
+    def make(root: Path) -> dict:
+        folders = nnunet_folders(root)
+        env = subprocess_env(folders)
+        run(cli("synth", "-d", "1", "--cases", "3", "--test-cases", "1", "-np", "2",
+                "--annotate", "hospB=liver,spleen,kidney_left,kidney_right"), env)
+        run(command("nnUNetv2_plan_and_preprocess", "-d", "1", "-c", "3d_fullres", "-np", "2",
+                    "--verify_dataset_integrity"), env)
+        create_splits(Path(folders["nnUNet_preprocessed"]) / "Dataset001_SynthCT")
+        return {"env": env, "dataset_id": 1, "raw": Path(folders["nnUNet_raw"]) / "Dataset001_SynthCT"}
+
+    return once_per_run(tmp_path_factory, "planned", make)
 
 
 @pytest.fixture
@@ -162,27 +214,33 @@ def anisotropic_case(rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image]:
 def anisotropic_dataset(tmp_path_factory) -> dict[str, str]:
     """Dataset901_Aniso: five anisotropic cases (kidneys either side of a vertebra), planned and preprocessed by
     nnU-Net for 2d and 3d_fullres; returns the nnU-Net folders."""
-    folders = nnunet_folders(tmp_path_factory.mktemp("anisotropic"))
-    raw = Path(folders["nnUNet_raw"]) / "Dataset901_Aniso"
-    for sub in ("imagesTr", "labelsTr"):
-        (raw / sub).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        ct, labels = anisotropic_case(rng)
-        sitk.WriteImage(ct, str(raw / "imagesTr" / f"aniso_{i:03d}_0000.nii.gz"))
-        sitk.WriteImage(labels, str(raw / "labelsTr" / f"aniso_{i:03d}.nii.gz"))
-    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": ANISOTROPIC_LABELS,
-                                                  "numTraining": 5, "file_ending": ".nii.gz"}))
-    run(command("nnUNetv2_plan_and_preprocess", "-d", "901", "-c", "2d", "3d_fullres", "-np", "2"),
-        subprocess_env(folders))
-    return folders
+    def make(root: Path) -> dict[str, str]:
+        folders = nnunet_folders(root)
+        raw = Path(folders["nnUNet_raw"]) / "Dataset901_Aniso"
+        for sub in ("imagesTr", "labelsTr"):
+            (raw / sub).mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(5):
+            ct, labels = anisotropic_case(rng)
+            sitk.WriteImage(ct, str(raw / "imagesTr" / f"aniso_{i:03d}_0000.nii.gz"))
+            sitk.WriteImage(labels, str(raw / "labelsTr" / f"aniso_{i:03d}.nii.gz"))
+        (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": ANISOTROPIC_LABELS,
+                                                      "numTraining": 5, "file_ending": ".nii.gz"}))
+        run(command("nnUNetv2_plan_and_preprocess", "-d", "901", "-c", "2d", "3d_fullres", "-np", "2"),
+            subprocess_env(folders))
+        create_splits(Path(folders["nnUNet_preprocessed"]) / "Dataset901_Aniso")
+        return folders
+
+    return once_per_run(tmp_path_factory, "anisotropic", make)
 
 
 @pytest.fixture(scope="session")
 def demo_smoke(tmp_path_factory) -> dict:
     """``nnunet-suprem demo --smoke`` run once (stock nnU-Net children): its folder, what it printed, the environment
     it ran in. The demo's test checks the story; the few-shot tests start from its planned target."""
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    env = subprocess_env({})
-    stdout = run(cli("demo", "--smoke", "--out", str(out), "-device", "cpu"), env, timeout=900).stdout
-    return {"out": out, "stdout": stdout, "env": env}
+    def make(root: Path) -> dict:
+        out, env = root / "demo", subprocess_env({})
+        stdout = run(cli("demo", "--smoke", "--out", str(out), "-device", "cpu"), env, timeout=900).stdout
+        return {"out": out, "stdout": stdout, "env": env}
+
+    return once_per_run(tmp_path_factory, "demo", make)
