@@ -68,7 +68,7 @@ def create_splits(preprocessed: Path) -> None:
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 
-    folder = next(p for p in sorted(preprocessed.iterdir()) if p.is_dir())
+    folder = next(p for p in sorted(preprocessed.glob("nnUNetPlans_*")) if p.is_dir())  # one configuration's data
     identifiers = sorted(infer_dataset_class(str(folder)).get_identifiers(str(folder)))
     (preprocessed / "splits_final.json").write_text(json.dumps(generate_crossval_split(identifiers, seed=12345,
                                                                                        n_splits=5)))
