@@ -22,12 +22,14 @@ if [ "$SMOKE" = 1 ]; then
          nnUNet_results="$WORKDIR/nnUNet_results"
   mkdir -p "$nnUNet_raw" "$nnUNet_preprocessed" "$nnUNet_results"
   export nnUNet_def_n_proc=${nnUNet_def_n_proc:-2}
+  PREDICT_WORKERS="-npp 1 -nps 1"  # not nnUNetv2_predict's 3 + 3 workers, each a Python process importing nnU-Net
   DEVICE=${DEVICE:-cpu}
   echo "smoke mode: synthetic phantoms and tiny trainings in $WORKDIR (the numbers mean nothing)"
 else
   for variable in nnUNet_raw nnUNet_preprocessed nnUNet_results; do
     [ -n "${!variable:-}" ] || { echo "set $variable first (see nnU-Net's documentation)" >&2; exit 1; }
   done
+  PREDICT_WORKERS=""  # nnU-Net's defaults
   DEVICE=${DEVICE:-cuda}
 fi
 

@@ -29,7 +29,8 @@ else
 fi
 
 say "direct inference with the pre-trained model"
-nnUNetv2_predict_from_modelfolder -i "$IMAGES" -o "$OUT/predictions" -m "$MODEL" -f all -device "$DEVICE"
+nnUNetv2_predict_from_modelfolder -i "$IMAGES" -o "$OUT/predictions" -m "$MODEL" -f all -device "$DEVICE" \
+  $PREDICT_WORKERS
 
 say "Table-3-style evaluation: Dice and NSD per class"
 nnunet-suprem evaluate "$OUT/predictions" "$GROUND_TRUTH" --classes "${TABLE3_CLASSES[@]}" -o "$OUT/evaluation"

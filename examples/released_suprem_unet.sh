@@ -50,5 +50,6 @@ nnUNetv2_train "$DATASET" 3d_fullres 0 -p nnUNetPlans_suprem_unet -tr $TRAINER -
 if [ -d "$nnUNet_raw/$NAME/imagesTs" ]; then
   say "predict the test images (written back in their original orientation and spacing)"
   nnUNetv2_predict -i "$nnUNet_raw/$NAME/imagesTs" -o "$nnUNet_results/$NAME/test_predictions_suprem_unet" \
-    -d "$DATASET" -c 3d_fullres -p nnUNetPlans_suprem_unet -tr $TRAINER -f 0 -device "$DEVICE"
+    -d "$DATASET" -c 3d_fullres -p nnUNetPlans_suprem_unet -tr $TRAINER -f 0 -device "$DEVICE" \
+    $PREDICT_WORKERS
 fi

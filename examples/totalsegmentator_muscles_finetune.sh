@@ -66,5 +66,5 @@ nnUNetv2_train $DATASET 3d_fullres all -p nnUNetPlans_transfer -tr $TRAINER -dev
 say "predict the test cases and evaluate"
 PREDICTIONS="$nnUNet_results/Dataset${DATASET}_$NAME/test_predictions"
 nnUNetv2_predict -i "$nnUNet_raw/Dataset${DATASET}_$NAME/imagesTs" -o "$PREDICTIONS" -d $DATASET -c 3d_fullres \
-  -p nnUNetPlans_transfer -tr $TRAINER -f all -device "$DEVICE"
+  -p nnUNetPlans_transfer -tr $TRAINER -f all -device "$DEVICE" $PREDICT_WORKERS
 nnunet-suprem evaluate "$PREDICTIONS" "$nnUNet_raw/Dataset${DATASET}_$NAME/labelsTs" -o "$PREDICTIONS/evaluation"

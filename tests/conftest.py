@@ -30,12 +30,16 @@ Made = TypeVar("Made")
 
 def pytest_collection_modifyitems(items) -> None:
     """Every test that uses a dataset nnU-Net planned is end to end (``-m "not e2e"``: the fast tier). Under
-    pytest-xdist (``--dist loadgroup``) the tests of a module with a module-scoped fixture stay on one worker, so
-    that fixture is built once; the other tests go wherever a worker is free."""
+    pytest-xdist (``--dist loadgroup``) one worker runs, in turn, the tests that resume the smoke demo in its folder,
+    and one worker the tests of a module with a module-scoped fixture (built once); the other tests go wherever a
+    worker is free."""
     for item in items:
-        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if E2E_FIXTURES & fixtures:
             item.add_marker(pytest.mark.e2e)
-        if _uses_module_scoped_fixture(item):
+        if "demo_smoke" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("demo_smoke"))
+        elif _uses_module_scoped_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 

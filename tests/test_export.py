@@ -140,7 +140,8 @@ def test_exported_model_predicts_identically_without_the_plugin(lateral_model, t
     run(command("nnUNetv2_install_pretrained_model_from_zip", str(archive)), fresh)
     assert tree_digest(stock_model) == stock_before
     installed = tmp_path / "fresh_results" / folder
-    predict = ["-i", str(raw / "imagesTs"), "-f", "0", "-device", "cpu", "--disable_progress_bar"]
+    predict = ["-i", str(raw / "imagesTs"), "-f", "0", "-device", "cpu", "--disable_progress_bar",
+               "-npp", "1", "-nps", "1"]
     run(command("nnUNetv2_predict", *predict, "-o", str(tmp_path / "plugin"), "-d", "903", "-c", "2d", "-tr", TRAINER),
         lateral_model["plugin_env"])
     run(blocked_nnunet("predict_entry_point", *predict, "-o", str(tmp_path / "stock"), "-d", "903", "-c", "2d",
@@ -160,7 +161,7 @@ def test_exported_model_predicts_identically_without_the_plugin(lateral_model, t
         x = {}
         for value in (1, 2):
             dice = 2 * ((stock == value) & (truth == value)).sum() / ((stock == value).sum() + (truth == value).sum())
-            assert dice > 0.9, (case, value, dice)
+            assert dice > 0.8, (case, value, dice)  # learned (swapped sides or no training: near 0); unseeded
             x[value] = plugin.TransformContinuousIndexToPhysicalPoint(np.argwhere(stock == value).mean(0)[::-1].tolist())[0]
         assert x[1] > x[2] + 40, (case, x)  # LPS: kidney_left lies towards the patient's left (+x), 64 mm apart
 

@@ -266,6 +266,7 @@ def test_stock_commands_train_and_predict_with_a_coarse_kidney(nnunet_env, tmp_p
 
     out = tmp_path / "predicted"
     run(command("nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", "29", "-c", "3d_fullres",
-                "-tr", trainer, "-f", "0", "-device", "cpu", "--disable_progress_bar"), plugin_env)
+                "-tr", trainer, "-f", "0", "-device", "cpu", "--disable_progress_bar", "-npp", "1", "-nps", "1"),
+        plugin_env)
     predictions = sorted(out.glob("*.nii.gz"))
     assert predictions and all(sitk.GetArrayFromImage(sitk.ReadImage(str(p))).max() < value for p in predictions)
