@@ -28,6 +28,7 @@ E2E_FIXTURES = {"planned_phantom_dataset", "anisotropic_dataset", "demo_smoke"} 
 Made = TypeVar("Made")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(items) -> None:
     """Every test that uses a dataset nnU-Net planned is end to end (``-m "not e2e"``: the fast tier). Under
     pytest-xdist (``--dist loadgroup``) one worker runs, in turn, the tests that resume the smoke demo in its folder,
