@@ -28,26 +28,11 @@ E2E_FIXTURES = {"planned_phantom_dataset", "anisotropic_dataset", "demo_smoke"} 
 Made = TypeVar("Made")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(items) -> None:
-    """Every test that uses a dataset nnU-Net planned is end to end (``-m "not e2e"``: the fast tier). Under
-    pytest-xdist (``--dist loadgroup``) one worker runs, in turn, the tests that resume the smoke demo in its folder,
-    and one worker the tests of a module with a module-scoped fixture (built once); the other tests go wherever a
-    worker is free."""
+    """Every test that uses a dataset nnU-Net planned is end to end (``-m "not e2e"``: the fast tier)."""
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if E2E_FIXTURES & fixtures:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
-        if "demo_smoke" in fixtures:
-            item.add_marker(pytest.mark.xdist_group("demo_smoke"))
-        elif _uses_module_scoped_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
-def _uses_module_scoped_fixture(item) -> bool:
-    definitions = getattr(item, "_fixtureinfo", None)
-    return definitions is not None and any(d.scope in ("package", "module", "class")
-                                           for defs in definitions.name2fixturedefs.values() for d in defs)
 
 
 def once_per_run(tmp_path_factory, name: str, make: Callable[[Path], Made]) -> Made:

@@ -30,7 +30,7 @@ DATASET_ID, DATASET, PLANS = "620", "Dataset620_DemoNovel", "nnUNetPlans_transfe
 
 
 @pytest.fixture(scope="module")
-def target(demo_smoke) -> dict:
+def target(demo_smoke, tmp_path_factory) -> dict:
     """The smoke demo's target (16^3 phantoms, 6 training and 3 test cases, planned onto the pre-trained network),
     read only; a checkpoint for its network with other labels."""
     from nnunet_suprem.transfer.apply import build_network_from_plans
@@ -41,7 +41,7 @@ def target(demo_smoke) -> dict:
     plans = json.loads((preprocessed / f"{PLANS}.json").read_text())
     dataset_json = {**json.loads((preprocessed / "dataset.json").read_text()), "labels": CHECKPOINT_LABELS}
     network = build_network_from_plans(plans, dataset_json, "3d_fullres")
-    checkpoint = out.parent / "pretrained_other_labels.pth"
+    checkpoint = tmp_path_factory.mktemp("target") / "pretrained_other_labels.pth"
     torch.save({"network_weights": network.state_dict(), "init_args": {"dataset_json": dataset_json}}, checkpoint)
     return {"env": env, "preprocessed": preprocessed, "checkpoint": checkpoint}
 
