@@ -17,8 +17,13 @@ def nnunet_folders(out: str | None, prefix: str) -> Path:
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[name] = str(root / name)
         (root / name).mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("nnUNet_def_n_proc", "2")
+    os.environ.setdefault("nnUNet_def_n_proc", str(processes()))
     return root
+
+
+def processes() -> int:
+    """Worker processes of a benchmark's commands (-np, nnU-Net's pools): nnUNet_def_n_proc, else 2."""
+    return int(os.environ.get("nnUNet_def_n_proc", "2"))
 
 
 def run(*command: str) -> None:

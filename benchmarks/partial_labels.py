@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from common import make_trainer, nnunet_folders, predict, run, test_dice
+from common import make_trainer, nnunet_folders, predict, processes, run, test_dice
 
 PARTIAL = {"hospA": "liver,spleen,kidney_left,kidney_right",
            "hospB": "liver,aorta,stomach,kidney_left,kidney_right",
@@ -41,13 +41,13 @@ def make_datasets(args) -> None:
            for d in ("Dataset501_Partial", "Dataset502_Full")):
         return
     common = ("--cases", str(args.cases), "--test-cases", str(args.test_cases), "--shape", *map(str, args.shape),
-              "--seed", str(args.seed), "-np", "2")
+              "--seed", str(args.seed), "-np", str(processes()))
     run("nnunet-suprem", "synth", "-d", "501", "--name", "Partial", *common,
         "--annotate", *(f"{h}={c}" for h, c in PARTIAL.items()))
     run("nnunet-suprem", "synth", "-d", "502", "--name", "Full", *common,
         "--annotate", *(f"{h}={ALL}" for h in PARTIAL))
     for dataset in ("501", "502"):
-        run("nnUNetv2_plan_and_preprocess", "-d", dataset, "-c", "3d_fullres", "-np", "2")
+        run("nnUNetv2_plan_and_preprocess", "-d", dataset, "-c", "3d_fullres", "-np", str(processes()))
     raw = Path(os.environ["nnUNet_raw"])
     make_left_only_cases(raw / "Dataset502_Full", raw / "left_only_images")
 

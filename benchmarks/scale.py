@@ -42,7 +42,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from common import nnunet_folders
+from common import nnunet_folders, processes
 from convert import make_cases
 
 from nnunet_suprem.nnunet_env import dataset_folder_name, with_ext_trainers
@@ -61,10 +61,6 @@ SOURCES = (  # name, hospital, annotated phantom classes (None: all, and the abs
     ("Kidneys", "hospC", ("kidney_left", "kidney_right", "adrenal_gland_left", "adrenal_gland_right"), 0.15),
     ("Vessels", "hospA", ("aorta", "postcava", "lung_left", "lung_right"), 0.15),
 )
-
-
-def processes() -> int:
-    return int(os.environ.get("nnUNet_def_n_proc", "2"))
 
 
 def source_datasets(first_id: int, cases: int, shape: tuple[int, int, int]) -> list[int]:

@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from common import make_trainer, nnunet_folders, run, test_dice
+from common import make_trainer, nnunet_folders, processes, run, test_dice
 
 SOURCES = {"sided": (611, "hospA", "liver,spleen,kidney_left,kidney_right"),
            "other": (612, "hospB", "liver,spleen,stomach"),
@@ -66,7 +66,7 @@ def make_datasets(args, out: Path) -> None:
            for i, _ in ARMS.values()):
         return
     common = ("--shape", *map(str, args.shape), "--organ-scale", str(args.organ_scale), "--seed", str(args.seed),
-              "--cases", str(args.cases), "-np", "2")
+              "--cases", str(args.cases), "-np", str(processes()))
     for name, (dataset_id, hospital, classes) in SOURCES.items():
         run("nnunet-suprem", "synth", "-d", str(dataset_id), "--name", name.capitalize(), "--hospitals", hospital,
             "--annotate", f"{hospital}={classes}", *common)
@@ -83,9 +83,9 @@ def make_datasets(args, out: Path) -> None:
             (out / f"map{dataset_id}.json").write_text(json.dumps({coarse: {COARSE_KIDNEY: target}}))
             mapping = ["--map", str(out / f"map{dataset_id}.json")]
         run("nnunet-suprem", "merge", *sources, "-d", str(dataset_id), "--name", f"SetArm{dataset_id}", *mapping,
-            "-np", "2")
-    run("nnUNetv2_plan_and_preprocess", "-d", *(str(i) for i, _ in ARMS.values()), "-c", "3d_fullres", "-np", "2",
-        "-npfp", "2")
+            "-np", str(processes()))
+    run("nnUNetv2_plan_and_preprocess", "-d", *(str(i) for i, _ in ARMS.values()), "-c", "3d_fullres", "-np",
+        str(processes()), "-npfp", str(processes()))
 
 
 def right_share(predictions: Path, test: Path, labels: dict[str, int]) -> tuple[float, float]:

@@ -6,9 +6,9 @@ fine-tune from the pre-trained checkpoint and the same training from scratch, pr
 evaluate -> a table, a figure and learning curves.
 
 Every step is a command a user could type (printed before it runs, its output kept in ``OUT/logs``), run with
-``nnUNet_raw``/``nnUNet_preprocessed``/``nnUNet_results`` inside ``OUT`` (the study's in ``OUT/fewshot``). A
-finished step is not run again, and an interrupted training continues (``--c``), so running the same command again
-resumes.
+``nnUNet_raw``/``nnUNet_preprocessed``/``nnUNet_results`` inside ``OUT`` (the study's in ``OUT/fewshot``) and
+``nnUNet_def_n_proc`` worker processes per command (else 2). A finished step is not run again, and an interrupted
+training continues (``--c``), so running the same command again resumes.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from nnunet_suprem.fewshot.curves import first_epoch_means, plot_learning_curves, read_class_curves
 from nnunet_suprem.fewshot.report import ARMS, class_groups
 from nnunet_suprem.fewshot.study import Study, run_study
+from nnunet_suprem.jobs import default_num_processes
 from nnunet_suprem.nnunet_env import dataset_name, with_ext_trainers
 from nnunet_suprem.planning.recipes import CPU_PLANS_NAME
 from nnunet_suprem.steps import (Step, add_device_argument, claimed_out, default_device, report_failure, run_steps,
@@ -46,6 +47,7 @@ NOVEL_CLASSES = "spleen,kidney_left,kidney_right,stomach"
 TARGET_CLASSES = f"{SEEN_CLASSES},{NOVEL_CLASSES}"
 TARGET_PLANS = "nnUNetPlans_transfer"
 TRAIN_CASES = 5
+UNSET_WORKERS = 2  # worker processes of every command (-np, nnU-Net's pools) unless nnUNet_def_n_proc says otherwise
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Demo:
         self.raw = out / "nnUNet_raw"
         self.preprocessed = out / "nnUNet_preprocessed"
         self.results = out / "nnUNet_results"
+        self.workers = default_num_processes(UNSET_WORKERS)
 
     @property
     def pretrained_folder(self) -> Path:
@@ -89,7 +92,7 @@ class Demo:
     def steps(self) -> list[Step]:
         """Everything up to the planned target and the pre-trained checkpoint; each step's inputs are the files
         earlier steps wrote, so a redone step redoes the steps after it that read what it wrote."""
-        b, shape, np_ = self.budget, [str(s) for s in self.budget.shape], ["-np", "2"]
+        b, shape, np_ = self.budget, [str(s) for s in self.budget.shape], ["-np", str(self.workers)]
         sources = {name: self.raw / dataset_name(i, name) for name, (i, _, _) in SOURCES.items()}
         pretraining = self.preprocessed / DATASET_FOLDERS[PRETRAIN_ID]
         target = self.raw / DATASET_FOLDERS[TARGET_ID]
@@ -158,7 +161,7 @@ class Demo:
         env = with_ext_trainers()
         env.update(nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed),
                    nnUNet_results=str(self.results))
-        env.setdefault("nnUNet_def_n_proc", "2")
+        env.setdefault("nnUNet_def_n_proc", str(self.workers))
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -167,7 +170,7 @@ class Demo:
         run_steps(self.steps(), self.out, self.environment(), self.device)
         folder = self.out / "fewshot"
         logger.info("\nfine-tuning: a few-shot study in %s (as nnunet-suprem fewshot)", folder)
-        fewshot = run_study(self.study(), folder, self.device, 2)
+        fewshot = run_study(self.study(), folder, self.device, self.workers)
         runs = {arm: [read_class_curves(fewshot.model_folder(arm) / f"fold_{fold}") for _, _, fold in fewshot.runs()]
                 for arm in ARMS}
         groups = class_groups(runs[ARMS[0]][0], fewshot.known_classes)

@@ -11,9 +11,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def default_num_processes() -> int:
-    """nnU-Net's default worker count (``nnUNet_def_n_proc``, else 8)."""
-    return int(os.environ.get("nnUNet_def_n_proc", 8))
+def default_num_processes(unset: int = 8) -> int:
+    """nnU-Net's default worker count: ``nnUNet_def_n_proc``, else ``unset`` (nnU-Net's 8)."""
+    return int(os.environ.get("nnUNet_def_n_proc", unset))
 
 
 def map_with_progress(function: Callable[[T], R], items: Iterable[T], num_processes: int, desc: str) -> list[R]:

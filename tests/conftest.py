@@ -26,6 +26,10 @@ from filelock import FileLock
 NNUNET_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 E2E_FIXTURES = {"planned_phantom_dataset", "anisotropic_dataset", "demo_smoke"}  # they run nnU-Net
 Made = TypeVar("Made")
+# nnU-Net's worker pools (nnUNet_def_n_proc) for the tests' commands: each worker is a spawned Python that imports
+# torch and nnU-Net first, which on 2 cores costs more than the tiny cases' work (a smoke training: 56 s with one
+# export and one metrics worker, 69 s with two each); the tests' own -np options say "1" for the same reason
+WORKERS = "1"
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -88,9 +92,9 @@ def raw_phantom_dataset(root: Path, dataset_id: int, name: str, hospitals: list[
 
 
 def subprocess_env(folders: dict[str, str], **extra: str) -> dict[str, str]:
-    """Environment for nnU-Net child processes: our folders, 2 export workers, no inherited extTrainer."""
+    """Environment for nnU-Net child processes: our folders, one worker per pool, no inherited extTrainer."""
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
-    env.update(folders, nnUNet_def_n_proc="2", **extra)
+    env.update(folders, nnUNet_def_n_proc=WORKERS, **extra)
     return env
 
 
@@ -129,7 +133,7 @@ def nnunet_env(tmp_path, monkeypatch) -> dict[str, str]:
     folders = nnunet_folders(tmp_path / "nnunet")
     for name, value in folders.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("nnUNet_def_n_proc", "2")
+    monkeypatch.setenv("nnUNet_def_n_proc", WORKERS)
     monkeypatch.delenv("nnUNet_extTrainer", raising=False)
     return folders
 
@@ -140,9 +144,9 @@ def planned_phantom_dataset(tmp_path_factory) -> dict:
     def make(root: Path) -> dict:
         folders = nnunet_folders(root)
         env = subprocess_env(folders)
-        run(cli("synth", "-d", "1", "--cases", "3", "--test-cases", "1", "-np", "2",
+        run(cli("synth", "-d", "1", "--cases", "3", "--test-cases", "1", "-np", "1",
                 "--annotate", "hospB=liver,spleen,kidney_left,kidney_right"), env)
-        run(command("nnUNetv2_plan_and_preprocess", "-d", "1", "-c", "3d_fullres", "-np", "2",
+        run(command("nnUNetv2_plan_and_preprocess", "-d", "1", "-c", "3d_fullres", "-np", "1",
                     "--verify_dataset_integrity"), env)
         create_splits(Path(folders["nnUNet_preprocessed"]) / "Dataset001_SynthCT")
         return {"env": env, "dataset_id": 1, "raw": Path(folders["nnUNet_raw"]) / "Dataset001_SynthCT"}
@@ -216,7 +220,7 @@ def anisotropic_dataset(tmp_path_factory) -> dict[str, str]:
             sitk.WriteImage(labels, str(raw / "labelsTr" / f"aniso_{i:03d}.nii.gz"))
         (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": ANISOTROPIC_LABELS,
                                                       "numTraining": 5, "file_ending": ".nii.gz"}))
-        run(command("nnUNetv2_plan_and_preprocess", "-d", "901", "-c", "2d", "3d_fullres", "-np", "2"),
+        run(command("nnUNetv2_plan_and_preprocess", "-d", "901", "-c", "2d", "3d_fullres", "-np", "1"),
             subprocess_env(folders))
         create_splits(Path(folders["nnUNet_preprocessed"]) / "Dataset901_Aniso")
         return folders

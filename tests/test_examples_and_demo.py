@@ -12,7 +12,7 @@ import nibabel
 import numpy as np
 import pytest
 
-from conftest import cli, run
+from conftest import WORKERS, cli, run
 from nnunet_suprem.nnunet_env import trainers_dir
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -26,7 +26,7 @@ def workdir(tmp_path_factory) -> Path:
 def example_env(workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("nnUNet_extTrainer", "nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    env.update(WORKDIR=str(workdir), nnUNet_def_n_proc="2",
+    env.update(WORKDIR=str(workdir), nnUNet_def_n_proc=WORKERS,
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     return env
 

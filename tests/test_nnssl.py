@@ -135,7 +135,7 @@ def target(tmp_path_factory):
 @pytest.fixture(scope="module")
 def planned(target):
     """``nnunet-suprem plan-transfer --pretrained checkpoint_final.pth`` (plans and preprocessing)."""
-    result = run(cli("plan-transfer", "-d", str(DATASET), "--pretrained", str(target["checkpoint"]), "-np", "2"),
+    result = run(cli("plan-transfer", "-d", str(DATASET), "--pretrained", str(target["checkpoint"]), "-np", "1"),
                  target["env"])
     plans_file = Path(target["folders"]["nnUNet_preprocessed"]) / NAME / f"{PLANS}.json"
     return {"stdout": result.stdout, "plans": json.loads(plans_file.read_text())}

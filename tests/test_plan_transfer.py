@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import nnunet_folders
+from conftest import WORKERS, nnunet_folders
 from nnunet_suprem.cli import main
 from nnunet_suprem.planning.topology import downsampling_per_axis, fit_patch_size
 from nnunet_suprem.synth import hospitals_from_args, write_nnunet_dataset
@@ -30,7 +30,7 @@ def folders(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         env = nnunet_folders(tmp_path_factory.mktemp("plan_transfer"))
-        for name, value in {**env, "nnUNet_def_n_proc": "2"}.items():
+        for name, value in {**env, "nnUNet_def_n_proc": WORKERS}.items():
             mp.setenv(name, value)
         mp.delenv("nnUNet_extTrainer", raising=False)
         write_nnunet_dataset(SOURCE, "Source", hospitals_from_args(["hospA"], [], None), num_cases=2)

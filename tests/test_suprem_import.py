@@ -60,7 +60,7 @@ def target(tmp_path_factory):
 @pytest.fixture(scope="module")
 def imported(target):
     """``nnunet-suprem import-suprem`` run on the target (plans, preprocessing, weights)."""
-    result = run(cli("import-suprem", str(target["checkpoint"]), "--arch", "unet", "-d", str(DATASET), "-np", "2",
+    result = run(cli("import-suprem", str(target["checkpoint"]), "--arch", "unet", "-d", str(DATASET), "-np", "1",
                      *SMALL), target["env"])
     folder = Path(target["folders"]["nnUNet_preprocessed"]) / NAME
     return {"stdout": result.stdout, "plans": json.loads((folder / f"{PLANS}.json").read_text()),
