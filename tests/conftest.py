@@ -32,19 +32,11 @@ Made = TypeVar("Made")
 WORKERS = "1"
 
 
-# seconds per module in a recent full run (the slowest 60 tests' durations summed per module); only the order in
-# which modules run depends on it, so a stale or missing entry (counted as short) costs time, never a result
-MODULE_SECONDS = json.loads((Path(__file__).with_name("module_seconds.json")).read_text())
-
-
 def pytest_collection_modifyitems(items) -> None:
-    """Every test that uses a dataset nnU-Net planned is end to end (``-m "not e2e"``: the fast tier). The longest
-    modules run first: pytest-xdist (``--dist loadscope``) hands out whole modules in this order, so the workers end
-    on short modules and finish close together."""
+    """Every test that uses a dataset nnU-Net planned is end to end (``-m "not e2e"``: the fast tier)."""
     for item in items:
         if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
-    items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, 0))  # stable: a module's tests stay in order
 
 
 def once_per_run(tmp_path_factory, name: str, make: Callable[[Path], Made]) -> Made:
