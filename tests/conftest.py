@@ -28,7 +28,7 @@ E2E_FIXTURES = {"planned_phantom_dataset", "anisotropic_dataset", "demo_smoke"} 
 Made = TypeVar("Made")
 # nnU-Net's worker pools (nnUNet_def_n_proc) for the tests' commands: each worker is a spawned Python that imports
 # torch and nnU-Net first, which on 2 cores costs more than the tiny cases' work (a smoke training: 56 s with one
-# export and one metrics worker, 69 s with two each); the tests' own -np options say "1" for the same reason
+# export and one metrics worker, 69 s with two each); the tests pass it as -np too
 WORKERS = "1"
 
 
@@ -144,9 +144,9 @@ def planned_phantom_dataset(tmp_path_factory) -> dict:
     def make(root: Path) -> dict:
         folders = nnunet_folders(root)
         env = subprocess_env(folders)
-        run(cli("synth", "-d", "1", "--cases", "3", "--test-cases", "1", "-np", "1",
+        run(cli("synth", "-d", "1", "--cases", "3", "--test-cases", "1", "-np", WORKERS,
                 "--annotate", "hospB=liver,spleen,kidney_left,kidney_right"), env)
-        run(command("nnUNetv2_plan_and_preprocess", "-d", "1", "-c", "3d_fullres", "-np", "1",
+        run(command("nnUNetv2_plan_and_preprocess", "-d", "1", "-c", "3d_fullres", "-np", WORKERS,
                     "--verify_dataset_integrity"), env)
         create_splits(Path(folders["nnUNet_preprocessed"]) / "Dataset001_SynthCT")
         return {"env": env, "dataset_id": 1, "raw": Path(folders["nnUNet_raw"]) / "Dataset001_SynthCT"}
@@ -220,7 +220,7 @@ def anisotropic_dataset(tmp_path_factory) -> dict[str, str]:
             sitk.WriteImage(labels, str(raw / "labelsTr" / f"aniso_{i:03d}.nii.gz"))
         (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": ANISOTROPIC_LABELS,
                                                       "numTraining": 5, "file_ending": ".nii.gz"}))
-        run(command("nnUNetv2_plan_and_preprocess", "-d", "901", "-c", "2d", "3d_fullres", "-np", "1"),
+        run(command("nnUNetv2_plan_and_preprocess", "-d", "901", "-c", "2d", "3d_fullres", "-np", WORKERS),
             subprocess_env(folders))
         create_splits(Path(folders["nnUNet_preprocessed"]) / "Dataset901_Aniso")
         return folders

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 import nnunet_suprem.convert.mask_conversion as mask_conversion
-from conftest import cli, command, run, subprocess_env, tree_digest
+from conftest import WORKERS, cli, command, run, subprocess_env, tree_digest
 from nnunet_suprem.convert.abdomenatlas import convert_abdomenatlas
 from nnunet_suprem.convert.driver import ConversionError
 from nnunet_suprem.manifest import annotated_classes_by_case
@@ -111,7 +111,7 @@ def test_good_and_bad_cases(nnunet_env, atlas_with_bad_cases):
     overlap_labels = _array(out / "labelsTr/overlap.nii.gz")
     assert (overlap_labels == dataset["labels"]["stomach"]).sum() == 4  # smaller structure wins
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging or temp files left
-    run(command("nnUNetv2_extract_fingerprint", "-d", "5", "--verify_dataset_integrity", "-np", "1"),
+    run(command("nnUNetv2_extract_fingerprint", "-d", "5", "--verify_dataset_integrity", "-np", WORKERS),
         subprocess_env(nnunet_env))
 
 
@@ -216,7 +216,7 @@ def test_real_ct_converts_and_plans_anisotropic(nnunet_env, tmp_path):
     assert (out / "imagesTr/lung1_0000.nii.gz").read_bytes() == (REAL_CT / "ct.nii.gz").read_bytes()
 
     env = subprocess_env(nnunet_env)
-    run(command("nnUNetv2_extract_fingerprint", "-d", "20", "--verify_dataset_integrity", "-np", "1"), env)
+    run(command("nnUNetv2_extract_fingerprint", "-d", "20", "--verify_dataset_integrity", "-np", WORKERS), env)
     run(command("nnUNetv2_plan_experiment", "-d", "20"), env)
     plans = json.loads((Path(nnunet_env["nnUNet_preprocessed"]) / "Dataset020_RealCT/nnUNetPlans.json").read_text())
     fullres = plans["configurations"]["3d_fullres"]

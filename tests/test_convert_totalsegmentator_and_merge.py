@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import command, run, subprocess_env
+from conftest import WORKERS, command, run, subprocess_env
 from nnunet_suprem.convert import merge as merge_module
 from nnunet_suprem.convert.merge import merge_datasets
 from nnunet_suprem.convert.totalsegmentator import convert_totalsegmentator, few_shot_subset
@@ -60,7 +60,7 @@ def test_totalsegmentator_v2_organs_with_splits(nnunet_env, tmp_path):
     ivc = _array(out / "labelsTr/s0001.nii.gz") == dataset["labels"]["inferior_vena_cava"]
     assert np.array_equal(ivc, sitk.GetArrayFromImage(_phantom(0).mask("postcava")) == 1)
     env = subprocess_env(nnunet_env)
-    run(command("nnUNetv2_extract_fingerprint", "-d", "30", "--verify_dataset_integrity", "-np", "1"), env)
+    run(command("nnUNetv2_extract_fingerprint", "-d", "30", "--verify_dataset_integrity", "-np", WORKERS), env)
 
 
 def test_totalsegmentator_v1_few_shot_subset_is_reproducible(nnunet_env, tmp_path):

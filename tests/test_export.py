@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import cli, command, nnunet_folders, run, subprocess_env, tree_digest
+from conftest import WORKERS, cli, command, nnunet_folders, run, subprocess_env, tree_digest
 from nnunet_suprem.nnunet_env import trainers_dir
 
 LABELS = {"background": 0, "kidney_left": 1, "kidney_right": 2}
@@ -83,7 +83,7 @@ def lateral_model(tmp_path_factory) -> dict:
     (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "labels": LABELS, "numTraining": 6,
                                                   "file_ending": ".nii.gz"}))
     env = subprocess_env(folders)
-    run(command("nnUNetv2_plan_and_preprocess", "-d", "903", "-c", "2d", "-np", "1"), env)
+    run(command("nnUNetv2_plan_and_preprocess", "-d", "903", "-c", "2d", "-np", WORKERS), env)
     ext = root / "user_trainers"
     ext.mkdir()
     (ext / "lateral_trainers.py").write_text(TRAINER_MODULE)

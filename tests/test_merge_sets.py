@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import cli, command, run, subprocess_env
+from conftest import WORKERS, cli, command, run, subprocess_env
 from nnunet_suprem.convert.merge import label_regions, merge_datasets
 from nnunet_suprem.fileio import write_image, write_json
 from nnunet_suprem.manifest import annotated_classes_by_case, label_sets
@@ -190,8 +190,8 @@ def test_kits23_and_a_sided_source_through_nnunet_planning(nnunet_env):
                 "labels": {"background": 0, "left kidney": 1, "right kidney": 2, "liver": 3}},
                raw / "Dataset041_Sided" / "dataset.json")
     env = subprocess_env(nnunet_env)
-    run(cli("merge", "220", "41", "-d", "50", "--name", "KidneySets", "--taxonomy", "union", "-np", "1"), env)
-    run(command("nnUNetv2_plan_and_preprocess", "-d", "50", "-c", "3d_fullres", "-np", "1"), env)
+    run(cli("merge", "220", "41", "-d", "50", "--name", "KidneySets", "--taxonomy", "union", "-np", WORKERS), env)
+    run(command("nnUNetv2_plan_and_preprocess", "-d", "50", "-c", "3d_fullres", "-np", WORKERS), env)
 
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli, command, raw_phantom_dataset, run, subprocess_env
+from conftest import WORKERS, cli, command, raw_phantom_dataset, run, subprocess_env
 from nnunet_suprem.cli import main
 from nnunet_suprem.nnunet_env import trainers_dir
 from nnunet_suprem.planning.pretrained import load_pretrained
@@ -135,7 +135,7 @@ def target(tmp_path_factory):
 @pytest.fixture(scope="module")
 def planned(target):
     """``nnunet-suprem plan-transfer --pretrained checkpoint_final.pth`` (plans and preprocessing)."""
-    result = run(cli("plan-transfer", "-d", str(DATASET), "--pretrained", str(target["checkpoint"]), "-np", "1"),
+    result = run(cli("plan-transfer", "-d", str(DATASET), "--pretrained", str(target["checkpoint"]), "-np", WORKERS),
                  target["env"])
     plans_file = Path(target["folders"]["nnUNet_preprocessed"]) / NAME / f"{PLANS}.json"
     return {"stdout": result.stdout, "plans": json.loads(plans_file.read_text())}

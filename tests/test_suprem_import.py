@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli, raw_phantom_dataset, run, subprocess_env
+from conftest import WORKERS, cli, raw_phantom_dataset, run, subprocess_env
 from nnunet_suprem.architectures import supports_deep_supervision
 from nnunet_suprem.architectures.suprem_unet3d import SuPreMUNet3D
 from nnunet_suprem.cli import main
@@ -60,7 +60,7 @@ def target(tmp_path_factory):
 @pytest.fixture(scope="module")
 def imported(target):
     """``nnunet-suprem import-suprem`` run on the target (plans, preprocessing, weights)."""
-    result = run(cli("import-suprem", str(target["checkpoint"]), "--arch", "unet", "-d", str(DATASET), "-np", "1",
+    result = run(cli("import-suprem", str(target["checkpoint"]), "--arch", "unet", "-d", str(DATASET), "-np", WORKERS,
                      *SMALL), target["env"])
     folder = Path(target["folders"]["nnUNet_preprocessed"]) / NAME
     return {"stdout": result.stdout, "plans": json.loads((folder / f"{PLANS}.json").read_text()),

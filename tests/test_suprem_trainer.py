@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import cli, command, run, subprocess_env
+from conftest import WORKERS, cli, command, run, subprocess_env
 
 from nnunet_suprem.nnunet_env import trainers_dir
 from nnunet_suprem.manifest import foreground_labels
@@ -241,7 +241,7 @@ def test_stock_commands_train_and_predict_with_a_coarse_kidney(nnunet_env, tmp_p
     """hospB labels its kidneys without side (the set "kidney"): nnU-Net plans and preprocesses it, nnUNetv2_train
     trains SuPreMTrainer on it, validation scores the set, and nnUNetv2_predict never writes the set's value."""
     env = subprocess_env(nnunet_env)
-    run(cli("synth", "-d", "29", "--cases", "3", "--test-cases", "1", "-np", "1",
+    run(cli("synth", "-d", "29", "--cases", "3", "--test-cases", "1", "-np", WORKERS,
             "--annotate", "hospB=liver,spleen,kidney_left,kidney_right"), env)
     raw = next(Path(nnunet_env["nnUNet_raw"]).glob("Dataset029_*"))
     dataset = json.loads((raw / "dataset.json").read_text())
@@ -255,7 +255,7 @@ def test_stock_commands_train_and_predict_with_a_coarse_kidney(nnunet_env, tmp_p
         coarse = sitk.GetImageFromArray(seg)
         coarse.CopyInformation(image)
         sitk.WriteImage(coarse, path)
-    run(command("nnUNetv2_plan_and_preprocess", "-d", "29", "-c", "3d_fullres", "-np", "1"), env)
+    run(command("nnUNetv2_plan_and_preprocess", "-d", "29", "-c", "3d_fullres", "-np", WORKERS), env)
     trainer = "SuPreMTrainer_smoke"
     plugin_env = {**env, "nnUNet_extTrainer": str(trainers_dir()), "nnUNet_n_proc_DA": "0"}
     result = run(command("nnUNetv2_train", "29", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"), plugin_env)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from skimage import io
 
-from conftest import command, nnunet_folders, run, subprocess_env
+from conftest import WORKERS, command, nnunet_folders, run, subprocess_env
 from nnunet_suprem.nnunet_env import trainers_dir
 
 LABELS = {"background": 0, "kidney_left": 1, "kidney_right": 2}
@@ -37,7 +37,7 @@ def test_no_mirroring_axis_left_predicts_with_stock_nnunet(tmp_path):
     (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "grey"}, "labels": LABELS,
                                                   "numTraining": 5, "file_ending": ".png"}))
     env = subprocess_env(folders)
-    run(command("nnUNetv2_plan_and_preprocess", "-d", "902", "-c", "2d", "-np", "1"), env)
+    run(command("nnUNetv2_plan_and_preprocess", "-d", "902", "-c", "2d", "-np", WORKERS), env)
 
     env = {**env, "nnUNet_extTrainer": str(trainers_dir()), "nnUNet_n_proc_DA": "0"}
     trainer = "SuPreMTrainer_smoke"
