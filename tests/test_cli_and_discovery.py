@@ -89,11 +89,11 @@ def test_trainer_modules_expose_every_class_under_its_own_name():
     exposed = {name: value for module in (suprem_trainers, suprem_finetune_trainers)
                for name, value in vars(module).items() if isinstance(value, type) and issubclass(value, SuPreMTrainer)}
     assert len(exposed) == 25 and all(trainer.__name__ == name for name, trainer in exposed.items())
-    assert exposed["SuPreMFinetuneTrainer_10epochs_12iterations"].iterations_per_epoch == 12
+    assert exposed["SuPreMFinetuneTrainer_12epochs_40iterations"].iterations_per_epoch == 40
     ablation = exposed["SuPreMFinetuneTrainerFullLR_40epochs_25iterations"]
     assert ablation.pretrained_lr_scale == 1 and exposed["SuPreMFinetuneTrainer"].pretrained_lr_scale == 0.1
     assert ablation.epochs == exposed["SuPreMFinetuneTrainer_40epochs_25iterations"].epochs == 40
-    assert trainer_epochs("SuPreMTrainer_16epochs_20iterations") == 16 and trainer_epochs("SuPreMTrainer") is None
+    assert trainer_epochs("SuPreMTrainer_30epochs_50iterations") == 30 and trainer_epochs("SuPreMTrainer") is None
     assert trainer_epochs("nnUNetTrainer") is None
 
 

@@ -20,8 +20,8 @@ from nnunet_suprem.evaluate.stats import TEST_CASES_ONLY, summarize_draws, t_int
 from nnunet_suprem.fewshot.curves import (class_curves, first_epoch_means, group_curve, plot_learning_curves,
                                           read_class_curves)
 from nnunet_suprem.fewshot.report import (ARMS, DIFFERENCE, LONG_COLUMNS, class_groups, evaluation_rows,
-                                          interval_caption, plot_study, summarize_study, summary_markdown,
-                                          unpaired_note, write_long_table, write_summary_csv)
+                                          interval_caption, learned_overview, plot_study, summarize_study,
+                                          summary_markdown, unpaired_note, write_long_table, write_summary_csv)
 from nnunet_suprem.planning.split import few_shot_splits
 
 # the checkpoint's classes: a side spelled out twice, another case, and a class the target lacks
@@ -348,7 +348,8 @@ def evaluation(case_scores: dict) -> dict:
                                 for case, scores in case_scores.items()]}
 
 
-def test_long_table_and_summary_arithmetic(tmp_path):
+def two_draw_rows() -> list[dict]:
+    """Long-table rows of a study at N = 5 with two draws, two test cases, a seen and a novel class."""
     groups = {"liver": "seen", "spleen": "novel"}
     nan = float("nan")
     scores = {  # (arm, draw) -> case -> class -> Dice
@@ -357,8 +358,22 @@ def test_long_table_and_summary_arithmetic(tmp_path):
         ("scratch", 0): {"a": {"liver": 0.5, "spleen": 0.1}, "b": {"liver": 0.5, "spleen": 0.2}},
         ("scratch", 1): {"a": {"liver": 0.4, "spleen": 0.3}, "b": {"liver": 0.2, "spleen": 0.1}},
     }
-    rows = [row for (arm, draw), cases in scores.items()
+    return [row for (arm, draw), cases in scores.items()
             for row in evaluation_rows(evaluation(cases), arm, 5, draw, groups)]
+
+
+def test_learned_overview_marks_the_classes_an_arm_has_not_learned():
+    summary = summarize_study(two_draw_rows())
+    text = learned_overview(summary)
+    assert "| 5 | liver | seen | 0.750 | 0.400 (not learned) | +0.350 |" in text
+    assert "| 5 | spleen | novel | 0.350 (not learned) | 0.150 (not learned) | +0.200 |" in text
+    assert "N = 5, seen classes learned: pretrained 1 of 1, scratch 0 of 1" in text
+    assert "N = 5, novel classes learned: pretrained 0 of 1, scratch 0 of 1" in text
+    assert "| 5 | spleen | novel | 0.350 | 0.150 (not learned) |" in learned_overview(summary, threshold=0.3)
+
+
+def test_long_table_and_summary_arithmetic(tmp_path):
+    rows = two_draw_rows()
     write_long_table(tmp_path / "fewshot.csv", rows)
     table = read_csv(tmp_path / "fewshot.csv")
     assert table[0] == {"arm": "pretrained", "N": "5", "draw": "0", "case": "a", "class": "liver", "group": "seen",

@@ -6,7 +6,7 @@ from nnunet_suprem.training.finetune_trainer import (  # noqa: F401  (exposed to
     SuPreMFinetuneTrainerNoHeadTransfer,
 )
 from nnunet_suprem.training.variants import (  # noqa: F401  (exposed to nnU-Net's trainer lookup)
-    SuPreMFinetuneTrainer_10epochs_12iterations,
+    SuPreMFinetuneTrainer_12epochs_40iterations,
     SuPreMFinetuneTrainer_40epochs_25iterations,
     SuPreMFinetuneTrainer_50epochs,
     SuPreMFinetuneTrainer_100epochs,

@@ -6,8 +6,8 @@ from nnunet_suprem.training.suprem_trainer import (  # noqa: F401  (exposed to n
 )
 from nnunet_suprem.training.variants import (  # noqa: F401  (exposed to nnU-Net's trainer lookup)
     SuPreMTrainer_5epochs,
-    SuPreMTrainer_10epochs_12iterations,
-    SuPreMTrainer_16epochs_20iterations,
+    SuPreMTrainer_12epochs_40iterations,
+    SuPreMTrainer_30epochs_50iterations,
     SuPreMTrainer_40epochs_25iterations,
     SuPreMTrainer_50epochs,
     SuPreMTrainer_100epochs_25iterations,

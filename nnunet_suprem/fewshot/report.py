@@ -26,6 +26,8 @@ LONG_COLUMNS = ("arm", "N", "draw", "case", "class", "group", "Dice", "NSD")
 SUMMARY_COLUMNS = ("metric", "N", "group", "class", "arm", "draw", "draws", "cases", "n", "mean", "ci_low", "ci_high",
                    "interval")
 NAN = float("nan")
+LEARNED_DICE = 0.5
+"""Mean test Dice from which the overview counts a class as learned by an arm."""
 METHOD = (f"A (draw, test case, class) result counts in both arms only where both scored it, so that each arm's "
           f"means and their difference cover the same classes and cases. A test case's value for a class group is "
           f"the mean over the group's classes scored in it; a draw's value, the mean over its test cases; the "
@@ -203,6 +205,39 @@ def summary_markdown(summary: Sequence[Mapping], title: str) -> str:
                          f"{row['interval'] or 'n/a'} |")
         lines.append("")
     return "\n".join(lines).rstrip()
+
+
+def _learned_cell(value: float, threshold: float) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    return f"{value:.3f}" + (" (not learned)" if value < threshold else "")
+
+
+def learned_overview(summary: Sequence[Mapping], threshold: float = LEARNED_DICE) -> str:
+    """Per N, each class's mean test Dice in both arms (over the draws; ``not learned`` below ``threshold``) and their
+    difference, seen classes first, then how many classes of each group each arm learned."""
+    means = {(r["N"], r["class"], r["arm"]): r["mean"] for r in summary
+             if r["metric"] == "Dice" and r["class"] and r["draw"] == ""}
+    groups = {r["class"]: r["group"] for r in summary if r["class"]}
+    order = (SEEN, NOVEL, UNKNOWN)
+    classes = sorted(groups, key=lambda name: order.index(groups[name]))
+    lines = [f"Test Dice per class, mean over the draws ('not learned': below {threshold}):", "",
+             "| N | class | in pre-training | pre-trained | scratch | pre-trained - scratch |",
+             "| ---: | --- | --- | ---: | ---: | ---: |"]
+    counts = []
+    for n in sorted({r["N"] for r in summary}):
+        for name in classes:
+            pretrained, scratch, difference = (means.get((n, name, arm), NAN) for arm in (*ARMS, DIFFERENCE))
+            lines.append(f"| {n} | {name} | {groups[name]} | {_learned_cell(pretrained, threshold)} | "
+                         f"{_learned_cell(scratch, threshold)} | "
+                         f"{f'{difference:+.3f}' if np.isfinite(difference) else 'n/a'} |")
+        for group in order:
+            members = [name for name in classes if groups[name] == group]
+            if members:
+                learned = {arm: sum(means.get((n, name, arm), NAN) >= threshold for name in members) for arm in ARMS}
+                counts.append(f"N = {n}, {group} classes learned: "
+                              + ", ".join(f"{arm} {learned[arm]} of {len(members)}" for arm in ARMS))
+    return "\n".join([*lines, "", *counts])
 
 
 def interval_caption(summary: Sequence[Mapping]) -> str:

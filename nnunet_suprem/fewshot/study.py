@@ -22,9 +22,9 @@ from functools import cached_property
 from pathlib import Path
 
 from nnunet_suprem.evaluate.folders import find_dataset_json
-from nnunet_suprem.fewshot.report import (ARMS, METHOD, class_groups, evaluation_rows, plot_study, read_evaluation,
-                                          summarize_study, summary_markdown, unpaired_note, write_long_table,
-                                          write_summary_csv)
+from nnunet_suprem.fewshot.report import (ARMS, METHOD, class_groups, evaluation_rows, learned_overview, plot_study,
+                                          read_evaluation, summarize_study, summary_markdown, unpaired_note,
+                                          write_long_table, write_summary_csv)
 from nnunet_suprem.fileio import (atomic_path, check_file_ending, check_name, check_text, input_cases, read_json,
                                   write_json)
 from nnunet_suprem.jobs import default_num_processes
@@ -346,7 +346,7 @@ class FewShot:
             title = (f"INTERIM, {len(runs)} of {len(self.runs())} runs evaluated "
                      f"({', '.join(f'N={n} draw {draw}' for n, draw, _ in runs)}). {title}")
         unpaired = unpaired_note(rows)
-        text = (f"{title}\n\n{METHOD} 'in pre-training': the class has a pre-trained output row in {s.checkpoint}."
+        text = (f"{title}\n\n{learned_overview(summary)}\n\n{METHOD} 'in pre-training': the class has a pre-trained output row in {s.checkpoint}."
                 f"\n\n{summary_markdown(summary, '').strip()}"
                 + (f"\n\nScored by one arm only, so left out of both:\n{unpaired}" if unpaired else ""))
         with atomic_path(self.out / "summary.md") as tmp:

@@ -14,7 +14,9 @@ Trainer = TypeVar("Trainer", bound=type)
 
 SMOKE = (2, 2, 1)
 """(epochs, iterations, validation iterations) of the ``_smoke`` trainers: about a minute on a CPU."""
-DEMO_FAST_FINETUNE = (10, 12, 3)
+DEMO_FAST_PRETRAIN = (30, 50, 4)
+"""Pre-training budget of ``nnunet-suprem demo --fast`` (1,500 iterations on 16^3 phantoms)."""
+DEMO_FAST_FINETUNE = (12, 40, 3)
 """Fine-tuning budget of ``nnunet-suprem demo --fast``, and of its from-scratch baseline."""
 DEMO_FINETUNE = (40, 25, 6)
 """Fine-tuning budget of ``nnunet-suprem demo``, and of its from-scratch baseline."""
@@ -40,9 +42,9 @@ SuPreMTrainer_1000epochs = training_length(SuPreMTrainer, 1000)
 SuPreMTrainer_smoke = training_length(SuPreMTrainer, *SMOKE, suffix="smoke",
                                       doc="Checks a pipeline end to end in about a minute on a CPU (the budget of "
                                           "SuPreMFinetuneTrainer_smoke). Not for real training.")
-SuPreMTrainer_16epochs_20iterations = training_length(
-    SuPreMTrainer, 16, 20, 4, doc="Pre-training budget of ``nnunet-suprem demo --fast`` (minutes on a CPU).")
-SuPreMTrainer_10epochs_12iterations = training_length(
+SuPreMTrainer_30epochs_50iterations = training_length(
+    SuPreMTrainer, *DEMO_FAST_PRETRAIN, doc="Pre-training budget of ``nnunet-suprem demo --fast`` (minutes on a CPU).")
+SuPreMTrainer_12epochs_40iterations = training_length(
     SuPreMTrainer, *DEMO_FAST_FINETUNE, doc="From-scratch baseline of ``nnunet-suprem demo --fast``.")
 SuPreMTrainer_100epochs_25iterations = training_length(
     SuPreMTrainer, 100, 25, 6, doc="Pre-training budget of ``nnunet-suprem demo``.")
@@ -54,7 +56,7 @@ SuPreMFinetuneTrainer_100epochs = training_length(SuPreMFinetuneTrainer, 100)
 SuPreMFinetuneTrainer_250epochs = training_length(SuPreMFinetuneTrainer, 250)
 SuPreMFinetuneTrainer_smoke = training_length(SuPreMFinetuneTrainer, *SMOKE, suffix="smoke",
                                               doc="A pipeline check: 1 head-only epoch, 1 of the whole network.")
-SuPreMFinetuneTrainer_10epochs_12iterations = training_length(
+SuPreMFinetuneTrainer_12epochs_40iterations = training_length(
     SuPreMFinetuneTrainer, *DEMO_FAST_FINETUNE, doc="Fine-tuning budget of ``nnunet-suprem demo --fast``.")
 SuPreMFinetuneTrainer_40epochs_25iterations = training_length(
     SuPreMFinetuneTrainer, *DEMO_FINETUNE, doc="Fine-tuning budget of ``nnunet-suprem demo``.")
