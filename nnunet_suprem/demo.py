@@ -197,8 +197,9 @@ def add_subparser(subparsers) -> None:
                    help=f"folder for every dataset, model, prediction and log (default: ./{DEFAULT_OUT}); running "
                         f"again with the same folder resumes")
     p.add_argument("--fast", action="store_true",
-                   help=f"the story in about 15 minutes on 2 CPU cores, coarse phantoms: {FAST.shape[0]}^3 phantoms "
-                        f"with organs {FAST.organ_scale:g}x larger, {FAST.pretrain_trainer}, {FAST.finetune_trainer} "
+                   help=f"the story in about 10 minutes on 2 CPU cores, on coarse phantoms: {FAST.shape[0]}^3 "
+                        f"voxels, organs {FAST.organ_scale:g}x larger, {FAST.pretrain_trainer}, "
+                        f"{FAST.finetune_trainer} "
                         f"(default: {FULL.shape[0]}^3 phantoms, {FULL.pretrain_trainer}, {FULL.finetune_trainer})")
     p.add_argument("--smoke", action="store_true",
                    help="check the installation: every step at a minimal size in about 3 minutes on a CPU (the "
