@@ -67,7 +67,7 @@ class Budget:
 
 
 # 16^3 phantoms (about 2 cm voxels) with organs twice the reference size: nnU-Net's own U-Net at full width steps
-# about 8x faster than on 32^3 and learns every class within minutes (docs/benchmarks.md#the-demo)
+# about 7x faster than on 32^3 and learns every class within minutes (docs/benchmarks.md#the-demo)
 FAST = Budget((16, 16, 16), 6, 3, 2, "SuPreMTrainer_30epochs_50iterations",
               "SuPreMFinetuneTrainer_12epochs_40iterations", "SuPreMTrainer_12epochs_40iterations", organ_scale=2.0)
 SMOKE = Budget((16, 16, 16), 2, 2, 1, "SuPreMTrainer_smoke", "SuPreMFinetuneTrainer_smoke", "SuPreMTrainer_smoke",
