@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from tqdm import tqdm
 
 from conftest import cli, command, run, subprocess_env, tree_digest
 from nnunet_suprem.cli import main
@@ -406,6 +408,9 @@ def test_resume_converts_again_cases_whose_sources_changed(nnunet_env, tmp_path,
 
 
 def _convert_in_child(src: str) -> None:
+    # tqdm's default write lock is a multiprocessing lock that forked children share with this test's process: a
+    # child killed while it holds it (writing its progress bar) would leave it taken and hang this process
+    tqdm.set_lock(threading.RLock())
     convert_abdomenatlas(src, 70, "Killed", num_processes=1)
 
 
