@@ -346,8 +346,8 @@ class FewShot:
             title = (f"INTERIM, {len(runs)} of {len(self.runs())} runs evaluated "
                      f"({', '.join(f'N={n} draw {draw}' for n, draw, _ in runs)}). {title}")
         unpaired = unpaired_note(rows)
-        text = (f"{title}\n\n{learned_overview(summary)}\n\n{METHOD} 'in pre-training': the class has a pre-trained output row in {s.checkpoint}."
-                f"\n\n{summary_markdown(summary, '').strip()}"
+        text = (f"{title}\n\n{learned_overview(summary)}\n\n{METHOD} 'in pre-training': the class has a pre-trained "
+                f"output row in {s.checkpoint}.\n\n{summary_markdown(summary, '').strip()}"
                 + (f"\n\nScored by one arm only, so left out of both:\n{unpaired}" if unpaired else ""))
         with atomic_path(self.out / "summary.md") as tmp:
             Path(tmp).write_text(text + "\n")
