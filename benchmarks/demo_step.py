@@ -13,7 +13,7 @@ How many steps each configuration needs to learn the classes is not measured her
 from __future__ import annotations
 
 import argparse
-import copy
+import itertools
 import json
 import logging
 import os
@@ -33,8 +33,8 @@ WIDTHS = (1.0, 0.5, 0.25)
 def planned_demo_dataset(root: Path, budget: Budget) -> Demo:
     """The demo's pre-training dataset of ``budget`` under ``root`` (made once per --out folder)."""
     demo = Demo(root / f"grid{budget.shape[0]}", budget, "cpu", 1)
-    run_steps([step for step in demo.steps() if step.results_folder is None][:5], demo.out, demo.environment(),
-              "cpu")
+    before_training = list(itertools.takewhile(lambda step: step.results_folder is None, demo.steps()))
+    run_steps(before_training, demo.out, demo.environment(), "cpu")
     return demo
 
 
@@ -45,7 +45,7 @@ def iteration_seconds(demo: Demo, width: float, steps: int) -> tuple[float, floa
     os.environ.update({key: value for key, value in demo.environment().items() if key.startswith("nnUNet_")},
                       nnUNet_n_proc_DA="0")
     preprocessed = demo.preprocessed / DATASET_FOLDERS[PRETRAIN_ID]
-    plans = {**copy.deepcopy(json.loads((preprocessed / "nnUNetPlans.json").read_text())), "continue_training": False}
+    plans = {**json.loads((preprocessed / "nnUNetPlans.json").read_text()), "continue_training": False}
     architecture = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
     architecture["features_per_stage"] = [max(1, round(f * width)) for f in architecture["features_per_stage"]]
     trainer = SuPreMTrainer(plans, "3d_fullres", 0, json.loads((preprocessed / "dataset.json").read_text()),
