@@ -28,17 +28,35 @@ def plan_and_preprocess(dataset_id: int, plans_name: str, configuration: str, ma
     if plans_file.exists() and not overwrite:
         raise FileExistsError(f"{plans_file} already exists; pass --overwrite to replace it or choose another "
                               f"--plans-name")
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, preprocess_dataset
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
 
     extract_fingerprint_dataset(dataset_id, num_processes=num_processes, check_dataset_integrity=verify, clean=False)
     plans = make_planner().plan_experiment()
     if preprocess:
-        preprocess_dataset(dataset_id, plans_name, [configuration], [num_processes])
+        preprocess_configuration(dataset_id, plans_name, configuration, num_processes)
     else:
         command = ["nnUNetv2_preprocess", "-d", str(dataset_id), "-plans_name", plans_name, "-c", configuration,
                    "-np", str(num_processes)]
         logger.info("Not preprocessed (--no-preprocess). Preprocess with:\n  %s", shlex.join(command))
     return plans
+
+
+def preprocess_configuration(dataset_id: int, plans_name: str, configuration: str, num_processes: int) -> None:
+    """``nnUNetv2_preprocess -c configuration``, with :class:`CaseJobPreprocessor` where the plans name nnU-Net's
+    ``DefaultPreprocessor`` (the same output; jobs that do not grow with the dataset), else the plans' preprocessor."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_suprem.planning.preprocessing import CaseJobPreprocessor
+
+    plans_file = preprocessed_root() / dataset_folder_name(dataset_id) / f"{plans_name}.json"
+    planned = PlansManager(str(plans_file)).get_configuration(configuration).preprocessor_class
+    if planned is not DefaultPreprocessor:
+        preprocess_dataset(dataset_id, plans_name, [configuration], [num_processes])
+        return
+    CaseJobPreprocessor(verbose=False).run(dataset_id, configuration, plans_name, num_processes)
+    preprocess_dataset(dataset_id, plans_name, [], [])  # no configuration: only nnU-Net's copy to gt_segmentations
 
 
 def describe(plans: dict, configuration: str) -> str:
