@@ -208,6 +208,22 @@ def test_a_non_finite_train_loss_stops_the_training(make_trainer, cls):
     assert "the mean train loss of epoch 1 is nan" in open(trainer.log_file).read()
 
 
+def test_a_step_skipped_by_amp_does_not_stop_the_training(make_trainer):
+    """Under AMP (CUDA) a NaN or infinite loss now and then is normal: the gradient scaler skips that step."""
+    from test_finetune_trainer import small_batch
+
+    trainer = make_trainer()
+    trainer.grad_scaler = torch.amp.GradScaler("cpu")  # nnU-Net's train_step takes its AMP path with a scaler
+    batch = small_batch(trainer)
+    batch["data"][0, 0, 0, 0, 0] = float("nan")
+    outputs = [trainer.train_step(small_batch(trainer)), trainer.train_step(batch), trainer.train_step(small_batch(trainer))]
+    assert [bool(np.isfinite(output["loss"])) for output in outputs] == [True, False, True]
+    trainer.on_train_epoch_end(outputs)  # goes on
+    assert np.isnan(trainer.logger.get_value("train_losses", step=0))
+    assert all(torch.isfinite(p).all() for p in trainer.network.parameters())
+    assert "1 of the 3 iterations of epoch 0 in this process had a non-finite loss" in open(trainer.log_file).read()
+
+
 def _with_kidney_set(d: dict, classes=("kidney_left", "kidney_right")) -> int:
     """Add the label set "kidney" (format 2) to a dataset.json; returns its value."""
     value = max(d["labels"].values()) + 1

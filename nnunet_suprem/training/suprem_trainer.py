@@ -400,16 +400,26 @@ class SuPreMTrainer(nnUNetTrainer):
         return outputs
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
-        """nnU-Net's epoch end (it logs the mean train loss of all processes); then stop if that loss is not finite,
-        where nnU-Net would train on and finish with exit code 0. Every DDP process sees the same mean and stops."""
+        """nnU-Net's epoch end (it logs the mean train loss of all processes). A non-finite mean loss stops the
+        training when the weights are no longer finite, where nnU-Net would train on and finish with exit code 0;
+        with finite weights it was steps that AMP's gradient scaler skipped (a NaN or infinite loss now and then is
+        normal in float16): logged, and training goes on. DDP processes hold the same weights and decide alike."""
         super().on_train_epoch_end(train_outputs)
         loss = self.logger.get_value("train_losses", step=self.current_epoch)
-        if not np.isfinite(loss):
-            message = (f"{type(self).__name__}: the mean train loss of epoch {self.current_epoch} is {loss}: the "
-                       f"training diverged or its data hold NaN or infinite values. Stopping (checkpoints written "
-                       f"so far are kept); lower the learning rate or check the preprocessed data.")
-            self.print_to_log_file(message)
-            raise RuntimeError(message)
+        if np.isfinite(loss):
+            return
+        if all(torch.isfinite(p).all() for p in self.network.parameters()):
+            skipped = sum(not np.isfinite(output["loss"]).all() for output in train_outputs)
+            self.print_to_log_file(f"{type(self).__name__}: {skipped} of the {len(train_outputs)} iterations of "
+                                   f"epoch {self.current_epoch} in this process had a non-finite loss; the weights "
+                                   f"are finite (AMP's gradient scaler skipped those steps): training goes on.")
+            return
+        message = (f"{type(self).__name__}: the mean train loss of epoch {self.current_epoch} is {loss}: the "
+                   f"training diverged or its data hold NaN or infinite values, and the weights are no longer "
+                   f"finite. Stopping (checkpoints written so far are kept); lower the learning rate or check the "
+                   f"preprocessed data.")
+        self.print_to_log_file(message)
+        raise RuntimeError(message)
 
     def validation_step(self, batch: dict) -> dict:
         """nnU-Net's validation step; with a manifest, tp/fp/fn count per case and only annotated classes."""
