@@ -61,6 +61,7 @@ class CaseJobPreprocessor(DefaultPreprocessor):
     def run(self, dataset_name_or_id: int | str, configuration_name: str, plans_identifier: str,
             num_processes: int) -> None:
         function, jobs, output = self.case_jobs(dataset_name_or_id, configuration_name, plans_identifier)
-        shutil.rmtree(output, ignore_errors=True)  # as nnU-Net: a configuration is preprocessed from scratch
+        if output.exists():  # as nnU-Net: a configuration is preprocessed from scratch
+            shutil.rmtree(output)
         output.mkdir(parents=True)
         map_with_progress(function, jobs, num_processes, "Preprocessing cases")
