@@ -1,6 +1,5 @@
 """Our commands' preprocessing (CaseJobPreprocessor): nnU-Net's output for a merged dataset, jobs that do not grow,
 and a pool whose worker is killed."""
-import importlib
 import inspect
 import json
 import os
@@ -75,9 +74,7 @@ def test_nnunet_presets_keep_nnunets_patch(nnunet_env, capsys):
 
 
 def test_nnunet_presets_name_nnunets_planners_and_their_plans():
-    from nnunet_suprem.planning.preset import NNUNET_PRESETS
+    from nnunet_suprem.planning.preset import NNUNET_PRESETS, nnunet_planner
 
-    for preset, (path, plans_name) in NNUNET_PRESETS.items():
-        module, name = path.rsplit(".", 1)
-        planner = getattr(importlib.import_module(module), name)
-        assert inspect.signature(planner).parameters["plans_name"].default == plans_name, preset
+    for preset, (_, plans_name) in NNUNET_PRESETS.items():
+        assert inspect.signature(nnunet_planner(preset)).parameters["plans_name"].default == plans_name, preset

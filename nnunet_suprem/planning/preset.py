@@ -23,6 +23,12 @@ PLANS_NAMES = {"suprem": SUPREM_PLANS_NAME, "cpu": CPU_PLANS_NAME,
 """The presets and the plans name each writes unless --plans-name says otherwise."""
 
 
+def nnunet_planner(preset: str) -> type:
+    """The nnU-Net planner class of one of :data:`NNUNET_PRESETS`."""
+    module, name = NNUNET_PRESETS[preset][0].rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
 def add_subparser(subparsers) -> None:
     p = subparsers.add_parser(
         "plan", help="plan a dataset with a preset (the SuPreM recipe, or a narrow network for CPUs), then "
@@ -51,8 +57,7 @@ def run(args: argparse.Namespace) -> None:
     if args.patch_size and args.preset != "suprem":
         raise ValueError(f"--patch-size is for --preset suprem; the {args.preset} preset keeps nnU-Net's patch")
     if args.preset in NNUNET_PRESETS:
-        module, name = NNUNET_PRESETS[args.preset][0].rsplit(".", 1)
-        planner = getattr(importlib.import_module(module), name)
+        planner = nnunet_planner(args.preset)
         make_planner = lambda: planner(  # noqa: E731
             args.dataset_id, plans_name=plans_name, overwrite_target_spacing=args.spacing)
     elif args.preset == "cpu":
