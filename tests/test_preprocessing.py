@@ -54,6 +54,12 @@ def test_plan_preprocesses_a_merged_dataset_as_nnunet_does(two_sources, nnunet_e
     assert max(len(pickle.dumps(job)) for job in jobs) < 1000
     assert len(pickle.dumps(dataset_json)) > 2_000_000
 
+    # a case identifier from a dataset.json someone brings is checked before it names an output file
+    dataset_json["dataset"]["../escaped"] = dataset_json["dataset"].pop("Vessels_case3")
+    (preprocessed / "dataset.json").write_text(json.dumps(dataset_json))
+    with pytest.raises(ValueError, match=r"dataset.json: case identifier '../escaped' starts with '.'"):
+        CaseJobPreprocessor().case_jobs(50, "3d_fullres", "nnUNetPlans")
+
 
 
 def _killed_at_three(item: int) -> int:

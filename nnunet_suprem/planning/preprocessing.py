@@ -17,6 +17,7 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
+from nnunet_suprem.fileio import check_name, path_inside
 from nnunet_suprem.jobs import map_with_progress
 from nnunet_suprem.nnunet_env import dataset_folder_name, preprocessed_root, raw_root
 
@@ -50,13 +51,16 @@ class CaseJobPreprocessor(DefaultPreprocessor):
         folder = preprocessed_root() / dataset_name
         plans_manager = PlansManager(str(folder / f"{plans_identifier}.json"))
         configuration_manager = plans_manager.get_configuration(configuration_name)
-        dataset_json = json.loads((folder / "dataset.json").read_text())
+        dataset_file = folder / "dataset.json"
+        dataset_json = json.loads(dataset_file.read_text())
         cases = get_filenames_of_train_images_and_targets(str(raw_root() / dataset_name), dataset_json)
         output = folder / configuration_manager.data_identifier
         function = functools.partial(_preprocess_case, preprocessor=self, plans_manager=plans_manager,
                                      configuration_manager=configuration_manager,
                                      dataset_json=case_dataset_json(dataset_json))
-        return function, [(str(output / key), case["images"], case["label"]) for key, case in cases.items()], output
+        jobs = [(str(path_inside(output, check_name(key, "case identifier", dataset_file))), case["images"],
+                 case["label"]) for key, case in cases.items()]
+        return function, jobs, output
 
     def run(self, dataset_name_or_id: int | str, configuration_name: str, plans_identifier: str,
             num_processes: int) -> None:
